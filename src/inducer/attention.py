@@ -1,0 +1,166 @@
+"""The one place where inducer hooks attention: transformers' attention-function registry.
+
+``attach`` switches the model's attention implementation from ``X`` to ``inducer_X``. For a module
+without inducers, ``inducer_X`` calls ``X`` unchanged. For a module with inducers it runs attention
+that also yields each query's log-sum-exp, then lets the module's :class:`InducerModule` compose
+the output:
+
+* ``inducer_eager`` runs :func:`~inducer.kernels.reference_attention` (materialised scores);
+* ``inducer_sdpa`` runs :func:`~inducer.kernels.fused_attention` (LSE from the fused kernel).
+
+A matching mask function is registered for each name, as transformers requires.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .kernels import additive_mask, fused_attention, reference_attention
+
+PREFIX = "inducer_"
+# The base implementations we wrap, and which of our two paths serves them. Flash-attention and
+# flex bases use the fused path with sdpa's masks.
+PATHS = {"eager": "reference", "sdpa": "fused"}
+
+
+def wrapped_name(base: str | None) -> str:
+    """``inducer_eager`` for eager attention, ``inducer_sdpa`` for everything fused."""
+    base = base or "eager"
+    if base.startswith(PREFIX):
+        return base
+    return PREFIX + ("eager" if base == "eager" else "sdpa")
+
+
+def _base_function(base: str, module: nn.Module) -> Callable:
+    if base == "eager":
+        # Every family ships its own eager function next to its attention class.
+        fn = getattr(inspect.getmodule(type(module)), "eager_attention_forward", None)
+        if fn is not None:
+            return fn
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _is_causal(module: nn.Module, query: torch.Tensor, attention_mask, is_causal: bool | None) -> bool:
+    # Mirrors transformers' sdpa: a causal flag is only used when no explicit mask was built.
+    flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    return bool(query.shape[2] > 1 and attention_mask is None and flag)
+
+
+def _make_attention_function(base: str) -> Callable:
+    path = PATHS[base]
+
+    def inducer_attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        inducer = getattr(module, "inducer", None)
+        if inducer is None:
+            return _base_function(base, module)(
+                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+            )
+        if scaling is None:
+            scaling = query.shape[-1] ** -0.5
+        if query.shape[1] != inducer.heads or query.shape[-1] != inducer.head_dim:
+            raise RuntimeError(
+                f"inducer: attention at {type(module).__name__} got {query.shape[1]} heads of dim "
+                f"{query.shape[-1]}, but its inducer was built for {inducer.heads} x {inducer.head_dim}"
+            )
+        position_bias = kwargs.get("position_bias")
+        causal = _is_causal(module, query, attention_mask, kwargs.get("is_causal"))
+        if causal and key.shape[2] > query.shape[2]:
+            # sdpa's causal flag is top-left aligned: only the first N keys exist (empty static cache).
+            key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
+        key_length = key.shape[2]
+        weights = None
+        use_fused = path == "fused" and not (position_bias is not None and position_bias.requires_grad)
+        if use_fused and position_bias is None:
+            mask = additive_mask(attention_mask, None, query, key_length, is_causal=False)
+            out, lse = fused_attention(query, key, value, mask, scaling, dropout, module.training, causal)
+        elif use_fused:
+            mask = additive_mask(attention_mask, position_bias, query, key_length, is_causal=causal)
+            out, lse = fused_attention(query, key, value, mask, scaling, dropout, module.training, False)
+        else:
+            # Eager, or a trainable mask (T5 relative bias under full fine-tuning), which the fused
+            # kernels cannot differentiate.
+            mask = additive_mask(attention_mask, position_bias, query, key_length, is_causal=causal)
+            out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, module.training)
+        out = inducer.compose(query, out, lse, scaling, dropout, module.training)
+        return out.transpose(1, 2).contiguous(), weights
+
+    inducer_attention.__name__ = f"inducer_{base}_attention"
+    return inducer_attention
+
+
+def register() -> None:
+    """Register ``inducer_eager`` and ``inducer_sdpa`` (idempotent)."""
+    for base in PATHS:
+        name = PREFIX + base
+        if name not in ALL_ATTENTION_FUNCTIONS:
+            AttentionInterface.register(name, _make_attention_function(base))
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+
+
+def _configs(model: nn.Module):
+    seen = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation") and id(config) not in seen:
+            seen.add(id(config))
+            yield config
+            for key in getattr(config, "sub_configs", {}) or {}:
+                sub = getattr(config, key, None)
+                if sub is not None and hasattr(sub, "_attn_implementation") and id(sub) not in seen:
+                    seen.add(id(sub))
+                    yield sub
+
+
+def current_implementations(model: nn.Module) -> dict[int, str | None]:
+    """The attention implementation of every config reachable from ``model``, by config id."""
+    return {id(config): config._attn_implementation for config in _configs(model)}
+
+
+def set_implementation(model: nn.Module, choose: Callable[[str | None], str]) -> dict[int, str | None]:
+    """Set every config's implementation to ``choose(current)``; returns the previous ones."""
+    register()
+    before = {}
+    for config in _configs(model):
+        before[id(config)] = config._attn_implementation
+        config._attn_implementation = choose(config._attn_implementation)
+    return before
+
+
+def restore_implementation(model: nn.Module, before: dict[int, str | None]) -> None:
+    """Undo :func:`set_implementation`."""
+    for config in _configs(model):
+        if id(config) in before:
+            config._attn_implementation = before[id(config)]
+
+
+def set_attention_path(model: nn.Module, path: str) -> None:
+    """Choose how inducers compute attention: ``"reference"`` (materialised scores, eager masks)
+    or ``"fused"`` (fused kernels, sdpa masks). Both give the same results up to rounding."""
+    if path not in ("reference", "fused"):
+        raise ValueError(f"path must be 'reference' or 'fused', got {path!r}")
+    name = PREFIX + ("eager" if path == "reference" else "sdpa")
+    set_implementation(model, lambda _current: name)
+
+
+def attention_path(model: nn.Module) -> str | None:
+    """The path the model's inducers currently use, or None if none is set."""
+    for impl in current_implementations(model).values():
+        if impl and impl.startswith(PREFIX):
+            return PATHS[impl[len(PREFIX):]]
+    return None

@@ -1,0 +1,200 @@
+"""Attention that also returns each query's log-sum-exp (LSE) of its masked scores.
+
+Inducer-tuning needs ``lam = sigmoid(s - LSE)``, where LSE is the log-sum-exp over a query's real,
+masked attention scores. Two implementations of the same semantics live here:
+
+* :func:`reference_attention` materialises the score matrix. It is the definition in code and is
+  used when the model runs transformers' ``eager`` attention.
+* :func:`fused_attention` gets LSE from PyTorch's fused kernels (the CPU flash kernel, or the CUDA
+  memory-efficient kernel), which compute it anyway but do not differentiate through it.
+  :class:`_FusedAttentionWithLSE` supplies that gradient: no (B, H, N, M) tensor is kept.
+
+Both take tensors in transformers' attention-function layout: query (B, H, N, p), key and value
+(B, H_kv, M, p), and return ``out`` (B, H, N, p) and ``lse`` (B, H, N) in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """Repeat key/value heads so each query head of a grouped-query model sees its group's keys."""
+    if groups == 1:
+        return states
+    batch, kv_heads, length, dim = states.shape
+    expanded = states[:, :, None].expand(batch, kv_heads, groups, length, dim)
+    return expanded.reshape(batch, kv_heads * groups, length, dim)
+
+
+def additive_mask(
+    attention_mask: torch.Tensor | None,
+    position_bias: torch.Tensor | None,
+    query: torch.Tensor,
+    key_length: int,
+    is_causal: bool,
+) -> torch.Tensor | None:
+    """Turn every mask the model applies into one additive float mask, or None when there is none.
+
+    transformers hands attention functions boolean masks (``True`` = attend, sdpa) or additive float
+    masks (eager), sometimes wider than the keys (static caches), plus T5's relative position bias.
+    Masked entries become ``finfo.min`` rather than ``-inf`` so fully masked rows (padding queries)
+    have a finite LSE and no NaN gradients.
+    """
+    dtype = query.dtype
+    mask = None
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., :key_length]
+        if attention_mask.dtype == torch.bool:
+            mask = torch.zeros(attention_mask.shape, dtype=dtype, device=query.device)
+            mask = mask.masked_fill(~attention_mask, torch.finfo(dtype).min)
+        else:
+            mask = attention_mask.to(dtype)
+    elif is_causal:
+        n = query.shape[-2]
+        keep = torch.ones(n, key_length, dtype=torch.bool, device=query.device).tril()
+        mask = torch.zeros(n, key_length, dtype=dtype, device=query.device)
+        mask = mask.masked_fill(~keep, torch.finfo(dtype).min)[None, None]
+    if position_bias is not None:
+        position_bias = position_bias[..., :key_length].to(dtype)
+        mask = position_bias if mask is None else position_bias + mask
+    return mask
+
+
+def reference_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain softmax attention with materialised scores; the definition the fused path must match.
+
+    ``mask`` is the additive mask from :func:`additive_mask`. Returns ``(out, lse, probs)``.
+    """
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if mask is not None:
+        scores = scores + mask
+    scores = scores.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, value), lse, probs
+
+
+def _pad_channels(x: torch.Tensor, extra: int, fill: float = 0.0) -> torch.Tensor:
+    """Append ``extra`` channels of value ``fill`` to the last dimension."""
+    return torch.cat([x, x.new_full((*x.shape[:-1], extra), fill)], dim=-1)
+
+
+def _pad_for_lse_grad(g_out, g_lse, q, k, v, out, extra):
+    """Add the channels that turn the kernel's backward into one that also carries dLSE.
+
+    The fused backward computes dS = P * (dO V^T - D) with D_i = sum_c dO_ic O_ic. dLSE_i / dS_ij =
+    P_ij, so an upstream gradient g on LSE must add g_i P_ij, i.e. replace D_i by D_i - g_i. One
+    extra channel with dO = g and O = -1 does exactly that; zero channels in Q, K, V change neither
+    the scores nor dO V^T. (CUDA kernels want head dims in multiples of 8, hence ``extra``.)
+    """
+    g_extra = torch.cat([g_lse.to(g_out.dtype)[..., None], g_out.new_zeros(*g_out.shape[:-1], extra - 1)], -1)
+    out_extra = torch.cat([out.new_full((*out.shape[:-1], 1), -1.0), out.new_zeros(*out.shape[:-1], extra - 1)], -1)
+    return (
+        torch.cat([g_out, g_extra], -1),
+        _pad_channels(q, extra),
+        _pad_channels(k, extra),
+        _pad_channels(v, extra),
+        torch.cat([out, out_extra], -1),
+    )
+
+
+class _FusedAttentionWithLSE(torch.autograd.Function):
+    """``(out, lse)`` from a fused kernel, differentiable in both outputs (q, k, v only)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, scaling, is_causal, dropout):
+        if query.device.type == "cpu":
+            if dropout > 0:
+                raise ValueError("the CPU flash kernel has no dropout; call it with dropout=0")
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, 0.0, is_causal, attn_mask=mask, scale=scaling
+            )
+            seed = offset = None
+        else:
+            bias = _aligned_bias(mask)
+            out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, bias, True, dropout, is_causal, scale=scaling
+            )
+            lse = lse[..., : query.shape[-2]]
+        ctx.save_for_backward(query, key, value, mask, out, lse)
+        ctx.rng = (seed, offset)
+        ctx.scaling, ctx.is_causal, ctx.dropout = scaling, is_causal, dropout
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, g_out, g_lse):
+        query, key, value, mask, out, lse = ctx.saved_tensors
+        if g_out is None:
+            g_out = torch.zeros_like(out)
+        if g_lse is None:
+            g_lse = torch.zeros_like(lse)
+        g_out = g_out.contiguous()
+        p = query.shape[-1]
+        extra = 1 if query.device.type == "cpu" else 8
+        g_out_, q_, k_, v_, out_ = _pad_for_lse_grad(g_out, g_lse, query, key, value, out, extra)
+        if query.device.type == "cpu":
+            gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                g_out_, q_, k_, v_, out_, lse, 0.0, ctx.is_causal, attn_mask=mask, scale=ctx.scaling
+            )
+        else:
+            seed, offset = ctx.rng
+            gq, gk, gv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+                g_out_, q_, k_, v_, _aligned_bias(mask), out_, lse.contiguous(), seed, offset,
+                ctx.dropout, [True, True, True, False], ctx.is_causal, scale=ctx.scaling,
+            )
+        return gq[..., :p], gk[..., :p], gv[..., :p], None, None, None, None
+
+
+def _aligned_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The CUDA memory-efficient kernel wants the bias's last dimension 16-aligned in memory."""
+    if mask is None:
+        return None
+    length = mask.shape[-1]
+    pad = (-length) % 16
+    mask = mask.expand(mask.shape[0], mask.shape[1], mask.shape[2], length)
+    if pad:
+        mask = F.pad(mask, (0, pad))[..., :length]
+    return mask
+
+
+def fused_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float,
+    training: bool,
+    is_causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention returning ``(out, lse)``; same semantics as :func:`reference_attention`.
+
+    ``mask`` must already include the causal pattern unless ``is_causal`` is passed (then it is
+    None and the kernel applies a top-left aligned causal mask, as sdpa does).
+    """
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    dropout = dropout if training else 0.0
+    if dropout > 0 and query.device.type == "cpu":
+        # PyTorch's CPU flash kernel has no dropout. The output then comes from public sdpa (what the
+        # base model runs) and LSE from a dropout-free fused call: linear memory, two kernel calls.
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scaling
+        )
+        _, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, 0.0)
+        return out, lse.float()
+    out, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, dropout)
+    return out, lse.float()

@@ -1,0 +1,1 @@
+"""One module per parameter-efficient method: its config class and its layers."""

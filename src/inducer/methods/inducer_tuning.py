@@ -1,0 +1,210 @@
+"""Inducer-tuning (Chen et al., EMNLP 2022): one query-dependent inducer per query, per head.
+
+For query Q_i of head h (row vectors, spec section 2):
+
+    P_k,i = Q_i + tanh(Q_i key_a + key_a_bias) key_b + key_b_bias        (virtual key)
+    s_i   = scaling * Q_i . P_k,i
+    lam_i = sigmoid(s_i - LSE_i)         LSE_i: log-sum-exp of Q_i's masked scores over real keys
+    z_i   = tanh(Q_i value_a + value_a_bias)
+    E_i   = sum_h lam_i^h z_i^h value_b^h + value_b_bias                  (added after W_o)
+
+``lam`` is exactly the weight prefix-tuning would give a single prefix at P_k,i. At initialisation
+P_k ~= Q (the inducer sits next to its query, so lam is large and gradients flow) and E ~= 0 (the
+model starts as the pretrained one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..families import AttentionSite
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"InducerConfig.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"InducerConfig.{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass
+class InducerConfig:
+    """Settings of inducer-tuning; defaults are the paper's method, other values its ablations.
+
+    Args:
+        r_k: bottleneck of the key MLP (>= 0). 0 means no key MLP: the virtual key is the query.
+        r_v: bottleneck of the value MLP (>= 1).
+        value_extension: add the value after the output projection (E, width d). False adds a
+            per-head value of width p to each head's output before the projection instead.
+        composition: ``"residual"`` keeps the attention as is and adds lam-weighted values;
+            ``"gated"`` is exact prefix-tuning gating, ``(1 - lam) * Attn + lam * value``.
+        shared_value_basis: one ``value_b`` for all heads (extended value only).
+        use_lambda: False is the "no lambda" ablation (multi-head adapter): values weigh 1.
+        init_std: std of the truncated (at 2 std) normal initialisation of every inducer tensor.
+        layers: layer indices to adapt (None = all). The index is the first number in a module's
+            qualified name, so in encoder-decoders ``[0]`` adapts layer 0 of both stacks.
+        attention: ``"all"``, ``"self"`` or ``"cross"``: which attention modules to adapt.
+    """
+
+    r_k: int = 2
+    r_v: int = 4
+    value_extension: bool = True
+    composition: Literal["residual", "gated"] = "residual"
+    shared_value_basis: bool = False
+    use_lambda: bool = True
+    init_std: float = 0.01
+    layers: list[int] | None = None
+    attention: Literal["all", "self", "cross"] = "all"
+    method: str = field(default="inducer", init=False)
+
+    def __post_init__(self) -> None:
+        _check_int("r_k", self.r_k, 0)
+        _check_int("r_v", self.r_v, 1)
+        for flag in ("value_extension", "shared_value_basis", "use_lambda"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"InducerConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
+        _check_choice("composition", self.composition, ("residual", "gated"))
+        _check_choice("attention", self.attention, ("all", "self", "cross"))
+        if not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
+            raise ValueError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
+        if self.layers is not None:
+            if not isinstance(self.layers, (list, tuple)) or not self.layers:
+                raise ValueError("InducerConfig.layers must be None (all layers) or a non-empty list of ints")
+            for index in self.layers:
+                _check_int("layers[...]", index, 0)
+            self.layers = list(self.layers)
+        if self.shared_value_basis and not self.value_extension:
+            raise ValueError(
+                "InducerConfig.shared_value_basis=True needs value_extension=True (the shared basis "
+                "maps to the model width d)"
+            )
+        if self.composition == "gated" and not self.use_lambda:
+            raise ValueError("InducerConfig.composition='gated' needs use_lambda=True (the gate is lam)")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form, as stored in ``adapter_config.json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InducerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        data = dict(data)
+        data.pop("method", None)
+        unknown = set(data) - {f for f in cls.__dataclass_fields__ if f != "method"}
+        if unknown:
+            raise ValueError(f"unknown InducerConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+    def wants(self, site: AttentionSite) -> bool:
+        """Whether this config adapts the attention module described by ``site``."""
+        if self.attention == "self" and site.is_cross:
+            return False
+        if self.attention == "cross" and not site.is_cross:
+            return False
+        return self.layers is None or site.layer in self.layers
+
+
+class InducerModule(nn.Module):
+    """The trainable tensors of one attention module's inducers, and the inducer math.
+
+    Tensor names and shapes are the adapter format (``docs/format.md``). H = query heads,
+    p = head dim, d = model width.
+    """
+
+    def __init__(self, config: InducerConfig, heads: int, head_dim: int, width: int, dtype=None):
+        super().__init__()
+        self.config = config
+        self.heads, self.head_dim, self.width = heads, head_dim, width
+        H, p, d, r_k, r_v = heads, head_dim, width, config.r_k, config.r_v
+
+        def param(*shape: int) -> nn.Parameter:
+            tensor = torch.empty(*shape, dtype=dtype)
+            std = config.init_std
+            nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+            return nn.Parameter(tensor)
+
+        if config.use_lambda and r_k > 0:
+            self.key_a, self.key_a_bias = param(H, p, r_k), param(H, r_k)
+            self.key_b, self.key_b_bias = param(H, r_k, p), param(H, p)
+        self.value_a, self.value_a_bias = param(H, p, r_v), param(H, r_v)
+        if not config.value_extension:
+            self.value_b, self.value_b_bias = param(H, r_v, p), param(H, p)
+        elif config.shared_value_basis:
+            self.value_b, self.value_b_bias = param(r_v, d), param(d)
+        else:
+            self.value_b, self.value_b_bias = param(H, r_v, d), param(d)
+        # E waits here between the attention function and the output projection's hook. It is
+        # set and consumed within one forward of the attention module, so gradient checkpointing
+        # (which re-runs that forward) and cached decoding see a fresh value every time.
+        self._pending_value: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"heads={self.heads}, head_dim={self.head_dim}, width={self.width}, r_k={c.r_k}, "
+                f"r_v={c.r_v}, value_extension={c.value_extension}, composition={c.composition}")
+
+    def virtual_key_score(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """s = scaling * Q . P_k with P_k = Q + key MLP(Q); shape (B, H, N), float32."""
+        q = query.float()
+        if hasattr(self, "key_a"):
+            hidden = torch.tanh(q @ self.key_a.float() + self.key_a_bias.float()[:, None, :])
+            virtual_key = q + hidden @ self.key_b.float() + self.key_b_bias.float()[:, None, :]
+        else:
+            virtual_key = q
+        return scaling * (q * virtual_key).sum(-1)
+
+    def compose(
+        self,
+        query: torch.Tensor,
+        attn_out: torch.Tensor,
+        lse: torch.Tensor,
+        scaling: float,
+        dropout: float,
+        training: bool,
+    ) -> torch.Tensor:
+        """Combine the model's attention output (B, H, N, p) with the inducers.
+
+        Returns the new per-head output; with an extended value, E (B, N, d) is left for the output
+        projection's hook (:meth:`take_pending_value`).
+        """
+        c = self.config
+        if c.use_lambda:
+            lam = torch.sigmoid(self.virtual_key_score(query, scaling) - lse)
+        else:
+            lam = torch.ones(query.shape[:-1], dtype=torch.float32, device=query.device)
+        # The module's attention-probability dropout applies to lam too, as to every other weight.
+        lam_dropped = F.dropout(lam, p=dropout, training=training) if c.use_lambda else lam
+        if c.composition == "gated":
+            attn_out = attn_out * (1.0 - lam)[..., None].to(attn_out.dtype)
+
+        z = torch.tanh(query @ self.value_a + self.value_a_bias[:, None, :])  # (B, H, N, r_v)
+        weighted = z * lam_dropped[..., None].to(z.dtype)
+        if not c.value_extension:
+            value = weighted @ self.value_b + lam_dropped[..., None].to(z.dtype) * self.value_b_bias[:, None, :]
+            self._pending_value = None
+            return attn_out + value.to(attn_out.dtype)
+        if c.shared_value_basis:
+            extended = weighted.sum(1) @ self.value_b
+        else:
+            extended = torch.einsum("bhnr,hrd->bnd", weighted, self.value_b)
+        self._pending_value = extended + self.value_b_bias
+        return attn_out
+
+    def take_pending_value(self) -> torch.Tensor:
+        """Hand E to the output projection's hook, once."""
+        value, self._pending_value = self._pending_value, None
+        if value is None:
+            raise RuntimeError(
+                "inducer: the output projection ran without its attention having computed the "
+                "inducer value. Was the model's attention implementation changed after "
+                "inducer.attach? Use inducer.set_attention_path(model, ...) instead."
+            )
+        return value

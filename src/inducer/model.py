@@ -1,0 +1,334 @@
+"""attach / detach / count_parameters / save_adapter / load_adapter: the public model API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import attention
+from .families import find_attention_sites
+from .methods.inducer_tuning import InducerConfig, InducerModule
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+# Method configs by the "method" tag stored in adapter_config.json.
+METHOD_CONFIGS = {"inducer": InducerConfig}
+HEAD_CLASS_SUFFIXES = (
+    "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice",
+)
+
+
+class AdapterFormatError(ValueError):
+    """An adapter directory is missing, corrupted, from a newer format or for another base model."""
+
+
+@dataclass
+class _AttachState:
+    configs: list
+    train_head: bool
+    added: list[str]  # qualified names of the modules attach created
+    head: list[str]  # names of base parameters made trainable as the task head
+    hooks: list
+    requires_grad: dict[str, bool]
+    implementations: dict
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Parameter counts of an adapted model.
+
+    Attributes:
+        trainable: parameters with ``requires_grad`` (added + task head).
+        added: parameters created by ``attach`` (the method's budget).
+        base: parameters of the base model, task head included.
+        head: base parameters trained as the task head (counted separately from the budget).
+    """
+
+    trainable: int
+    added: int
+    base: int
+    head: int
+
+    @property
+    def added_percent(self) -> float:
+        """``added`` as a percentage of ``base``."""
+        return 100.0 * self.added / max(self.base, 1)
+
+    def __str__(self) -> str:
+        return (f"trainable {self.trainable:,} | added {self.added:,} ({self.added_percent:.3f}% of "
+                f"base) | task head {self.head:,} | base {self.base:,}")
+
+
+def _state(model: nn.Module) -> _AttachState | None:
+    return getattr(model, "_inducer_state", None)
+
+
+def _task_head_names(model: nn.Module) -> list[str]:
+    """Base parameters outside the backbone of a classification-style model (a new task head)."""
+    if not type(model).__name__.endswith(HEAD_CLASS_SUFFIXES):
+        return []
+    backbone = getattr(model, "base_model", model)
+    if backbone is model:
+        return []
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) not in backbone_ids]
+
+
+def _as_list(configs) -> list:
+    configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
+    if not configs:
+        raise ValueError("attach needs at least one method config, e.g. inducer.InducerConfig()")
+    for config in configs:
+        if type(config) not in METHOD_CONFIGS.values():
+            known = ", ".join(c.__name__ for c in METHOD_CONFIGS.values())
+            raise TypeError(f"attach: {type(config).__name__} is not a method config (known: {known})")
+    methods = [config.method for config in configs]
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"attach: each method may appear once, got {methods}: both would claim "
+                         "the same attention modules")
+    return configs
+
+
+def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
+    """Adapt ``model`` in place with one method config or a list of them, and return it.
+
+    Every base parameter is frozen; the method's new parameters are trainable, and so is a task
+    head that a classification-style model adds on top of its backbone (``train_head=False``
+    freezes it). The model's attention implementation is switched to inducer's wrapper of it.
+    """
+    if _state(model) is not None:
+        raise ValueError("attach: this model is already adapted; call inducer.detach(model) first")
+    configs = _as_list(configs)
+    sites = find_attention_sites(model)
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    added, hooks = [], []
+    for config in configs:
+        chosen = [site for site in sites if config.wants(site)]
+        if not chosen:
+            layers = sorted({s.layer for s in sites if s.layer is not None})
+            raise ValueError(
+                f"{type(config).__name__}(layers={config.layers}, attention={config.attention!r}) "
+                f"matches no attention module; this model has layers {layers} and "
+                f"{'cross-attention' if any(s.is_cross for s in sites) else 'no cross-attention'}"
+            )
+        for site in chosen:
+            weight = next(site.projection.parameters())
+            module = InducerModule(config, site.heads, site.head_dim, site.width, dtype=weight.dtype)
+            site.module.add_module("inducer", module.to(weight.device))
+            added.append(f"{site.name}.inducer" if site.name else "inducer")
+            if config.value_extension:
+                hooks.append(site.projection.register_forward_hook(_add_extended_value(module)))
+    added_ids = {id(p) for name in added for p in model.get_submodule(name).parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in added_ids)
+    head = _task_head_names(model) if train_head else []
+    params = dict(model.named_parameters())
+    for name in head:
+        params[name].requires_grad_(True)
+    implementations = attention.set_implementation(model, attention.wrapped_name)
+    model._inducer_state = _AttachState(configs, train_head, added, head, hooks, requires_grad,
+                                        implementations)
+    return model
+
+
+def _add_extended_value(inducer: InducerModule):
+    def hook(_projection, _inputs, output):
+        return output + inducer.take_pending_value().to(output.dtype)
+
+    return hook
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove everything ``attach`` added; the base model's state and outputs are as before."""
+    state = _state(model)
+    if state is None:
+        raise ValueError("detach: this model was not adapted by inducer.attach")
+    for handle in state.hooks:
+        handle.remove()
+    for name in state.added:
+        parent_name, _, child = name.rpartition(".")
+        delattr(model.get_submodule(parent_name), child)
+    attention.restore_implementation(model, state.implementations)
+    for name, p in model.named_parameters():
+        p.requires_grad_(state.requires_grad.get(name, p.requires_grad))
+    del model._inducer_state
+    return model
+
+
+def _added_names(model: nn.Module, state: _AttachState) -> list[str]:
+    prefixes = tuple(name + "." for name in state.added)
+    return [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Count trainable, added, base and task-head parameters (tied weights counted once)."""
+    state = _state(model)
+    added_names = set(_added_names(model, state)) if state else set()
+    head_names = set(state.head) if state else set()
+    trainable = added = base = head = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        trainable += n if p.requires_grad else 0
+        if name in added_names:
+            added += n
+        else:
+            base += n
+            head += n if name in head_names and p.requires_grad else 0
+    return ParameterCount(trainable, added, base, head)
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """Architecture and parameter shapes of the base model (ignoring anything attach added)."""
+    state = _state(model)
+    skip = set(_added_names(model, state)) if state else set()
+    lines = [f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters() if name not in skip]
+    config = getattr(model, "config", None)
+    return {
+        "architecture": type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "num_parameters": sum(p.numel() for name, p in model.named_parameters() if name not in skip),
+        "shapes_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``adapter_config.json`` and ``adapter.safetensors`` (the trained tensors) to a folder.
+
+    The format is documented in ``docs/format.md``. Files are written atomically (temporary file,
+    then rename), so an interrupted save never leaves a half-written adapter.
+    """
+    from . import __version__
+
+    state = _state(model)
+    if state is None:
+        raise ValueError("save_adapter: this model was not adapted by inducer.attach")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    params = dict(model.named_parameters())
+    names = _added_names(model, state) + [n for n in state.head if params[n].requires_grad]
+    tensors = {name: params[name].detach().cpu().contiguous() for name in names}
+    weights = directory / WEIGHTS_FILE
+    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"}))
+    config = {
+        "format": "inducer-adapter",
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "methods": [c.to_dict() for c in state.configs],
+        "train_head": state.train_head,
+        "head_tensors": [n for n in names if n in state.head],
+        "base_model": fingerprint(model),
+        "weights_sha256": _sha256(weights),
+    }
+    text = json.dumps(config, indent=2)
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise AdapterFormatError(f"adapter directory {str(directory)!r} does not exist")
+    if not path.is_file():
+        raise AdapterFormatError(f"{path} is missing: is {str(directory)!r} an inducer adapter "
+                                 "directory (written by inducer.save_adapter)?")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterFormatError(f"{path} is not valid JSON ({err}); the file is corrupted") from err
+    if not isinstance(config, dict) or config.get("format") != "inducer-adapter":
+        raise AdapterFormatError(f"{path} is not an inducer adapter config")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{path} has format version {version}; this inducer reads up to {FORMAT_VERSION}. "
+            "Upgrade inducer (pip install -U inducer) to load it."
+        )
+    return config
+
+
+def _check_base(saved: dict, actual: dict, directory: Path) -> None:
+    if saved == actual:
+        return
+    differences = [f"{k}: adapter {saved.get(k)!r} vs model {actual.get(k)!r}"
+                   for k in actual if saved.get(k) != actual.get(k)]
+    raise AdapterFormatError(
+        f"the adapter in {str(directory)!r} was trained on a different base model "
+        f"({'; '.join(differences)}). Load the base model it was trained on "
+        "(same architecture, size and task head)."
+    )
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, train_head: bool | None = None) -> nn.Module:
+    """Attach the adapter saved in ``directory`` to an unadapted base ``model`` and load its tensors.
+
+    Refuses, with an :class:`AdapterFormatError` naming the problem, a missing or corrupted file,
+    a newer format version, or a base model other than the one the adapter was trained on.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AdapterFormatError(f"{weights} is missing; the adapter directory is incomplete")
+    if config.get("weights_sha256") not in (None, _sha256(weights)):
+        raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file "
+                                 "is truncated or altered. Re-save or re-download the adapter.")
+    if _state(model) is not None:
+        raise ValueError("load_adapter: the model is already adapted; pass the plain base model")
+    _check_base(config.get("base_model", {}), fingerprint(model), directory)
+    methods = []
+    for entry in config.get("methods", []):
+        cls = METHOD_CONFIGS.get(entry.get("method"))
+        if cls is None:
+            raise AdapterFormatError(f"{directory}: unknown method {entry.get('method')!r}; "
+                                     "upgrade inducer to load it")
+        methods.append(cls.from_dict(entry))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise AdapterFormatError(f"{weights} cannot be read ({err}); the file is corrupted") from err
+    attach(model, methods, train_head=config.get("train_head", True) if train_head is None else train_head)
+    params = dict(model.named_parameters())
+    expected = set(_added_names(model, model._inducer_state)) | set(config.get("head_tensors", []))
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if missing or unexpected:
+        detach(model)
+        raise AdapterFormatError(f"{weights}: tensors do not match the adapter config (missing "
+                                 f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                detach(model)
+                raise AdapterFormatError(f"{weights}: {name} has shape {tuple(tensor.shape)}, the "
+                                         f"model expects {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return model
