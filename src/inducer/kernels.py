@@ -10,13 +10,18 @@ masked attention scores. Two implementations of the same semantics live here:
   :class:`_FusedAttentionWithLSE` supplies that gradient: no (B, H, N, M) tensor is kept.
 
 Both take tensors in transformers' attention-function layout: query (B, H, N, p), key and value
-(B, H_kv, M, p), and return ``out`` (B, H, N, p) and ``lse`` (B, H, N) in float32.
+(B, H_kv, M, p), and return ``out`` (B, H, N, p) and ``lse`` (B, H, N) in float32 or wider.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float32 for half precisions (softmax statistics need it), else the tensor's own dtype."""
+    return torch.promote_types(tensor.dtype, torch.float32)
 
 
 def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
@@ -80,7 +85,7 @@ def reference_attention(
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if mask is not None:
         scores = scores + mask
-    scores = scores.float()
+    scores = scores.to(compute_dtype(scores))
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.softmax(scores, dim=-1).to(query.dtype)
     probs = F.dropout(probs, p=dropout, training=training)
@@ -195,6 +200,6 @@ def fused_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scaling
         )
         _, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, 0.0)
-        return out, lse.float()
+        return out, lse.to(compute_dtype(lse))
     out, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, dropout)
-    return out, lse.float()
+    return out, lse.to(compute_dtype(lse))

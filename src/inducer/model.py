@@ -38,7 +38,6 @@ class _AttachState:
     train_head: bool
     added: list[str]  # qualified names of the modules attach created
     head: list[str]  # names of base parameters made trainable as the task head
-    hooks: list
     requires_grad: dict[str, bool]
     implementations: dict
 
@@ -111,7 +110,7 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     configs = _as_list(configs)
     sites = find_attention_sites(model)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    added, hooks = [], []
+    added = []
     for config in configs:
         chosen = [site for site in sites if config.wants(site)]
         if not chosen:
@@ -127,7 +126,7 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
             site.module.add_module("inducer", module.to(weight.device))
             added.append(f"{site.name}.inducer" if site.name else "inducer")
             if config.value_extension:
-                hooks.append(site.projection.register_forward_hook(_add_extended_value(module)))
+                site.projection.register_forward_hook(_AddExtendedValue(module))
     added_ids = {id(p) for name in added for p in model.get_submodule(name).parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in added_ids)
@@ -136,16 +135,23 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     for name in head:
         params[name].requires_grad_(True)
     implementations = attention.set_implementation(model, attention.wrapped_name)
-    model._inducer_state = _AttachState(configs, train_head, added, head, hooks, requires_grad,
+    model._inducer_state = _AttachState(configs, train_head, added, head, requires_grad,
                                         implementations)
     return model
 
 
-def _add_extended_value(inducer: InducerModule):
-    def hook(_projection, _inputs, output):
-        return output + inducer.take_pending_value().to(output.dtype)
+class _AddExtendedValue:
+    """Forward hook on an output projection: adds the inducer's extended value E.
 
-    return hook
+    A callable object rather than a closure so ``copy.deepcopy`` of an adapted model re-points
+    the hook at the copy's inducer; ``detach`` finds hooks by this type, so no handles are kept.
+    """
+
+    def __init__(self, inducer: InducerModule):
+        self.inducer = inducer
+
+    def __call__(self, _projection, _inputs, output):
+        return output + self.inducer.take_pending_value().to(output.dtype)
 
 
 def detach(model: nn.Module) -> nn.Module:
@@ -153,8 +159,10 @@ def detach(model: nn.Module) -> nn.Module:
     state = _state(model)
     if state is None:
         raise ValueError("detach: this model was not adapted by inducer.attach")
-    for handle in state.hooks:
-        handle.remove()
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, _AddExtendedValue):
+                del module._forward_hooks[key]
     for name in state.added:
         parent_name, _, child = name.rpartition(".")
         delattr(model.get_submodule(parent_name), child)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..families import AttentionSite
+from ..kernels import compute_dtype
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -152,11 +153,14 @@ class InducerModule(nn.Module):
                 f"r_v={c.r_v}, value_extension={c.value_extension}, composition={c.composition}")
 
     def virtual_key_score(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
-        """s = scaling * Q . P_k with P_k = Q + key MLP(Q); shape (B, H, N), float32."""
-        q = query.float()
+        """s = scaling * Q . P_k with P_k = Q + key MLP(Q); shape (B, H, N), float32 or wider."""
+        dtype = compute_dtype(query)
+        q = query.to(dtype)
         if hasattr(self, "key_a"):
-            hidden = torch.tanh(q @ self.key_a.float() + self.key_a_bias.float()[:, None, :])
-            virtual_key = q + hidden @ self.key_b.float() + self.key_b_bias.float()[:, None, :]
+            key_a, key_a_bias = self.key_a.to(dtype), self.key_a_bias.to(dtype)
+            key_b, key_b_bias = self.key_b.to(dtype), self.key_b_bias.to(dtype)
+            hidden = torch.tanh(q @ key_a + key_a_bias[:, None, :])
+            virtual_key = q + hidden @ key_b + key_b_bias[:, None, :]
         else:
             virtual_key = q
         return scaling * (q * virtual_key).sum(-1)
@@ -179,7 +183,7 @@ class InducerModule(nn.Module):
         if c.use_lambda:
             lam = torch.sigmoid(self.virtual_key_score(query, scaling) - lse)
         else:
-            lam = torch.ones(query.shape[:-1], dtype=torch.float32, device=query.device)
+            lam = torch.ones(query.shape[:-1], dtype=compute_dtype(query), device=query.device)
         # The module's attention-probability dropout applies to lam too, as to every other weight.
         lam_dropped = F.dropout(lam, p=dropout, training=training) if c.use_lambda else lam
         if c.composition == "gated":
