@@ -1,0 +1,109 @@
+"""The adapter directory format: what is written, and clear refusals of bad directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import inducer
+from inducer.model import FORMAT_VERSION
+
+from .conftest import make_batch, make_model
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = inducer.attach(make_model("bert"), inducer.InducerConfig(r_k=2, r_v=3, layers=[1]))
+    directory = inducer.save_adapter(model, tmp_path / "adapter")
+    return model, directory
+
+
+def test_written_files_hold_configs_fingerprint_and_tensors(saved):
+    model, directory = saved
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["format_version"] == FORMAT_VERSION
+    assert config["library_version"] == inducer.__version__
+    assert config["methods"] == [inducer.InducerConfig(r_k=2, r_v=3, layers=[1]).to_dict()]
+    assert config["base_model"]["architecture"] == "BertForSequenceClassification"
+    assert config["head_tensors"] == ["classifier.weight", "classifier.bias"]
+    tensors = load_file(directory / "adapter.safetensors")
+    inducer_names = {n for n in tensors if ".inducer." in n}
+    assert inducer_names == {f"bert.encoder.layer.1.attention.self.inducer.{t}" for t in (
+        "key_a", "key_a_bias", "key_b", "key_b_bias", "value_a", "value_a_bias", "value_b", "value_b_bias")}
+    assert set(tensors) == inducer_names | {"classifier.weight", "classifier.bias"}
+
+
+def test_head_is_restored_on_load(saved, tmp_path):
+    model, directory = saved
+    batch = make_batch("bert")
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)
+    inducer.save_adapter(model, directory)
+    loaded = inducer.load_adapter(make_model("bert"), directory)
+    assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+
+
+def test_other_base_model_is_refused(saved):
+    _, directory = saved
+    with pytest.raises(inducer.AdapterFormatError, match="different base model.*architecture"):
+        inducer.load_adapter(make_model("gpt2"), directory)
+    other = make_model("bert")
+    other.classifier = nn.Linear(32, 5)  # same architecture, another task head
+    with pytest.raises(inducer.AdapterFormatError, match="shapes_sha256"):
+        inducer.load_adapter(other, directory)
+
+
+def test_truncated_or_altered_weights_are_refused(saved):
+    _, directory = saved
+    weights = directory / "adapter.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(inducer.AdapterFormatError, match="truncated or altered"):
+        inducer.load_adapter(make_model("bert"), directory)
+
+
+def test_newer_format_and_corrupted_config_are_refused(saved):
+    _, directory = saved
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(inducer.AdapterFormatError, match="Upgrade inducer"):
+        inducer.load_adapter(make_model("bert"), directory)
+    path.write_text("{ not json")
+    with pytest.raises(inducer.AdapterFormatError, match="not valid JSON"):
+        inducer.load_adapter(make_model("bert"), directory)
+
+
+def test_missing_files_are_refused(saved, tmp_path):
+    _, directory = saved
+    with pytest.raises(inducer.AdapterFormatError, match="does not exist"):
+        inducer.load_adapter(make_model("bert"), tmp_path / "nowhere")
+    (directory / "adapter.safetensors").unlink()
+    with pytest.raises(inducer.AdapterFormatError, match="adapter.safetensors is missing"):
+        inducer.load_adapter(make_model("bert"), directory)
+    (directory / "adapter_config.json").unlink()
+    with pytest.raises(inducer.AdapterFormatError, match="adapter_config.json is missing"):
+        inducer.load_adapter(make_model("bert"), directory)
+
+
+def test_failed_load_leaves_the_model_unadapted(saved):
+    _, directory = saved
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["methods"][0]["r_v"] = 5  # tensors no longer match the config's shapes
+    config.pop("weights_sha256")
+    path.write_text(json.dumps(config))
+    model = make_model("bert")
+    with pytest.raises(inducer.AdapterFormatError, match="shape"):
+        inducer.load_adapter(model, directory)
+    assert not hasattr(model, "_inducer_state")
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_unsupported_model_names_the_supported_families():
+    with pytest.raises(inducer.UnsupportedModelError, match="Supported families: BERT"):
+        inducer.attach(nn.Sequential(nn.Linear(4, 4)), inducer.InducerConfig())
