@@ -96,7 +96,9 @@ def _make_attention_function(base: str) -> Callable:
             # Eager, or a trainable mask (T5 relative bias under full fine-tuning), which the fused
             # kernels cannot differentiate.
             mask = additive_mask(attention_mask, position_bias, query, key_length, is_causal=causal)
-            out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, module.training)
+            out, lse, weights = reference_attention(
+                query, key, value, mask, scaling, dropout, module.training
+            )
         out = inducer.compose(query, out, lse, scaling, dropout, module.training)
         return out.transpose(1, 2).contiguous(), weights
 

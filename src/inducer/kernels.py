@@ -105,8 +105,9 @@ def _pad_for_lse_grad(g_out, g_lse, q, k, v, out, extra):
     extra channel with dO = g and O = -1 does exactly that; zero channels in Q, K, V change neither
     the scores nor dO V^T. (CUDA kernels want head dims in multiples of 8, hence ``extra``.)
     """
-    g_extra = torch.cat([g_lse.to(g_out.dtype)[..., None], g_out.new_zeros(*g_out.shape[:-1], extra - 1)], -1)
-    out_extra = torch.cat([out.new_full((*out.shape[:-1], 1), -1.0), out.new_zeros(*out.shape[:-1], extra - 1)], -1)
+    zeros = g_out.new_zeros(*g_out.shape[:-1], extra - 1)
+    g_extra = torch.cat([g_lse.to(g_out.dtype)[..., None], zeros], -1)
+    out_extra = torch.cat([out.new_full((*out.shape[:-1], 1), -1.0), zeros.to(out.dtype)], -1)
     return (
         torch.cat([g_out, g_extra], -1),
         _pad_channels(q, extra),

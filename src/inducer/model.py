@@ -222,6 +222,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared adapters unreadable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

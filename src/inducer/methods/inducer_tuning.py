@@ -190,9 +190,10 @@ class InducerModule(nn.Module):
             attn_out = attn_out * (1.0 - lam)[..., None].to(attn_out.dtype)
 
         z = torch.tanh(query @ self.value_a + self.value_a_bias[:, None, :])  # (B, H, N, r_v)
-        weighted = z * lam_dropped[..., None].to(z.dtype)
+        weight = lam_dropped[..., None].to(z.dtype)
+        weighted = z * weight
         if not c.value_extension:
-            value = weighted @ self.value_b + lam_dropped[..., None].to(z.dtype) * self.value_b_bias[:, None, :]
+            value = weighted @ self.value_b + weight * self.value_b_bias[:, None, :]
             self._pending_value = None
             return attn_out + value.to(attn_out.dtype)
         if c.shared_value_basis:
