@@ -241,3 +241,27 @@ def test_deepcopy_of_adapted_model_is_independent():
     clone = copy.deepcopy(model)
     batch = make_batch("gpt2")
     torch.testing.assert_close(logits_of(clone, batch), logits_of(model, batch))
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_unadapted_modules_run_the_models_own_attention(family, attn):
+    """With layers=[1], layer 0 goes through the wrapper to the family's own eager/sdpa function."""
+    base = make_model(family, attn).double()
+    batch = make_batch(family)
+    expected = logits_of(base, batch)
+    model = inducer.attach(base, inducer.InducerConfig(r_k=2, r_v=3, layers=[1]))
+    assert inducer.attention_path(model) == ("reference" if attn == "eager" else "fused")
+    _randomise(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, InducerModule):
+                module.value_b.zero_()
+                module.value_b_bias.zero_()
+    # Some families' eager functions (Llama's) take the softmax in float32 even in a float64
+    # model, while the reference path keeps float64: they agree to float32 precision only.
+    tol = 1e-6 if attn == "eager" else 1e-12
+    torch.testing.assert_close(logits_of(model, batch), expected, rtol=tol, atol=tol)
+    inducer.detach(model)
+    implementations = {getattr(m.config, "_attn_implementation", None)
+                       for m in model.modules() if hasattr(m, "config")}
+    assert implementations == {attn}

@@ -137,10 +137,11 @@ def current_implementations(model: nn.Module) -> dict[int, str | None]:
 def set_implementation(model: nn.Module, choose: Callable[[str | None], str]) -> dict[int, str | None]:
     """Set every config's implementation to ``choose(current)``; returns the previous ones."""
     register()
-    before = {}
-    for config in _configs(model):
-        before[id(config)] = config._attn_implementation
-        config._attn_implementation = choose(config._attn_implementation)
+    # Read everything first: setting a composite config (EncoderDecoderConfig) also sets its parts.
+    configs = list(_configs(model))
+    before = {id(config): config._attn_implementation for config in configs}
+    for config in configs:
+        config._attn_implementation = choose(before[id(config)])
     return before
 
 

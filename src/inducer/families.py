@@ -7,6 +7,7 @@ attribute names of the head geometry. Those facts are here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import dataclass
@@ -62,8 +63,13 @@ class AttentionSite:
 
 
 def _calls_attention_registry(module: nn.Module) -> bool:
+    return _class_calls_attention_registry(type(module))
+
+
+@functools.cache
+def _class_calls_attention_registry(cls: type) -> bool:
     try:
-        source = inspect.getsource(type(module).forward)
+        source = inspect.getsource(cls.forward)
     except (OSError, TypeError):
         return False
     return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
