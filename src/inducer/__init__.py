@@ -8,6 +8,7 @@
 
 from .attention import attention_path, set_attention_path
 from .families import UnsupportedModelError
+from .methods import ConflictError
 from .methods.inducer_tuning import InducerConfig
 from .model import (
     AdapterFormatError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterFormatError",
+    "ConflictError",
     "InducerConfig",
     "ParameterCount",
     "UnsupportedModelError",

@@ -16,13 +16,12 @@ from torch import nn
 
 from . import attention
 from .families import find_attention_sites
-from .methods.inducer_tuning import InducerConfig, InducerModule
+from .methods import METHOD_CONFIGS, MethodConfig
+from .methods.base import remove_method_hooks
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
-# Method configs by the "method" tag stored in adapter_config.json.
-METHOD_CONFIGS = {"inducer": InducerConfig}
 HEAD_CLASS_SUFFIXES = (
     "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice",
 )
@@ -37,7 +36,8 @@ class _AttachState:
     configs: list
     train_head: bool
     added: list[str]  # qualified names of the modules attach created
-    head: list[str]  # names of base parameters made trainable as the task head
+    unfrozen: list[str]  # base parameters the methods train (BitFit's biases, full fine-tuning)
+    head: list[str]  # base parameters made trainable as the task head
     requires_grad: dict[str, bool]
     implementations: dict
 
@@ -47,25 +47,33 @@ class ParameterCount:
     """Parameter counts of an adapted model.
 
     Attributes:
-        trainable: parameters with ``requires_grad`` (added + task head).
-        added: parameters created by ``attach`` (the method's budget).
+        trainable: parameters with ``requires_grad`` (the methods' budget + task head).
+        added: parameters created by ``attach``.
         base: parameters of the base model, task head included.
         head: base parameters trained as the task head (counted separately from the budget).
+        unfrozen: base parameters (outside the task head) that a method trains, e.g. BitFit's biases.
     """
 
     trainable: int
     added: int
     base: int
     head: int
+    unfrozen: int = 0
+
+    @property
+    def budget(self) -> int:
+        """The methods' trainable parameters, task head excluded: ``added + unfrozen``."""
+        return self.added + self.unfrozen
 
     @property
     def added_percent(self) -> float:
-        """``added`` as a percentage of ``base``."""
-        return 100.0 * self.added / max(self.base, 1)
+        """``budget`` as a percentage of ``base`` (for pure-addition methods, ``added`` / ``base``)."""
+        return 100.0 * self.budget / max(self.base, 1)
 
     def __str__(self) -> str:
-        return (f"trainable {self.trainable:,} | added {self.added:,} ({self.added_percent:.3f}% of "
-                f"base) | task head {self.head:,} | base {self.base:,}")
+        unfrozen = f" + unfrozen {self.unfrozen:,}" if self.unfrozen else ""
+        return (f"trainable {self.trainable:,} | added {self.added:,}{unfrozen} ({self.added_percent:.3f}% "
+                f"of base) | task head {self.head:,} | base {self.base:,}")
 
 
 def _state(model: nn.Module) -> _AttachState | None:
@@ -83,75 +91,51 @@ def _task_head_names(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if id(p) not in backbone_ids]
 
 
-def _as_list(configs) -> list:
+def _as_list(configs) -> list[MethodConfig]:
     configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
     if not configs:
         raise ValueError("attach needs at least one method config, e.g. inducer.InducerConfig()")
     for config in configs:
-        if type(config) not in METHOD_CONFIGS.values():
+        if not isinstance(config, MethodConfig) or METHOD_CONFIGS.get(config.method) is not type(config):
             known = ", ".join(c.__name__ for c in METHOD_CONFIGS.values())
             raise TypeError(f"attach: {type(config).__name__} is not a method config (known: {known})")
-    methods = [config.method for config in configs]
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"attach: each method may appear once, got {methods}: both would claim "
-                         "the same attention modules")
     return configs
 
 
 def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     """Adapt ``model`` in place with one method config or a list of them, and return it.
 
-    Every base parameter is frozen; the method's new parameters are trainable, and so is a task
+    Every base parameter is frozen; the methods' new parameters are trainable, and so is a task
     head that a classification-style model adds on top of its backbone (``train_head=False``
     freezes it). The model's attention implementation is switched to inducer's wrapper of it.
+    If a method fails (bad config for this model, conflicting methods), the model is left as it was.
     """
     if _state(model) is not None:
         raise ValueError("attach: this model is already adapted; call inducer.detach(model) first")
     configs = _as_list(configs)
     sites = find_attention_sites(model)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    added = []
-    for config in configs:
-        chosen = [site for site in sites if config.wants(site)]
-        if not chosen:
-            layers = sorted({s.layer for s in sites if s.layer is not None})
-            raise ValueError(
-                f"{type(config).__name__}(layers={config.layers}, attention={config.attention!r}) "
-                f"matches no attention module; this model has layers {layers} and "
-                f"{'cross-attention' if any(s.is_cross for s in sites) else 'no cross-attention'}"
-            )
-        for site in chosen:
-            weight = next(site.projection.parameters())
-            module = InducerModule(config, site.heads, site.head_dim, site.width, dtype=weight.dtype)
-            site.module.add_module("inducer", module.to(weight.device))
-            added.append(f"{site.name}.inducer" if site.name else "inducer")
-            if config.value_extension:
-                site.projection.register_forward_hook(_AddExtendedValue(module))
-    added_ids = {id(p) for name in added for p in model.get_submodule(name).parameters()}
+    implementations = attention.set_implementation(model, attention.wrapped_name)
+    state = _AttachState(configs, train_head, [], [], [], requires_grad, implementations)
+    model._inducer_state = state
+    try:
+        for config in configs:
+            applied = config.apply(model, sites)
+            state.added += applied.modules
+            state.unfrozen += [n for n in applied.unfrozen if n not in state.unfrozen]
+    except BaseException:
+        detach(model)
+        raise
+    added_ids = {id(p) for name in state.added for p in model.get_submodule(name).parameters()}
+    params = dict(model.named_parameters())
     for p in model.parameters():
         p.requires_grad_(id(p) in added_ids)
     head = _task_head_names(model) if train_head else []
-    params = dict(model.named_parameters())
-    for name in head:
+    state.head = head
+    state.unfrozen = [n for n in state.unfrozen if n not in head]
+    for name in state.unfrozen + head:
         params[name].requires_grad_(True)
-    implementations = attention.set_implementation(model, attention.wrapped_name)
-    model._inducer_state = _AttachState(configs, train_head, added, head, requires_grad,
-                                        implementations)
     return model
-
-
-class _AddExtendedValue:
-    """Forward hook on an output projection: adds the inducer's extended value E.
-
-    A callable object rather than a closure so ``copy.deepcopy`` of an adapted model re-points
-    the hook at the copy's inducer; ``detach`` finds hooks by this type, so no handles are kept.
-    """
-
-    def __init__(self, inducer: InducerModule):
-        self.inducer = inducer
-
-    def __call__(self, _projection, _inputs, output):
-        return output + self.inducer.take_pending_value().to(output.dtype)
 
 
 def detach(model: nn.Module) -> nn.Module:
@@ -159,10 +143,7 @@ def detach(model: nn.Module) -> nn.Module:
     state = _state(model)
     if state is None:
         raise ValueError("detach: this model was not adapted by inducer.attach")
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, _AddExtendedValue):
-                del module._forward_hooks[key]
+    remove_method_hooks(model)
     for name in state.added:
         parent_name, _, child = name.rpartition(".")
         delattr(model.get_submodule(parent_name), child)
@@ -179,20 +160,23 @@ def _added_names(model: nn.Module, state: _AttachState) -> list[str]:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
-    """Count trainable, added, base and task-head parameters (tied weights counted once)."""
+    """Count trainable, added, base, task-head and unfrozen parameters (tied weights once)."""
     state = _state(model)
     added_names = set(_added_names(model, state)) if state else set()
     head_names = set(state.head) if state else set()
-    trainable = added = base = head = 0
+    unfrozen_names = set(state.unfrozen) if state else set()
+    trainable = added = base = head = unfrozen = 0
     for name, p in model.named_parameters():
         n = p.numel()
         trainable += n if p.requires_grad else 0
         if name in added_names:
             added += n
-        else:
-            base += n
-            head += n if name in head_names and p.requires_grad else 0
-    return ParameterCount(trainable, added, base, head)
+            continue
+        base += n
+        if p.requires_grad:
+            head += n if name in head_names else 0
+            unfrozen += n if name in unfrozen_names else 0
+    return ParameterCount(trainable, added, base, head, unfrozen)
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -246,7 +230,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
-    names = _added_names(model, state) + [n for n in state.head if params[n].requires_grad]
+    names = _added_names(model, state) + [n for n in state.unfrozen + state.head if params[n].requires_grad]
     tensors = {name: params[name].detach().cpu().contiguous() for name in names}
     weights = directory / WEIGHTS_FILE
     _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"}))
@@ -257,6 +241,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "methods": [c.to_dict() for c in state.configs],
         "train_head": state.train_head,
         "head_tensors": [n for n in names if n in state.head],
+        "base_tensors": [n for n in names if n in state.unfrozen],
         "base_model": fingerprint(model),
         "weights_sha256": _sha256(weights),
     }
@@ -329,7 +314,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, train_head: boo
         raise AdapterFormatError(f"{weights} cannot be read ({err}); the file is corrupted") from err
     attach(model, methods, train_head=config.get("train_head", True) if train_head is None else train_head)
     params = dict(model.named_parameters())
-    expected = set(_added_names(model, model._inducer_state)) | set(config.get("head_tensors", []))
+    expected = (set(_added_names(model, model._inducer_state)) | set(config.get("head_tensors", []))
+                | set(config.get("base_tensors", [])))
     missing, unexpected = expected - set(tensors), set(tensors) - expected
     if missing or unexpected:
         detach(model)

@@ -15,8 +15,8 @@ model starts as the pretrained one).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +24,21 @@ from torch import nn
 
 from ..families import AttentionSite
 from ..kernels import compute_dtype
+from .base import (
+    Applied,
+    MethodConfig,
+    MethodHook,
+    add_child,
+    check_choice,
+    check_int,
+    check_layers,
+    register_method,
+)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"InducerConfig.{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"InducerConfig.{name} must be one of {allowed}, got {value!r}")
-
-
+@register_method
 @dataclass
-class InducerConfig:
+class InducerConfig(MethodConfig):
     """Settings of inducer-tuning; defaults are the paper's method, other values its ablations.
 
     Args:
@@ -64,24 +65,19 @@ class InducerConfig:
     init_std: float = 0.01
     layers: list[int] | None = None
     attention: Literal["all", "self", "cross"] = "all"
-    method: str = field(default="inducer", init=False)
+    method: ClassVar[str] = "inducer"
 
     def __post_init__(self) -> None:
-        _check_int("r_k", self.r_k, 0)
-        _check_int("r_v", self.r_v, 1)
+        check_int("InducerConfig", "r_k", self.r_k, 0)
+        check_int("InducerConfig", "r_v", self.r_v, 1)
         for flag in ("value_extension", "shared_value_basis", "use_lambda"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"InducerConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
-        _check_choice("composition", self.composition, ("residual", "gated"))
-        _check_choice("attention", self.attention, ("all", "self", "cross"))
+        check_choice("InducerConfig", "composition", self.composition, ("residual", "gated"))
+        check_choice("InducerConfig", "attention", self.attention, ("all", "self", "cross"))
         if not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
             raise ValueError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
-        if self.layers is not None:
-            if not isinstance(self.layers, (list, tuple)) or not self.layers:
-                raise ValueError("InducerConfig.layers must be None (all layers) or a non-empty list of ints")
-            for index in self.layers:
-                _check_int("layers[...]", index, 0)
-            self.layers = list(self.layers)
+        self.layers = check_layers("InducerConfig", self.layers)
         if self.shared_value_basis and not self.value_extension:
             raise ValueError(
                 "InducerConfig.shared_value_basis=True needs value_extension=True (the shared basis "
@@ -90,20 +86,6 @@ class InducerConfig:
         if self.composition == "gated" and not self.use_lambda:
             raise ValueError("InducerConfig.composition='gated' needs use_lambda=True (the gate is lam)")
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable form, as stored in ``adapter_config.json``."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> InducerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        data = dict(data)
-        data.pop("method", None)
-        unknown = set(data) - {f for f in cls.__dataclass_fields__ if f != "method"}
-        if unknown:
-            raise ValueError(f"unknown InducerConfig fields {sorted(unknown)}")
-        return cls(**data)
-
     def wants(self, site: AttentionSite) -> bool:
         """Whether this config adapts the attention module described by ``site``."""
         if self.attention == "self" and site.is_cross:
@@ -111,6 +93,23 @@ class InducerConfig:
         if self.attention == "cross" and not site.is_cross:
             return False
         return self.layers is None or site.layer in self.layers
+
+    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+        """Give every chosen attention module an ``inducer`` child; hook its output projection."""
+        chosen = [site for site in sites if self.wants(site)]
+        if not chosen:
+            layers = sorted({s.layer for s in sites if s.layer is not None})
+            cross = "cross-attention" if any(s.is_cross for s in sites) else "no cross-attention"
+            raise ValueError(f"InducerConfig(layers={self.layers}, attention={self.attention!r}) matches "
+                             f"no attention module; this model has layers {layers} and {cross}")
+        applied = Applied()
+        for site in chosen:
+            dtype = next(site.projection.parameters()).dtype
+            module = InducerModule(self, site.heads, site.head_dim, site.width, dtype=dtype)
+            applied.modules.append(add_child(model, site.name, "inducer", module, "InducerConfig"))
+            if self.value_extension:
+                AddExtendedValue(module).register(site.projection)
+        return applied
 
 
 class InducerModule(nn.Module):
@@ -213,3 +212,13 @@ class InducerModule(nn.Module):
                 "inducer.attach? Use inducer.set_attention_path(model, ...) instead."
             )
         return value
+
+
+class AddExtendedValue(MethodHook):
+    """Forward hook on an attention's output projection: adds the inducer's extended value E."""
+
+    def __init__(self, inducer: InducerModule):
+        self.inducer = inducer
+
+    def __call__(self, _projection, _inputs, output):
+        return output + self.inducer.take_pending_value().to(output.dtype)

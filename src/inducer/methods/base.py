@@ -1,0 +1,127 @@
+"""What every method shares: the config base class, the registry, hooks, and how modules are added.
+
+A method is a config dataclass (subclass of :class:`MethodConfig`, registered with
+:func:`register_method`) whose :meth:`MethodConfig.apply` adds modules and hooks to a model and
+says which modules it added and which base parameters it trains. ``inducer.attach`` does the rest
+(freezing, the task head, the attention implementation); ``inducer.detach`` undoes all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import nn
+
+from ..families import AttentionSite
+
+# Method configs by the "method" tag stored in adapter_config.json.
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: make a method config known to attach / load_adapter by its ``method`` tag."""
+    METHOD_CONFIGS[cls.method] = cls
+    return cls
+
+
+class ConflictError(ValueError):
+    """Two methods in one attach claim the same slot of a model in incompatible ways."""
+
+
+@dataclass
+class Applied:
+    """What one method did to a model."""
+
+    modules: list[str] = field(default_factory=list)  # qualified names of added child modules
+    unfrozen: list[str] = field(default_factory=list)  # base parameters the method trains
+
+
+def check_int(owner: str, name: str, value, minimum: int) -> None:
+    """Raise ``ValueError`` naming ``owner.name`` unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value, allowed: tuple) -> None:
+    """Raise ``ValueError`` naming ``owner.name`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name} must be one of {allowed}, got {value!r}")
+
+
+def check_layers(owner: str, layers) -> list[int] | None:
+    """Validate a ``layers`` field: None (all layers) or a non-empty list of layer indices."""
+    if layers is None:
+        return None
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"{owner}.layers must be None (all layers) or a non-empty list of ints")
+    for index in layers:
+        check_int(owner, "layers[...]", index, 0)
+    return list(layers)
+
+
+class MethodConfig:
+    """Base class of method configs (each a dataclass)."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form, as stored in ``adapter_config.json``."""
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MethodConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        data = {k: v for k, v in data.items() if k != "method"}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+        return cls(**data)
+
+    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+        """Add this method's modules and hooks to ``model``; ``sites`` are its attention modules."""
+        raise NotImplementedError(f"{type(self).__name__} must implement apply()")
+
+
+class MethodHook:
+    """Base class of every forward (pre-)hook a method registers; ``detach`` removes them all.
+
+    Hooks are objects (not closures) so ``copy.deepcopy`` of an adapted model re-points them at
+    the copy's modules.
+    """
+
+    pre: ClassVar[bool] = False
+
+    def register(self, module: nn.Module) -> None:
+        """Register on ``module`` (as a forward pre-hook when ``pre`` is True)."""
+        if self.pre:
+            module.register_forward_pre_hook(self)
+        else:
+            module.register_forward_hook(self)
+
+
+def remove_method_hooks(model: nn.Module) -> None:
+    """Remove every :class:`MethodHook` from every module of ``model``."""
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key in [k for k, hook in hooks.items() if isinstance(hook, MethodHook)]:
+                del hooks[key]
+
+
+def add_child(model: nn.Module, parent_name: str, child: str, module: nn.Module, owner: str) -> str:
+    """Add ``module`` as ``parent.child`` (on the device/dtype of the parent's parameters).
+
+    Raises :class:`ConflictError` if the slot is taken (two methods claiming it).
+    """
+    parent = model.get_submodule(parent_name)
+    if hasattr(parent, child):
+        raise ConflictError(
+            f"{owner}: {parent_name or type(model).__name__}.{child} already exists; two methods in "
+            "this attach claim the same slot. Keep one of them (or give them different targets/layers)."
+        )
+    reference = next(parent.parameters(), None)
+    if reference is not None:
+        module = module.to(device=reference.device)
+    parent.add_module(child, module)
+    return f"{parent_name}.{child}" if parent_name else child
