@@ -12,8 +12,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 import inducer
 from inducer.methods.inducer_tuning import InducerModule
 
-from .conftest import make_model
-from .test_model import VARIANTS, _randomise
+from ..conftest import make_model
+from ..test_model import VARIANTS, _randomise
 
 
 def spec_attention(q, k, v, keep, ind: InducerModule, scaling, proj):
