@@ -106,3 +106,12 @@ def logits_of(model, kwargs) -> torch.Tensor:
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing on every layer, non-reentrant, on transformers 5.x."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -10,7 +10,7 @@ import torch
 import inducer
 from inducer.methods.inducer_tuning import InducerModule
 
-from .conftest import DECODERS, ENCODERS, SEQ2SEQ, logits_of, make_batch, make_model
+from .conftest import DECODERS, ENCODERS, SEQ2SEQ, enable_checkpointing, logits_of, make_batch, make_model
 
 VARIANTS = {
     "default": dict(r_k=2, r_v=3),
@@ -142,7 +142,7 @@ def test_gradient_checkpointing_gives_same_gradients(family):
     batch = make_batch(family)
     model.train()
     expected = _grads(model, batch)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model)
     got = _grads(model, batch)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], msg=name)

@@ -9,7 +9,13 @@
 from .attention import attention_path, set_attention_path
 from .families import UnsupportedModelError
 from .methods import ConflictError
+from .methods.adapters import AdapterConfig
+from .methods.bitfit import BitFitConfig
+from .methods.full import FullFineTuneConfig
 from .methods.inducer_tuning import InducerConfig
+from .methods.kernel_mix import KernelMixConfig
+from .methods.lora import LoRAConfig
+from .methods.prefix_tuning import PrefixConfig
 from .model import (
     AdapterFormatError,
     ParameterCount,
@@ -18,23 +24,36 @@ from .model import (
     detach,
     fingerprint,
     load_adapter,
+    merge,
     save_adapter,
+    unmerge,
 )
+from .peft_interop import export_peft, import_peft
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterConfig",
     "AdapterFormatError",
+    "BitFitConfig",
     "ConflictError",
+    "FullFineTuneConfig",
     "InducerConfig",
+    "KernelMixConfig",
+    "LoRAConfig",
     "ParameterCount",
+    "PrefixConfig",
     "UnsupportedModelError",
     "attach",
     "attention_path",
     "count_parameters",
     "detach",
+    "export_peft",
     "fingerprint",
+    "import_peft",
     "load_adapter",
+    "merge",
     "save_adapter",
+    "unmerge",
     "set_attention_path",
 ]

@@ -34,6 +34,58 @@ OUTPUT_PROJECTION: dict[str, str] = {
 # projection names, in order, when the path resolves to a linear layer of the right width.
 FALLBACK_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "o", "dense", "../output.dense")
 
+# Linear layers by role, relative to the attention module. "name[i/n]" is the i-th of n equal
+# output slices of a fused projection (GPT-2's c_attn holds q, k and v side by side).
+ATTENTION_ROLES: dict[str, dict[str, str]] = {
+    "BertSelfAttention": {"q": "query", "k": "key", "v": "value"},
+    "BertCrossAttention": {"q": "query", "k": "key", "v": "value"},
+    "RobertaSelfAttention": {"q": "query", "k": "key", "v": "value"},
+    "RobertaCrossAttention": {"q": "query", "k": "key", "v": "value"},
+    "GPT2Attention": {"q": "c_attn[0/3]", "k": "c_attn[1/3]", "v": "c_attn[2/3]"},
+    "T5Attention": {"q": "q", "k": "k", "v": "v"},
+}
+# GPT-2's cross-attention keeps its query projection apart from a fused key/value projection.
+CROSS_ATTENTION_ROLES: dict[str, dict[str, str]] = {
+    "GPT2Attention": {"q": "q_attn", "k": "c_attn[0/2]", "v": "c_attn[1/2]"},
+}
+FALLBACK_ROLES = {"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k"), "v": ("v_proj", "value", "v")}
+
+
+@dataclass(frozen=True)
+class FeedForwardFacts:
+    """Where a layer's feed-forward block starts and ends, relative to the module holding it.
+
+    ``input``: the module whose input is the FFN input; ``output``: the module whose output is the
+    FFN output (before dropout, residual and LayerNorm); ``first``/``last``: its first linear
+    layer(s) and last linear layer (LoRA's ``ffn_in`` / ``ffn_out`` roles).
+    """
+
+    input: str
+    output: str
+    first: tuple[str, ...]
+    last: str
+
+
+_BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
+_GATED_FFN = FeedForwardFacts("mlp", "mlp", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
+_BART_FFN = FeedForwardFacts("fc1", "fc2", ("fc1",), "fc2")
+FEED_FORWARD: dict[str, FeedForwardFacts] = {
+    "BertLayer": _BERT_FFN,
+    "RobertaLayer": _BERT_FFN,
+    "GPT2Block": FeedForwardFacts("mlp", "mlp", ("mlp.c_fc",), "mlp.c_proj"),
+    "LlamaDecoderLayer": _GATED_FFN,
+    "MistralDecoderLayer": _GATED_FFN,
+    "Qwen2DecoderLayer": _GATED_FFN,
+    "Qwen3DecoderLayer": _GATED_FFN,
+    "BartEncoderLayer": _BART_FFN,
+    "BartDecoderLayer": _BART_FFN,
+    "MBartEncoderLayer": _BART_FFN,
+    "MBartDecoderLayer": _BART_FFN,
+    "T5LayerFF": FeedForwardFacts("DenseReluDense", "DenseReluDense",
+                                  ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
+                                  "DenseReluDense.wo"),
+}
+
 CROSS_ATTENTION_CLASSES = {"BertCrossAttention", "RobertaCrossAttention"}
 CROSS_ATTENTION_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "cross_attn"}
 
@@ -147,5 +199,89 @@ def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
             f"{type(model).__name__}: no attention module routed through transformers' attention "
             f"registry was found. Supported families: {SUPPORTED} (and other transformers 5 models "
             "whose attention calls ALL_ATTENTION_FUNCTIONS)."
+        )
+    return sites
+
+
+@dataclass(frozen=True)
+class LinearTarget:
+    """A linear layer (nn.Linear or GPT-2's Conv1D) or an output slice of one, to be adapted."""
+
+    name: str
+    module: nn.Module
+    in_features: int
+    out_features: int  # of the whole layer
+    start: int  # the adapted output slice is [start, stop)
+    stop: int
+    role: str  # "q", "k", "v", "o", "ffn_in", "ffn_out", or "" for a name pattern
+    layer: int | None
+
+    @property
+    def is_conv1d(self) -> bool:
+        """GPT-2's Conv1D stores its weight as (in, out), nn.Linear as (out, in)."""
+        return type(self.module).__name__ == "Conv1D"
+
+
+def linear_target(modules: dict[str, nn.Module], name: str, role: str = "") -> LinearTarget | None:
+    """The :class:`LinearTarget` for ``name`` ("path" or "path[i/n]"), or None if it is not linear."""
+    match = re.fullmatch(r"(.*)\[(\d+)/(\d+)\]", name)
+    path, index, parts = (match.group(1), int(match.group(2)), int(match.group(3))) if match else (name, 0, 1)
+    module = modules.get(path)
+    shape = _width(module) if module is not None else None
+    if shape is None:
+        return None
+    size = shape[1] // parts
+    return LinearTarget(path, module, shape[0], shape[1], index * size, (index + 1) * size, role,
+                        _layer_index(path))
+
+
+def attention_role_targets(modules: dict[str, nn.Module], site: AttentionSite, role: str) -> LinearTarget:
+    """The linear layer playing ``role`` ("q", "k", "v" or "o") in the attention module ``site``."""
+    if role == "o":
+        return linear_target(modules, site.projection_name, "o")
+    cls = type(site.module).__name__
+    table = (CROSS_ATTENTION_ROLES if site.is_cross else {}).get(cls) or ATTENTION_ROLES.get(cls)
+    candidates = (table[role],) if table else FALLBACK_ROLES[role]
+    for relative in candidates:
+        full = f"{site.name}.{relative}" if site.name else relative
+        target = linear_target(modules, full, role)
+        if target is not None:
+            return target
+    raise UnsupportedModelError(f"{cls} at {site.name!r}: no linear layer for role {role!r} "
+                                f"(looked for {candidates})")
+
+
+@dataclass(frozen=True)
+class FeedForwardSite:
+    """One feed-forward block of a model (see :class:`FeedForwardFacts`)."""
+
+    name: str  # the module holding the block (a transformer layer, or T5's T5LayerFF)
+    input: nn.Module
+    output: nn.Module
+    first: tuple[str, ...]  # qualified names of its first linear layer(s)
+    last: str
+    width: int  # model width: the FFN's input and output size
+    layer: int | None
+    in_decoder: bool
+
+
+def find_feed_forward_sites(model: nn.Module) -> list[FeedForwardSite]:
+    """Every feed-forward block of a supported family; raises for a model with none."""
+    modules = dict(model.named_modules())
+    sites = []
+    for name, module in modules.items():
+        facts = FEED_FORWARD.get(type(module).__name__)
+        if facts is None:
+            continue
+        prefix = f"{name}." if name else ""
+        first = tuple(prefix + f for f in facts.first if prefix + f in modules)
+        last = prefix + facts.last
+        width = _width(modules[last])[1]
+        sites.append(FeedForwardSite(name, modules[prefix + facts.input], modules[prefix + facts.output],
+                                     first, last, width, _layer_index(name), "decoder" in name))
+    if not sites:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no feed-forward block of a known family was found "
+            f"(known layer classes: {sorted(FEED_FORWARD)}). Supported families: {SUPPORTED}."
         )
     return sites

@@ -130,7 +130,9 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     params = dict(model.named_parameters())
     for p in model.parameters():
         p.requires_grad_(id(p) in added_ids)
-    head = _task_head_names(model) if train_head else []
+    # Modules a method adds at the model root (prefix-tuning's shared encoder) are outside the backbone
+    # too, but they are the method's, not the task head's.
+    head = [n for n in _task_head_names(model) if id(params[n]) not in added_ids] if train_head else []
     state.head = head
     state.unfrozen = [n for n in state.unfrozen if n not in head]
     for name in state.unfrozen + head:
@@ -138,11 +140,43 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     return model
 
 
+def _mergeable(model: nn.Module):
+    """(layer, update module) pairs of every added module that can fold into its parent layer."""
+    state = _state(model)
+    if state is None:
+        raise ValueError("this model was not adapted by inducer.attach")
+    for name in state.added:
+        module = model.get_submodule(name)
+        if hasattr(module, "merge"):
+            yield model.get_submodule(name.rpartition(".")[0]), module
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold mergeable updates (LoRA) into their layers' weights, for inference without overhead.
+
+    Other methods stay active as they are. ``unmerge`` (or ``detach``) undoes it, up to rounding.
+    """
+    for layer, module in _mergeable(model):
+        module.merge(layer)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge`: subtract the updates again (equal to the original weights up to rounding)."""
+    for layer, module in _mergeable(model):
+        module.unmerge(layer)
+    return model
+
+
 def detach(model: nn.Module) -> nn.Module:
-    """Remove everything ``attach`` added; the base model's state and outputs are as before."""
+    """Remove everything ``attach`` added; the base model's state and outputs are as before.
+
+    (After :func:`merge`, the weights are unmerged first, which restores them up to rounding.)
+    """
     state = _state(model)
     if state is None:
         raise ValueError("detach: this model was not adapted by inducer.attach")
+    unmerge(model)
     remove_method_hooks(model)
     for name in state.added:
         parent_name, _, child = name.rpartition(".")
@@ -232,6 +266,16 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     params = dict(model.named_parameters())
     names = _added_names(model, state) + [n for n in state.unfrozen + state.head if params[n].requires_grad]
     tensors = {name: params[name].detach().cpu().contiguous() for name in names}
+    # A method whose inference form differs from its training form (prefix-tuning's reparameterisation
+    # MLP, folded into flat prefixes) also stores the inference form's tensors: the adapter then loads
+    # either way (load_adapter's ``inference``) with no shape mismatch.
+    derived = {}
+    for method in state.configs:
+        derived.update(getattr(method, "inference_tensors", lambda _model: {})(model))
+    if set(derived) & set(tensors):
+        raise RuntimeError(f"save_adapter: inference tensors {sorted(set(derived) & set(tensors))[:5]} "
+                           "clash with trained tensors")
+    tensors.update({name: t.detach().cpu().contiguous() for name, t in derived.items()})
     weights = directory / WEIGHTS_FILE
     _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"}))
     config = {
@@ -242,6 +286,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "train_head": state.train_head,
         "head_tensors": [n for n in names if n in state.head],
         "base_tensors": [n for n in names if n in state.unfrozen],
+        "inference_tensors": sorted(derived),
         "base_model": fingerprint(model),
         "weights_sha256": _sha256(weights),
     }
@@ -284,8 +329,14 @@ def _check_base(saved: dict, actual: dict, directory: Path) -> None:
     )
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, train_head: bool | None = None) -> nn.Module:
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, train_head: bool | None = None, inference: bool = False
+) -> nn.Module:
     """Attach the adapter saved in ``directory`` to an unadapted base ``model`` and load its tensors.
+
+    ``inference=True`` attaches each method's inference form instead (``config.inference_config()``
+    where a method has one: prefix-tuning's reparameterisation MLP folded into flat prefixes) and
+    loads the tensors saved for it; tensors only training needs are left out. Outputs are the same.
 
     Refuses, with an :class:`AdapterFormatError` naming the problem, a missing or corrupted file,
     a newer format version, or a base model other than the one the adapter was trained on.
@@ -308,6 +359,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, train_head: boo
             raise AdapterFormatError(f"{directory}: unknown method {entry.get('method')!r}; "
                                      "upgrade inducer to load it")
         methods.append(cls.from_dict(entry))
+    if inference:
+        methods = [m.inference_config() if hasattr(m, "inference_config") else m for m in methods]
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as err:
@@ -316,13 +369,17 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, train_head: boo
     params = dict(model.named_parameters())
     expected = (set(_added_names(model, model._inducer_state)) | set(config.get("head_tensors", []))
                 | set(config.get("base_tensors", [])))
-    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    derived = set(config.get("inference_tensors", []))
+    available = set(tensors) if inference else set(tensors) - derived
+    # The inference form leaves training-only tensors (a folded MLP) unused; otherwise all must match.
+    missing, unexpected = expected - available, set() if inference else available - expected
     if missing or unexpected:
         detach(model)
         raise AdapterFormatError(f"{weights}: tensors do not match the adapter config (missing "
                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     with torch.no_grad():
-        for name, tensor in tensors.items():
+        for name in sorted(expected):
+            tensor = tensors[name]
             if params[name].shape != tensor.shape:
                 detach(model)
                 raise AdapterFormatError(f"{weights}: {name} has shape {tuple(tensor.shape)}, the "

@@ -3,7 +3,15 @@
 Importing this package registers every method config with :data:`METHOD_CONFIGS`.
 """
 
-from . import inducer_tuning  # noqa: F401  (registers InducerConfig)
+from . import (  # noqa: F401  (registration)
+    adapters,
+    bitfit,
+    full,
+    inducer_tuning,
+    kernel_mix,
+    lora,
+    prefix_tuning,
+)
 from .base import METHOD_CONFIGS, Applied, ConflictError, MethodConfig, MethodHook
 
 __all__ = ["METHOD_CONFIGS", "Applied", "ConflictError", "MethodConfig", "MethodHook"]

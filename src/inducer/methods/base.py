@@ -92,21 +92,24 @@ class MethodHook:
     """
 
     pre: ClassVar[bool] = False
+    with_kwargs: ClassVar[bool] = False
 
     def register(self, module: nn.Module) -> None:
         """Register on ``module`` (as a forward pre-hook when ``pre`` is True)."""
         if self.pre:
-            module.register_forward_pre_hook(self)
+            module.register_forward_pre_hook(self, with_kwargs=self.with_kwargs)
         else:
-            module.register_forward_hook(self)
+            module.register_forward_hook(self, with_kwargs=self.with_kwargs)
 
 
 def remove_method_hooks(model: nn.Module) -> None:
     """Remove every :class:`MethodHook` from every module of ``model``."""
     for module in model.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+        for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
+                                   (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
             for key in [k for k, hook in hooks.items() if isinstance(hook, MethodHook)]:
                 del hooks[key]
+                with_kwargs.pop(key, None)
 
 
 def add_child(model: nn.Module, parent_name: str, child: str, module: nn.Module, owner: str) -> str:

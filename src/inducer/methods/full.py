@@ -1,0 +1,23 @@
+"""Full fine-tuning, expressed as a method so every experiment is "a config passed to attach"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from ..families import AttentionSite
+from .base import Applied, MethodConfig, register_method
+
+
+@register_method
+@dataclass
+class FullFineTuneConfig(MethodConfig):
+    """Train every parameter of the base model; ``save_adapter`` then stores all of them."""
+
+    method: ClassVar[str] = "full"
+
+    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+        """Mark every base parameter trainable."""
+        return Applied(unfrozen=[name for name, _ in model.named_parameters()])

@@ -1,0 +1,185 @@
+"""LoRA (Hu et al. 2022): a low-rank update of chosen linear layers, ``W x + (alpha / r) B A x``.
+
+Targets are roles resolved per family (``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"ffn_in"``,
+``"ffn_out"``) or shell-style patterns over qualified module names (``"*.q_proj"``). The update is
+a forward hook on the layer, so fused projections work too: LoRA on GPT-2's ``"q"`` adapts only the
+query third of ``c_attn``. ``inducer.merge`` folds the update into the weight for inference.
+
+Tensors, row-vector convention (``x @ a @ b``): ``X.lora.a`` [in, r], ``X.lora.b`` [r, out_slice]
+for a layer at ``X`` (``X.lora_q`` etc. when a fused layer's slice is targeted).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..families import (
+    AttentionSite,
+    LinearTarget,
+    attention_role_targets,
+    find_feed_forward_sites,
+    linear_target,
+)
+from .base import (
+    Applied,
+    MethodConfig,
+    MethodHook,
+    add_child,
+    check_choice,
+    check_int,
+    check_layers,
+    register_method,
+)
+
+ATTENTION_ROLES = ("q", "k", "v", "o")
+FFN_ROLES = ("ffn_in", "ffn_out")
+
+
+def resolve_targets(
+    model: nn.Module, sites: list[AttentionSite], targets: list[str], layers: list[int] | None,
+    attention: str, owner: str,
+) -> list[LinearTarget]:
+    """Linear layers named by roles or name patterns, filtered by layer and attention kind."""
+    modules = dict(model.named_modules())
+    found: dict[tuple[str, int], LinearTarget] = {}
+    for target in targets:
+        matches = []
+        if target in ATTENTION_ROLES:
+            for site in sites:
+                if (attention == "self" and site.is_cross) or (attention == "cross" and not site.is_cross):
+                    continue
+                matches.append(attention_role_targets(modules, site, target))
+        elif target in FFN_ROLES:
+            for ffn in find_feed_forward_sites(model):
+                names = ffn.first if target == "ffn_in" else (ffn.last,)
+                matches += [linear_target(modules, name, target) for name in names]
+        else:
+            matches = [t for name in fnmatch.filter(modules, target)
+                       if (t := linear_target(modules, name)) is not None]
+            if not matches:
+                raise ValueError(f"{owner}.targets: pattern {target!r} matches no linear layer "
+                                 f"(roles: {ATTENTION_ROLES + FFN_ROLES})")
+        for t in matches:
+            if layers is None or t.layer in layers:
+                found[(t.name, t.start)] = t
+    if not found:
+        raise ValueError(f"{owner}(targets={targets}, layers={layers}) matches no linear layer")
+    return list(found.values())
+
+
+def child_name(base: str, target: LinearTarget) -> str:
+    """``lora`` for a whole layer, ``lora_q`` for the query slice of a fused one."""
+    whole = target.start == 0 and target.stop == target.out_features
+    return base if whole else f"{base}_{target.role or target.start}"
+
+
+@register_method
+@dataclass
+class LoRAConfig(MethodConfig):
+    """LoRA settings.
+
+    Args:
+        r: rank (>= 1).
+        alpha: scaling numerator; the update is multiplied by ``alpha / r``.
+        dropout: dropout on the LoRA input (training only).
+        targets: roles (``q k v o ffn_in ffn_out``) or shell patterns over module names.
+        layers: layer indices to adapt (None = all).
+        attention: for attention roles, ``"all"``, ``"self"`` or ``"cross"`` modules.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q", "v"])
+    layers: list[int] | None = None
+    attention: Literal["all", "self", "cross"] = "all"
+    method: ClassVar[str] = "lora"
+
+    def __post_init__(self) -> None:
+        check_int("LoRAConfig", "r", self.r, 1)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"LoRAConfig.alpha must be a number > 0, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        targets = self.targets
+        if isinstance(targets, str) or not targets or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"LoRAConfig.targets must be a non-empty list of roles "
+                             f"{ATTENTION_ROLES + FFN_ROLES} or module-name patterns, got {targets!r}")
+        self.targets = list(self.targets)
+        self.layers = check_layers("LoRAConfig", self.layers)
+        check_choice("LoRAConfig", "attention", self.attention, ("all", "self", "cross"))
+
+    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+        """Give every target layer a ``lora`` child and a hook adding its update."""
+        applied = Applied()
+        for target in resolve_targets(model, sites, self.targets, self.layers, self.attention, "LoRAConfig"):
+            weight = target.module.weight
+            module = LoRAModule(target, self.r, self.alpha, self.dropout, dtype=weight.dtype)
+            name = child_name("lora", target)
+            applied.modules.append(add_child(model, target.name, name, module, "LoRAConfig"))
+            AddLowRankUpdate(module).register(target.module)
+        return applied
+
+
+class LoRAModule(nn.Module):
+    """``a`` [in, r] (Kaiming-uniform, as PEFT) and ``b`` [r, out] (zero): starts as the base layer."""
+
+    def __init__(self, target: LinearTarget, r: int, alpha: float, dropout: float, dtype=None):
+        super().__init__()
+        self.start, self.stop, self.out_features = target.start, target.stop, target.out_features
+        self.is_conv1d = target.is_conv1d
+        self.scale = alpha / r
+        self.dropout = dropout
+        a = torch.empty(r, target.in_features, dtype=dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # PEFT's init of lora_A.weight [r, in]
+        self.a = nn.Parameter(a.t().contiguous())
+        self.b = nn.Parameter(torch.zeros(r, target.stop - target.start, dtype=dtype))
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as a dense [in, out_slice] matrix (row-vector convention)."""
+        return (self.a @ self.b) * self.scale
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output change for input ``x``, padded to the layer's full output width."""
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        delta = (x.to(self.a.dtype) @ self.a @ self.b) * self.scale
+        return F.pad(delta, (self.start, self.out_features - self.stop))
+
+    def _weight_slice(self, layer: nn.Module) -> torch.Tensor:
+        if self.is_conv1d:
+            return layer.weight[:, self.start:self.stop]
+        return layer.weight[self.start:self.stop].T
+
+    @torch.no_grad()
+    def merge(self, layer: nn.Module) -> None:
+        """Add the update to ``layer``'s weight (the hook then skips it)."""
+        if not self.merged:
+            self._weight_slice(layer).add_(self.delta_weight().to(layer.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self, layer: nn.Module) -> None:
+        """Subtract the update again (equal to the original weight up to rounding)."""
+        if self.merged:
+            self._weight_slice(layer).sub_(self.delta_weight().to(layer.weight.dtype))
+            self.merged = False
+
+
+class AddLowRankUpdate(MethodHook):
+    """Forward hook on a linear layer: adds a low-rank module's update unless it is merged."""
+
+    def __init__(self, update: nn.Module):
+        self.update = update
+
+    def __call__(self, _layer, inputs, output):
+        if getattr(self.update, "merged", False):
+            return output
+        return output + self.update.update(inputs[0]).to(output.dtype)

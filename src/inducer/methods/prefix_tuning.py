@@ -1,0 +1,245 @@
+"""Prefix-tuning (Li & Liang, ACL 2021), implemented inside attention.
+
+Every chosen attention module gets ``length`` trainable key and value rows per key/value head. The
+attention function (``inducer.attention``) prepends them to the keys and values it receives, i.e.
+after the model's projections, rotary embedding and KV-cache update:
+
+    Attn_i = softmax_j([scaling * Q_i . P_k ; scaling * Q_i . K_j + mask_ij]) @ [P_v ; V]
+
+So the prefixes are never stored in the cache (cached decoding adds them again at every step),
+every query sees every prefix position (the causal and padding masks apply to real keys only),
+positions of real tokens are unchanged, and the method works for encoders, both stacks of
+encoder-decoders (self- and cross-attention), grouped-query models (prefixes live on the key/value
+heads), gradient checkpointing, and together with inducer-tuning (whose lambda then normalises over
+the prefix keys too, which is the kernel view of spec section 1).
+
+Parameters, for an adapted attention module at qualified name ``M`` (H_kv key/value heads, head dim p):
+
+* flat (``reparam_hidden=None``): ``M.prefix.key`` and ``M.prefix.value``, each [H_kv, l, p].
+* reparameterised (``reparam_hidden=h``, Li & Liang's training-time MLP): one shared encoder at the
+  model root, ``prefix_encoder.embedding`` [l, d] -> ``prefix_encoder.hidden`` Linear(d, h) -> tanh,
+  and per module ``M.prefix.output`` Linear(h, 2 * H_kv * p), whose output rows are laid out
+  (key|value, head, channel). Li & Liang's single output layer of width ``layers * 2 * d`` is this
+  one, block-partitioned by module: mathematically the same MLP.
+
+Budget: ``count_parameters(model).added`` counts what is trained (the MLP when reparameterised). At
+inference the MLP folds into flat prefixes, whose budget is ``l * 2 * H_kv * p`` per adapted module
+(:func:`inference_parameters`). :func:`inducer.save_adapter` stores both forms, so
+``inducer.load_adapter(base, dir)`` resumes training with the MLP and
+``inducer.load_adapter(base, dir, inference=True)`` gives flat prefixes with identical outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..families import AttentionSite
+from .base import (
+    Applied,
+    MethodConfig,
+    add_child,
+    check_choice,
+    check_int,
+    check_layers,
+    register_method,
+)
+
+ENCODER_NAME = "prefix_encoder"  # the shared reparameterisation encoder, a child of the model root
+CHILD_NAME = "prefix"  # the per-module prefix, a child of each adapted attention module
+
+
+@register_method
+@dataclass
+class PrefixConfig(MethodConfig):
+    """Settings of prefix-tuning.
+
+    Args:
+        length: number of prefix positions l (>= 1) per adapted attention module.
+        reparam_hidden: hidden width h of Li & Liang's reparameterisation MLP (>= 1), used during
+            training and folded into flat prefixes for inference; None trains flat prefixes.
+        attention: ``"all"``, ``"self"`` or ``"cross"``: which attention modules get prefixes.
+        layers: layer indices to adapt (None = all). As for InducerConfig, the index is the first
+            number in a module's qualified name, so in encoder-decoders ``[0]`` adapts both stacks.
+        init_std: std (>= 0) of the normal initialisation of the flat prefixes, or of the
+            reparameterisation's embedding (its linear layers keep PyTorch's default
+            initialisation, as in Li & Liang). 1.0 is ``nn.Embedding``'s default, used by Li & Liang
+            and PEFT. 0 starts from zero prefixes: flat tensors are zero; with the MLP its output
+            layer is zero and the embedding keeps std 1 (PEFT's ``init_weights="zero"``).
+    """
+
+    length: int = 16
+    reparam_hidden: int | None = 512
+    attention: Literal["all", "self", "cross"] = "all"
+    layers: list[int] | None = None
+    init_std: float = 1.0
+    method: ClassVar[str] = "prefix"
+
+    def __post_init__(self) -> None:
+        check_int("PrefixConfig", "length", self.length, 1)
+        if self.reparam_hidden is not None:
+            check_int("PrefixConfig", "reparam_hidden", self.reparam_hidden, 1)
+        check_choice("PrefixConfig", "attention", self.attention, ("all", "self", "cross"))
+        self.layers = check_layers("PrefixConfig", self.layers)
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not (
+            self.init_std >= 0
+        ):
+            raise ValueError(f"PrefixConfig.init_std must be a float >= 0, got {self.init_std!r}")
+
+    def wants(self, site: AttentionSite) -> bool:
+        """Whether this config adds prefixes to the attention module described by ``site``."""
+        if self.attention == "self" and site.is_cross:
+            return False
+        if self.attention == "cross" and not site.is_cross:
+            return False
+        return self.layers is None or site.layer in self.layers
+
+    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+        """Give every chosen attention module a ``prefix`` child (and the model a shared encoder)."""
+        chosen = [site for site in sites if self.wants(site)]
+        if not chosen:
+            layers = sorted({s.layer for s in sites if s.layer is not None})
+            cross = "cross-attention" if any(s.is_cross for s in sites) else "no cross-attention"
+            raise ValueError(f"PrefixConfig(layers={self.layers}, attention={self.attention!r}) matches "
+                             f"no attention module; this model has layers {layers} and {cross}")
+        applied = Applied()
+        try:
+            encoder = None
+            if self.reparam_hidden is not None:
+                dtype = _dtype(chosen[0])
+                encoder = PrefixEncoder(self, chosen[0].width, dtype=dtype)
+                applied.modules.append(add_child(model, "", ENCODER_NAME, encoder, "PrefixConfig"))
+            for site in chosen:
+                module = PrefixModule(self, key_value_heads(site), site.head_dim, encoder, dtype=_dtype(site))
+                applied.modules.append(add_child(model, site.name, CHILD_NAME, module, "PrefixConfig"))
+        except BaseException:
+            # attach only rolls back what a method reports; a half-applied method cleans up itself.
+            for name in reversed(applied.modules):
+                parent, _, child = name.rpartition(".")
+                delattr(model.get_submodule(parent), child)
+            raise
+        return applied
+
+    def inference_config(self) -> PrefixConfig:
+        """The config of the folded form: flat prefixes, no reparameterisation MLP."""
+        return dataclasses.replace(self, reparam_hidden=None)
+
+    def inference_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The flat prefixes the MLP folds into (``M.prefix.key`` / ``M.prefix.value``), by name.
+
+        Empty for flat prefixes (they are the parameters themselves). ``save_adapter`` stores these
+        next to the trained tensors so that ``load_adapter(..., inference=True)`` needs no MLP.
+        """
+        if self.reparam_hidden is None:
+            return {}
+        tensors = {}
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if isinstance(module, PrefixModule) and module.config is self:
+                    key, value = module.key_value()
+                    tensors[f"{name}.key"], tensors[f"{name}.value"] = key, value
+        return tensors
+
+
+def _dtype(site: AttentionSite) -> torch.dtype:
+    return next(site.projection.parameters()).dtype
+
+
+def key_value_heads(site: AttentionSite) -> int:
+    """Number of key/value heads of an attention module (fewer than query heads under GQA)."""
+    module = site.module
+    groups = getattr(module, "num_key_value_groups", None)
+    if isinstance(groups, int) and groups > 0 and site.heads % groups == 0:
+        return site.heads // groups
+    for holder in (module, getattr(module, "config", None)):
+        heads = getattr(holder, "num_key_value_heads", None)
+        if isinstance(heads, int) and heads > 0:
+            return heads
+    return site.heads
+
+
+class PrefixEncoder(nn.Module):
+    """The shared part of Li & Liang's reparameterisation: ``tanh(Linear(d, h)(embedding))``."""
+
+    def __init__(self, config: PrefixConfig, width: int, dtype: torch.dtype | None = None):
+        super().__init__()
+        std = config.init_std if config.init_std > 0 else 1.0
+        self.embedding = nn.Parameter(torch.randn(config.length, width, dtype=dtype) * std)
+        self.hidden = nn.Linear(width, config.reparam_hidden, dtype=dtype)
+
+    def forward(self) -> torch.Tensor:
+        """Hidden states of the prefix positions, shape [l, h]."""
+        return torch.tanh(self.hidden(self.embedding))
+
+
+class PrefixModule(nn.Module):
+    """The prefixes of one attention module, and how they extend its keys, values and mask."""
+
+    def __init__(
+        self,
+        config: PrefixConfig,
+        kv_heads: int,
+        head_dim: int,
+        encoder: PrefixEncoder | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.kv_heads, self.head_dim, self.length = kv_heads, head_dim, config.length
+        shape = (kv_heads, config.length, head_dim)
+        if encoder is None:
+            self.key = nn.Parameter(torch.randn(shape, dtype=dtype) * config.init_std)
+            self.value = nn.Parameter(torch.randn(shape, dtype=dtype) * config.init_std)
+            self._encoder = None
+        else:
+            self.output = nn.Linear(config.reparam_hidden, 2 * kv_heads * head_dim, dtype=dtype)
+            if config.init_std == 0:
+                nn.init.zeros_(self.output.weight)
+                nn.init.zeros_(self.output.bias)
+            # A plain reference, not a submodule: the encoder is registered once, at the model root,
+            # and shared by every module (copy.deepcopy keeps the sharing through its memo).
+            self._encoder = (encoder,)
+
+    def extra_repr(self) -> str:
+        reparam = f", reparam_hidden={self.config.reparam_hidden}" if self._encoder else ""
+        return f"kv_heads={self.kv_heads}, length={self.length}, head_dim={self.head_dim}{reparam}"
+
+    def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix keys and values, each [H_kv, l, p] (through the MLP when reparameterised)."""
+        if self._encoder is None:
+            return self.key, self.value
+        out = self.output(self._encoder[0]())  # [l, 2 * H_kv * p]
+        out = out.view(self.length, 2, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
+        return out[0], out[1]
+
+    def extend(
+        self, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prepend the prefixes to key/value (B, H_kv, M, p) and visible columns to an additive mask.
+
+        ``mask`` is None or an additive mask (..., N, M) holding every masking the model applies
+        (causal, padding, relative position bias); the prefix columns get 0: every query sees them.
+        """
+        if key.shape[1] != self.kv_heads or key.shape[-1] != self.head_dim:
+            raise RuntimeError(
+                f"inducer: attention got keys with {key.shape[1]} heads of dim {key.shape[-1]}, but "
+                f"its prefixes were built for {self.kv_heads} x {self.head_dim} key/value heads"
+            )
+        prefix_key, prefix_value = self.key_value()
+        batch = key.shape[0]
+        prefix_key = prefix_key.to(key.dtype)[None].expand(batch, -1, -1, -1)
+        prefix_value = prefix_value.to(value.dtype)[None].expand(batch, -1, -1, -1)
+        key = torch.cat([prefix_key, key], dim=2)
+        value = torch.cat([prefix_value, value], dim=2)
+        if mask is not None:
+            mask = torch.cat([mask.new_zeros(*mask.shape[:-1], self.length), mask], dim=-1)
+        return key, value, mask
+
+
+def inference_parameters(model: nn.Module) -> int:
+    """Prefix parameters of ``model`` at inference (MLP folded): ``l * 2 * H_kv * p`` per module."""
+    return sum(2 * m.kv_heads * m.length * m.head_dim for m in model.modules() if isinstance(m, PrefixModule))
