@@ -88,3 +88,13 @@ def test_cpu_dropout_path_keeps_exact_lse():
     torch.testing.assert_close(lse, expected)
     reference_out = reference_attention(q, k, v, None, 0.4, 0.0, False)[0]
     assert not torch.allclose(out, reference_out)  # dropout did act on the output
+
+
+def test_backward_without_lse_gradient_is_the_plain_kernel_backward():
+    q, k, v = _inputs()
+    out, _ = _FusedAttentionWithLSE.apply(q, k, v, None, 0.4, True, 0.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.4)
+    got = torch.autograd.grad(out.pow(2).sum(), (q, k, v))
+    want = torch.autograd.grad(expected.pow(2).sum(), (q, k, v))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)

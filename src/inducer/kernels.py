@@ -145,12 +145,13 @@ class _FusedAttentionWithLSE(torch.autograd.Function):
         query, key, value, mask, out, lse = ctx.saved_tensors
         if g_out is None:
             g_out = torch.zeros_like(out)
-        if g_lse is None:
-            g_lse = torch.zeros_like(lse)
         g_out = g_out.contiguous()
         p = query.shape[-1]
-        extra = 1 if query.device.type == "cpu" else 8
-        g_out_, q_, k_, v_, out_ = _pad_for_lse_grad(g_out, g_lse, query, key, value, out, extra)
+        if g_lse is None:  # LSE unused (e.g. use_lambda=False): the kernel's own backward suffices
+            g_out_, q_, k_, v_, out_ = g_out, query, key, value, out
+        else:
+            extra = 1 if query.device.type == "cpu" else 8
+            g_out_, q_, k_, v_, out_ = _pad_for_lse_grad(g_out, g_lse, query, key, value, out, extra)
         if query.device.type == "cpu":
             gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 g_out_, q_, k_, v_, out_, lse, 0.0, ctx.is_causal, attn_mask=mask, scale=ctx.scaling
