@@ -79,6 +79,13 @@ class MethodConfig:
             raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
         return cls(**data)
 
+    def inference_config(self) -> MethodConfig:
+        """The config whose parameters remain at inference, which is what budgets count.
+
+        The same config for most methods; prefix-tuning drops its reparameterisation MLP.
+        """
+        return self
+
     def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
         """Add this method's modules and hooks to ``model``; ``sites`` are its attention modules."""
         raise NotImplementedError(f"{type(self).__name__} must implement apply()")

@@ -1,0 +1,287 @@
+"""Named methods with the paper's settings, and parameter-budget matching.
+
+``preset("lora", model)`` gives the paper's LoRA settings; ``preset("lora", model, budget="0.5%")``
+searches the method's sizes (ranks, lengths, bottlenecks, and if needed how many of the top layers
+are adapted) for the count closest to the budget, preferring all layers and the paper's proportions.
+Budgets count the parameters a method keeps at inference (prefix-tuning's reparameterisation MLP
+is training-only), excluding the task head. Counting runs on a parameter-free ("meta") copy of the
+model, so it costs no memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .methods.adapters import AdapterConfig
+from .methods.base import MethodConfig
+from .methods.bitfit import BitFitConfig
+from .methods.full import FullFineTuneConfig
+from .methods.inducer_tuning import InducerConfig
+from .methods.kernel_mix import KernelMixConfig
+from .methods.lora import LoRAConfig
+from .methods.mam import MAMConfig
+from .methods.prefix_tuning import PrefixConfig
+from .model import attach, count_parameters, detach
+
+logger = logging.getLogger(__name__)
+TOLERANCE = 0.02  # a budget is met when the count is within 2% of it
+
+
+def _lora_q(r: int, layers: list[int] | None = None) -> LoRAConfig:
+    # The paper's LoRA on the query projection only (spec section 4).
+    return LoRAConfig(r=r, alpha=32, dropout=0.1, targets=["q"], layers=layers)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named method: its configs from knob values, the paper's knobs, and the knobs' search ranges.
+
+    ``ratios`` are the knob proportions to keep when matching a budget (the paper's shape).
+    """
+
+    description: str
+    build: Callable[..., list[MethodConfig]]
+    defaults: dict
+    ranges: dict
+    layered: bool = True  # may adapt only the top n layers to reach small budgets
+
+
+PRESETS: dict[str, Preset] = {
+    "full": Preset("full fine-tuning: every base parameter", lambda: [FullFineTuneConfig()], {}, {}, False),
+    "bitfit": Preset("BitFit: bias terms only", lambda: [BitFitConfig()], {}, {}, False),
+    "prefix": Preset(
+        "prefix-tuning (Li & Liang): l prefix keys/values per attention, MLP-reparameterised in training",
+        lambda length, layers=None: [PrefixConfig(length=length, layers=layers)],
+        {"length": 16}, {"length": range(1, 513)}),
+    "lora": Preset(
+        "LoRA (Hu et al.) on the query and value projections, alpha = 2r",
+        lambda r, layers=None: [LoRAConfig(r=r, alpha=2 * r, targets=["q", "v"], layers=layers)],
+        {"r": 8}, {"r": range(1, 257)}),
+    "adapter": Preset(
+        "Pfeiffer adapter: a sequential bottleneck after each feed-forward block",
+        lambda bottleneck, layers=None: [
+            AdapterConfig(kind="pfeiffer", bottleneck=bottleneck, layers=layers)],
+        {"bottleneck": 64}, {"bottleneck": range(1, 2049)}),
+    "parallel-adapter": Preset(
+        "scaled parallel adapter (He et al.): a bottleneck beside each feed-forward block, scale 4",
+        lambda bottleneck, layers=None: [AdapterConfig(kind="parallel", bottleneck=bottleneck, scale=4.0,
+                                                       layers=layers)],
+        {"bottleneck": 64}, {"bottleneck": range(1, 2049)}),
+    "mam": Preset(
+        "MAM adapter (He et al.): prefix l=16 + scaled parallel FFN adapter",
+        lambda bottleneck, prefix_length=16, layers=None: [
+            MAMConfig(prefix_length=prefix_length, bottleneck=bottleneck, layers=layers)],
+        {"bottleneck": 64, "prefix_length": 16},
+        {"bottleneck": range(1, 2049), "prefix_length": (1, 2, 4, 8, 16)}),
+    "kernel-mix": Preset(
+        "Kernel-mix (Chen et al. 2022): per-head low-rank updates of W_q, W_v, W_o",
+        lambda r, layers=None: [KernelMixConfig(r=r, alpha=2 * r, layers=layers)],
+        {"r": 4}, {"r": range(1, 129)}),
+    "inducer": Preset(
+        "inducer-tuning (Chen et al. 2022): a query-dependent inducer per query and head",
+        lambda r_k, r_v, layers=None: [InducerConfig(r_k=r_k, r_v=r_v, layers=layers)],
+        {"r_k": 6, "r_v": 4}, {"r_k": range(0, 65), "r_v": range(1, 129)}),
+    "inducer+lora": Preset(
+        "inducer-tuning + LoRA on the query (the paper's NLU recipe)",
+        lambda r_k, r_v, r, layers=None: [InducerConfig(r_k=r_k, r_v=r_v, layers=layers), _lora_q(r, layers)],
+        {"r_k": 2, "r_v": 4, "r": 4}, {"r_k": range(0, 33), "r_v": range(1, 65), "r": range(1, 65)}),
+    "inducer+mam": Preset(
+        "inducer-tuning + LoRA-q + scaled parallel FFN adapter (the paper's 'inducer + MAM')",
+        lambda r_k, r_v, r, bottleneck, layers=None: [
+            InducerConfig(r_k=r_k, r_v=r_v, layers=layers), _lora_q(r, layers),
+            AdapterConfig(kind="parallel", bottleneck=bottleneck, scale=2.0, placement="ffn", layers=layers)],
+        {"r_k": 2, "r_v": 4, "r": 4, "bottleneck": 16},
+        {"r_k": range(0, 33), "r_v": range(1, 65), "r": range(1, 65), "bottleneck": range(1, 1025)}),
+}
+
+
+class PresetConfigs(list):
+    """The configs of a preset (a list, ready for ``attach``), with what was chosen and why."""
+
+    name: str
+    knobs: dict
+    count: int
+    budget: int | None
+    summary: str
+
+
+def _meta_twin(model: nn.Module) -> nn.Module:
+    """A parameter-free copy of ``model`` with the same structure, for counting."""
+    config = getattr(model, "config", None)
+    with torch.device("meta"):
+        if config is not None:
+            try:
+                return type(model)(copy.deepcopy(config))
+            except Exception:  # noqa: BLE001  (fall back to a structural copy below)
+                pass
+    return copy.deepcopy(model).to("meta")
+
+
+class _Counter:
+    """Budget counts of config lists on a meta twin, memoised per config."""
+
+    def __init__(self, model: nn.Module):
+        self.twin = _meta_twin(model)
+        self.cache: dict[str, int] = {}
+
+    def one(self, config: MethodConfig) -> int:
+        config = config.inference_config()
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key not in self.cache:
+            with torch.device("meta"):
+                attach(self.twin, config)
+            try:
+                self.cache[key] = count_parameters(self.twin).budget
+            finally:
+                detach(self.twin)
+        return self.cache[key]
+
+    def __call__(self, configs: Iterable[MethodConfig]) -> int:
+        # Methods add disjoint parameters (attach refuses overlaps), so counts add up; the
+        # unfrozen base parameters of BitFit / full fine-tuning are counted by their own config.
+        return sum(self.one(c) for c in configs)
+
+
+def parse_budget(budget: int | str | float, base: int) -> int:
+    """An int count, or a percentage string of the base model's parameters (``"0.5%"``)."""
+    if isinstance(budget, str):
+        text = budget.strip()
+        try:
+            if text.endswith("%"):
+                value = float(text[:-1]) / 100 * base
+            else:
+                value = float(text.replace(",", "").replace("_", ""))
+        except ValueError as err:
+            raise ValueError(
+                f"budget {budget!r} is neither a count (600000) nor a percentage ('0.5%')"
+            ) from err
+    elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        value = budget
+    else:
+        raise ValueError(f"budget must be an int count or a percentage string like '0.5%', got {budget!r}")
+    if not value >= 1:
+        raise ValueError(f"budget {budget!r} is less than one parameter")
+    return int(round(value))
+
+
+def _shape_penalty(knobs: dict, defaults: dict) -> float:
+    """How far the knob proportions are from the paper's (0 when they match)."""
+    names = [k for k in defaults if k in knobs]
+    if len(names) < 2:
+        return 0.0
+    return sum(abs(math.log((knobs[a] + 1) / (knobs[names[0]] + 1))
+                   - math.log((defaults[a] + 1) / (defaults[names[0]] + 1))) for a in names[1:])
+
+
+def _affine_count(spec: Preset, counter: _Counter, layers: list[int] | None) -> Callable[[dict], float]:
+    """Predict counts from a few exact ones: every method's count is affine in each of its sizes
+    (a rank, length or bottleneck multiplies a fixed per-layer cost), plus a constant jump where a
+    size of 0 removes a whole module (the inducer's key MLP)."""
+    extra = {"layers": layers} if layers else {}
+    ref = {k: max(spec.defaults.get(k, 1), 1) for k in spec.ranges}
+    at_ref = counter(spec.build(**ref, **extra))
+    slopes, zero_jump = {}, {}
+    for knob in spec.ranges:
+        slopes[knob] = counter(spec.build(**{**ref, knob: ref[knob] + 1}, **extra)) - at_ref
+        if 0 in spec.ranges[knob]:
+            at_zero = counter(spec.build(**{**ref, knob: 0}, **extra))
+            zero_jump[knob] = at_zero - (at_ref - slopes[knob] * ref[knob])
+
+    def predict(knobs: dict) -> float:
+        count = at_ref + sum(slopes[k] * (knobs[k] - ref[k]) for k in spec.ranges)
+        return count + sum(jump for k, jump in zero_jump.items() if knobs[k] == 0)
+
+    predict.slopes = slopes  # type: ignore[attr-defined]
+    return predict
+
+
+def _candidates(spec: Preset, counter: _Counter, budget: int, n_layers: int):
+    """Yield (knobs, predicted count): for each layer choice and each setting of the other sizes,
+    the first size that brings the count nearest the budget (from the affine prediction)."""
+    names = list(spec.ranges)
+    first, others = names[0], names[1:]
+    layer_choices: list[list[int] | None] = [None]
+    if spec.layered and n_layers > 1:
+        layer_choices += [list(range(n_layers - n, n_layers)) for n in range(n_layers - 1, 0, -1)]
+    if len(others) <= 1:
+        grid = [dict(zip(others, combo, strict=True))
+                for combo in itertools.product(*(spec.ranges[o] for o in others))]
+    else:  # several sizes: keep the paper's proportions, scaled together
+        grid, seen = [], set()
+        for step in range(-300, 301):
+            scale = 2 ** (step / 50)
+            combo = tuple(min(max(round(spec.defaults[o] * scale), min(spec.ranges[o])), max(spec.ranges[o]))
+                          for o in others)
+            if combo not in seen:
+                seen.add(combo)
+                grid.append(dict(zip(others, combo, strict=True)))
+    values = list(spec.ranges[first])
+    for layers in layer_choices:
+        predict = _affine_count(spec, counter, layers)
+        slope = predict.slopes[first]
+        for rest in grid:
+            knobs = {**rest, **({"layers": layers} if layers else {})}
+            base = predict({first: values[0], **rest})
+            ideal = values[0] + (budget - base) / slope if slope > 0 else values[0]
+            for value in {math.floor(ideal), math.ceil(ideal)}:
+                value = min(max(value, values[0]), values[-1])
+                chosen = {first: value, **knobs}
+                yield chosen, predict({first: value, **rest})
+
+
+def preset(name: str, model: nn.Module, budget: int | str | None = None) -> PresetConfigs:
+    """The config list of a named method for ``model``.
+
+    Without ``budget``: the paper's settings. With ``budget`` (an int count or ``"0.5%"`` of the
+    base model): the sizes whose count (parameters kept at inference, task head excluded) is
+    closest to the budget, within 2% where the method's granularity allows; the result's
+    ``summary`` (also logged) says what was chosen and how close it is.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(PRESETS)}")
+    spec = PRESETS[name]
+    counter = _Counter(model)
+    base = sum(p.numel() for p in model.parameters())
+    if budget is None or not spec.ranges:
+        knobs = dict(spec.defaults)
+        configs = spec.build(**knobs)
+        target = None if budget is None else parse_budget(budget, base)
+    else:
+        target = parse_budget(budget, base)
+        from .families import find_attention_sites
+
+        n_layers = len({s.layer for s in find_attention_sites(model) if s.layer is not None})
+
+        def score(item):
+            # Within the tolerance: all layers first, then the paper's proportions, then the
+            # closest count. Outside it (the sizes are too coarse): simply the closest count.
+            knobs, count = item
+            miss = abs(count - target) / target
+            if miss > TOLERANCE:
+                return (1, 0, 0.0, miss)
+            dropped = n_layers - len(knobs["layers"]) if "layers" in knobs else 0
+            return (0, dropped, round(_shape_penalty(knobs, spec.defaults), 6), miss)
+
+        knobs, _ = min(_candidates(spec, counter, target, n_layers), key=score)
+        # The prediction picked the sizes; the count reported below is the exact one.
+        configs = spec.build(**knobs)
+    count = counter(configs)
+    result = PresetConfigs(configs)
+    result.name, result.knobs, result.count, result.budget = name, knobs, count, target
+    shown = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in knobs.items())
+    result.summary = f"{name}: {spec.description}; {shown or 'no sizes'}; {count:,} parameters " + (
+        f"({100 * count / base:.3f}% of {base:,})" if target is None else
+        f"for a budget of {target:,} ({100 * (count - target) / target:+.2f}%)")
+    if target is not None and spec.ranges and abs(count - target) > TOLERANCE * target:
+        result.summary += f"; the closest this method's sizes allow is outside {TOLERANCE:.0%}"
+    logger.info(result.summary)
+    return result

@@ -1,0 +1,82 @@
+"""Named presets: the paper's settings and budget matching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+import inducer
+from inducer.presets import parse_budget
+
+
+@pytest.fixture(scope="module")
+def minilm_shaped():
+    """MiniLM's geometry on the meta device: real shapes, no weights."""
+    with torch.device("meta"):
+        return BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6,
+                                                        num_attention_heads=12, intermediate_size=1536))
+
+
+def test_paper_settings_reproduce_the_released_counts():
+    with torch.device("meta"):
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=2))
+    assert inducer.preset("inducer+lora", model).count == 609_120
+    assert inducer.preset("inducer", model).count == 609_696
+    configs = inducer.preset("inducer+lora", model)
+    assert [c.method for c in configs] == ["inducer", "lora"]
+    assert configs[1].targets == ["q"] and configs[1].alpha == 32 and configs[1].dropout == 0.1
+
+
+@pytest.mark.parametrize("name", ["prefix", "lora", "adapter", "parallel-adapter", "mam", "inducer",
+                                  "inducer+lora", "inducer+mam"])
+@pytest.mark.parametrize("budget", ["0.5%", "0.1%", 50_000])
+def test_budget_is_met_within_two_percent(minilm_shaped, name, budget):
+    configs = inducer.preset(name, minilm_shaped, budget=budget)
+    target = parse_budget(budget, sum(p.numel() for p in minilm_shaped.parameters()))
+    assert abs(configs.count - target) <= 0.02 * target, configs.summary
+    assert f"{configs.count:,} parameters" in configs.summary
+    # The reported count is what attach gives for the inference-time configs.
+    with torch.device("meta"):
+        inducer.attach(minilm_shaped, [c.inference_config() for c in configs])
+    try:
+        assert inducer.count_parameters(minilm_shaped).budget == configs.count
+    finally:
+        inducer.detach(minilm_shaped)
+
+
+def test_coarse_methods_say_they_missed(minilm_shaped):
+    configs = inducer.preset("kernel-mix", minilm_shaped, budget="0.1%")
+    assert "outside 2%" in configs.summary
+
+
+def test_every_preset_attaches_to_a_tiny_model():
+    from .conftest import make_batch, make_model
+
+    for name in inducer.PRESETS:
+        model = make_model("bert")
+        inducer.attach(model, inducer.preset(name, model))
+        model(**make_batch("bert")).logits.sum().backward()
+
+
+@pytest.mark.parametrize(("budget", "message"), [("lots", "neither a count"), (0, "less than one"),
+                                                 (True, "must be an int"), ("-1%", "less than one")])
+def test_bad_budgets_are_explained(budget, message):
+    with pytest.raises(ValueError, match=message):
+        parse_budget(budget, 1000)
+
+
+def test_unknown_preset_lists_the_known_ones(minilm_shaped):
+    with pytest.raises(ValueError, match="unknown method 'lorra'.*inducer\\+lora"):
+        inducer.preset("lorra", minilm_shaped)
+
+
+def test_parse_budget_forms():
+    assert parse_budget("0.5%", 2_000_000) == 10_000
+    assert parse_budget("600,000", 1) == 600_000
+    assert parse_budget(1234, 1) == 1234
