@@ -15,6 +15,7 @@ from .methods.full import FullFineTuneConfig
 from .methods.inducer_tuning import InducerConfig
 from .methods.kernel_mix import KernelMixConfig
 from .methods.lora import LoRAConfig
+from .methods.mam import MAMConfig
 from .methods.prefix_tuning import PrefixConfig
 from .model import (
     AdapterFormatError,
@@ -29,6 +30,7 @@ from .model import (
     unmerge,
 )
 from .peft_interop import export_peft, import_peft
+from .presets import PRESETS, preset
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "InducerConfig",
     "KernelMixConfig",
     "LoRAConfig",
+    "MAMConfig",
     "ParameterCount",
     "PrefixConfig",
     "UnsupportedModelError",
@@ -53,6 +56,8 @@ __all__ = [
     "import_peft",
     "load_adapter",
     "merge",
+    "preset",
+    "PRESETS",
     "save_adapter",
     "unmerge",
     "set_attention_path",

@@ -1,12 +1,14 @@
 """The one place where inducer hooks attention: transformers' attention-function registry.
 
 ``attach`` switches the model's attention implementation from ``X`` to ``inducer_X``. For a module
-without inducers, ``inducer_X`` calls ``X`` unchanged. For a module with inducers it runs attention
-that also yields each query's log-sum-exp, then lets the module's :class:`InducerModule` compose
-the output:
+without inducers or prefixes, ``inducer_X`` calls ``X`` unchanged. A module with a ``prefix`` child
+(:class:`~inducer.methods.prefix_tuning.PrefixModule`) has its keys, values and mask extended by
+the prefixes first. A module with inducers runs attention that also yields each query's
+log-sum-exp (over prefixes too, if any), then lets its :class:`InducerModule` compose the output:
 
 * ``inducer_eager`` runs :func:`~inducer.kernels.reference_attention` (materialised scores);
-* ``inducer_sdpa`` runs :func:`~inducer.kernels.fused_attention` (LSE from the fused kernel).
+* ``inducer_sdpa`` runs :func:`~inducer.kernels.fused_attention` (LSE from the fused kernel), or
+  torch's ``scaled_dot_product_attention`` for prefixes without inducers.
 
 A matching mask function is registered for each name, as transformers requires.
 """
@@ -17,12 +19,13 @@ import inspect
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .kernels import additive_mask, fused_attention, reference_attention
+from .kernels import additive_mask, fused_attention, reference_attention, repeat_kv
 
 PREFIX = "inducer_"
 # The base implementations we wrap, and which of our two paths serves them. Flash-attention and
@@ -67,13 +70,14 @@ def _make_attention_function(base: str) -> Callable:
         **kwargs,
     ):
         inducer = getattr(module, "inducer", None)
-        if inducer is None:
+        prefix = getattr(module, "prefix", None)
+        if inducer is None and prefix is None:
             return _base_function(base, module)(
                 module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
             )
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
-        if query.shape[1] != inducer.heads or query.shape[-1] != inducer.head_dim:
+        if inducer is not None and (query.shape[1] != inducer.heads or query.shape[-1] != inducer.head_dim):
             raise RuntimeError(
                 f"inducer: attention at {type(module).__name__} got {query.shape[1]} heads of dim "
                 f"{query.shape[-1]}, but its inducer was built for {inducer.heads} x {inducer.head_dim}"
@@ -83,23 +87,34 @@ def _make_attention_function(base: str) -> Callable:
         if causal and key.shape[2] > query.shape[2]:
             # sdpa's causal flag is top-left aligned: only the first N keys exist (empty static cache).
             key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
-        key_length = key.shape[2]
-        weights = None
+        # Eager, or a trainable mask (T5 relative bias under full fine-tuning), which the fused
+        # kernels cannot differentiate, use the reference path.
         use_fused = path == "fused" and not (position_bias is not None and position_bias.requires_grad)
-        if use_fused and position_bias is None:
-            mask = additive_mask(attention_mask, None, query, key_length, is_causal=False)
-            out, lse = fused_attention(query, key, value, mask, scaling, dropout, module.training, causal)
-        elif use_fused:
-            mask = additive_mask(attention_mask, position_bias, query, key_length, is_causal=causal)
-            out, lse = fused_attention(query, key, value, mask, scaling, dropout, module.training, False)
+        # The fused kernel may apply a plain causal pattern itself. Prepended prefixes would break its
+        # top-left alignment, and a bias must be added anyway: then the mask holds the causal part.
+        kernel_causal = use_fused and causal and position_bias is None and prefix is None
+        mask = additive_mask(attention_mask, position_bias, query, key.shape[2],
+                             is_causal=causal and not kernel_causal)
+        if prefix is not None:
+            # Prefix keys/values join the tensors the function received (after rotary embedding and
+            # the cache update): never cached, seen by every query, the mask covers real keys only.
+            key, value, mask = prefix.extend(key, value, mask)
+        weights, training = None, module.training
+        if inducer is None:  # prefixes only: plain attention over the extended keys
+            if use_fused:
+                groups = query.shape[1] // key.shape[1]
+                out = F.scaled_dot_product_attention(
+                    query, repeat_kv(key, groups), repeat_kv(value, groups), attn_mask=mask,
+                    dropout_p=dropout if training else 0.0, scale=scaling,
+                )
+            else:
+                out, _, weights = reference_attention(query, key, value, mask, scaling, dropout, training)
+            return out.transpose(1, 2).contiguous(), weights
+        if use_fused:
+            out, lse = fused_attention(query, key, value, mask, scaling, dropout, training, kernel_causal)
         else:
-            # Eager, or a trainable mask (T5 relative bias under full fine-tuning), which the fused
-            # kernels cannot differentiate.
-            mask = additive_mask(attention_mask, position_bias, query, key_length, is_causal=causal)
-            out, lse, weights = reference_attention(
-                query, key, value, mask, scaling, dropout, module.training
-            )
-        out = inducer.compose(query, out, lse, scaling, dropout, module.training)
+            out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, training)
+        out = inducer.compose(query, out, lse, scaling, dropout, training)
         return out.transpose(1, 2).contiguous(), weights
 
     inducer_attention.__name__ = f"inducer_{base}_attention"

@@ -266,12 +266,14 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     params = dict(model.named_parameters())
     names = _added_names(model, state) + [n for n in state.unfrozen + state.head if params[n].requires_grad]
     tensors = {name: params[name].detach().cpu().contiguous() for name in names}
-    # A method whose inference form differs from its training form (prefix-tuning's reparameterisation
-    # MLP, folded into flat prefixes) also stores the inference form's tensors: the adapter then loads
-    # either way (load_adapter's ``inference``) with no shape mismatch.
+    # An added module whose inference form differs from its training form (``inference_tensors()``:
+    # prefix-tuning's reparameterisation MLP folded into flat prefixes) also stores the inference
+    # form's tensors: the adapter then loads either way (load_adapter's ``inference``), no shape mismatch.
     derived = {}
-    for method in state.configs:
-        derived.update(getattr(method, "inference_tensors", lambda _model: {})(model))
+    for name in state.added:
+        fold = getattr(model.get_submodule(name), "inference_tensors", None)
+        if fold is not None:
+            derived.update({f"{name}.{key}": tensor for key, tensor in fold().items()})
     if set(derived) & set(tensors):
         raise RuntimeError(f"save_adapter: inference tensors {sorted(set(derived) & set(tensors))[:5]} "
                            "clash with trained tensors")
@@ -360,7 +362,7 @@ def load_adapter(
                                      "upgrade inducer to load it")
         methods.append(cls.from_dict(entry))
     if inference:
-        methods = [m.inference_config() if hasattr(m, "inference_config") else m for m in methods]
+        methods = [m.inference_config() for m in methods]
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as err:

@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (registration)
     inducer_tuning,
     kernel_mix,
     lora,
+    mam,
     prefix_tuning,
 )
 from .base import METHOD_CONFIGS, Applied, ConflictError, MethodConfig, MethodHook

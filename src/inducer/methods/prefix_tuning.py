@@ -128,22 +128,6 @@ class PrefixConfig(MethodConfig):
         """The config of the folded form: flat prefixes, no reparameterisation MLP."""
         return dataclasses.replace(self, reparam_hidden=None)
 
-    def inference_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The flat prefixes the MLP folds into (``M.prefix.key`` / ``M.prefix.value``), by name.
-
-        Empty for flat prefixes (they are the parameters themselves). ``save_adapter`` stores these
-        next to the trained tensors so that ``load_adapter(..., inference=True)`` needs no MLP.
-        """
-        if self.reparam_hidden is None:
-            return {}
-        tensors = {}
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if isinstance(module, PrefixModule) and module.config is self:
-                    key, value = module.key_value()
-                    tensors[f"{name}.key"], tensors[f"{name}.value"] = key, value
-        return tensors
-
 
 def _dtype(site: AttentionSite) -> torch.dtype:
     return next(site.projection.parameters()).dtype
@@ -215,6 +199,18 @@ class PrefixModule(nn.Module):
         out = self.output(self._encoder[0]())  # [l, 2 * H_kv * p]
         out = out.view(self.length, 2, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
         return out[0], out[1]
+
+    def inference_tensors(self) -> dict[str, torch.Tensor]:
+        """The flat prefixes the MLP folds into, ``{"key": ..., "value": ...}``; empty when flat.
+
+        ``save_adapter`` stores them (as ``M.prefix.key`` / ``M.prefix.value``) next to the trained
+        tensors, so ``load_adapter(..., inference=True)`` builds flat prefixes and needs no MLP.
+        """
+        if self._encoder is None:
+            return {}  # the flat prefixes are the parameters themselves
+        with torch.no_grad():
+            key, value = self.key_value()
+        return {"key": key, "value": value}
 
     def extend(
         self, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
