@@ -5,7 +5,8 @@ PEFT itself is not needed here: the directories are written and read directly, i
 (export: the inducer method tag; import: PEFT's ``peft_type``) through :data:`EXPORTERS` and
 :data:`IMPORTERS`, so a further method (LoRA) is one exporter and one importer added there.
 
-Supported: prefix-tuning (``PREFIX_TUNING`` without projection) on causal LMs whose every
+Supported: LoRA (``LORA``) on any model, and prefix-tuning (``PREFIX_TUNING`` without projection)
+on causal LMs whose every
 self-attention module has prefixes. PEFT stores them as one tensor ``prompt_embeddings`` of shape
 [l, L * 2 * H_kv * p], read by PEFT as [l, L, 2 (key, value), H_kv, p] (layer-major; under
 grouped-query attention PEFT sets ``num_attention_heads`` = H_kv and ``token_dim`` = H_kv * p).
@@ -32,8 +33,9 @@ from torch import nn
 
 from .families import AttentionSite, find_attention_sites
 from .methods.base import MethodConfig
+from .methods.lora import LoRAConfig, LoRAModule
 from .methods.prefix_tuning import PrefixConfig, PrefixModule, key_value_heads
-from .model import AdapterFormatError, _atomic_write, _state, attach
+from .model import AdapterFormatError, _atomic_write, _state, attach, detach
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -52,8 +54,10 @@ IMPORTERS: dict[str, Callable[[nn.Module, dict, dict[str, torch.Tensor]], nn.Mod
 def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the adapter of ``model`` (adapted by ``inducer.attach``) as a PEFT adapter directory.
 
-    ``peft.PeftModel.from_pretrained(base, directory)`` then loads it. Supported: prefix-tuning
-    on a causal LM with prefixes on every self-attention layer (flat, or reparameterised: the MLP is
+    ``peft.PeftModel.from_pretrained(base, directory)`` then loads it. Supported: LoRA on any
+    model (a slice of a fused projection, such as GPT-2's query third of ``c_attn``, becomes a
+    LoRA of the whole layer whose other rows are zero), and prefix-tuning on a causal LM with
+    prefixes on every self-attention layer (flat, or reparameterised: the MLP is
     folded). What PEFT cannot express raises :class:`PeftInteropError` naming it: cross-attention
     prefixes, prefixes on only some layers, encoders, several methods in one adapter, a trained task
     head. Mind the position shift described in this module's docstring.
@@ -84,7 +88,9 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
 def import_peft(base: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Attach the PEFT adapter saved in ``directory`` to the unadapted ``base`` model and load it.
 
-    Supported: PEFT prefix-tuning adapters of causal LMs (becoming a flat
+    Supported: PEFT LoRA adapters (plain LoRA: not DoRA, rsLoRA or trained biases; one
+    :class:`~inducer.LoRAConfig` per distinct rank and alpha), and PEFT prefix-tuning adapters of
+    causal LMs (becoming a flat
     :class:`~inducer.PrefixConfig` with ``attention="self"``). Refuses other PEFT methods and
     adapters that do not fit the model with :class:`PeftInteropError`, and missing or unreadable
     files with :class:`~inducer.AdapterFormatError`. Mind the position shift described in this
@@ -211,3 +217,100 @@ def _import_prefix(base: nn.Module, config: dict, tensors: dict[str, torch.Tenso
 
 EXPORTERS[PrefixConfig.method] = _export_prefix
 IMPORTERS["PREFIX_TUNING"] = _import_prefix
+
+
+# --- LoRA -----------------------------------------------------------------------------------------
+
+PEFT_PREFIX = "base_model.model."
+
+
+def _export_lora(model: nn.Module, config: LoRAConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    # Gather each layer's LoRA modules (several when slices of a fused layer are adapted) and
+    # stack them into one PEFT LoRA of rank sum(r): A = [a_1 .. a_k]^T, B = the b's placed in
+    # their output rows. The scale alpha / r must survive PEFT's alpha / (k r): alpha becomes k alpha.
+    per_layer: dict[str, list[LoRAModule]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRAModule):
+            per_layer.setdefault(name.rpartition(".")[0], []).append(module)
+    tensors, rank_pattern, alpha_pattern = {}, {}, {}
+    conv1d = {m.is_conv1d for modules in per_layer.values() for m in modules}
+    if len(conv1d) > 1:
+        raise PeftInteropError("export_peft: PEFT's fan_in_fan_out is one flag per adapter; this LoRA "
+                               "targets both GPT-2-style Conv1D and nn.Linear layers")
+    for layer, modules in per_layer.items():
+        a = torch.cat([m.a.detach().T for m in modules])  # [k r, in]
+        b = torch.zeros(modules[0].out_features, a.shape[0], dtype=a.dtype)
+        offset = 0
+        for m in modules:
+            b[m.start:m.stop, offset:offset + m.b.shape[0]] = m.b.detach().T
+            offset += m.b.shape[0]
+        tensors[f"{PEFT_PREFIX}{layer}.lora_A.weight"] = a
+        tensors[f"{PEFT_PREFIX}{layer}.lora_B.weight"] = b
+        if len(modules) > 1:
+            rank_pattern[layer] = a.shape[0]
+            alpha_pattern[layer] = config.alpha * len(modules)
+    model_config = getattr(model, "config", None)
+    peft_config = {
+        "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout, "target_modules": sorted(per_layer),
+        "fan_in_fan_out": conv1d.pop(),
+        "bias": "none", "use_rslora": False, "use_dora": False, "init_lora_weights": True,
+        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "modules_to_save": None,
+        "inference_mode": True, "revision": None,
+        "base_model_name_or_path": getattr(model_config, "_name_or_path", None) or None,
+    }
+    return peft_config, tensors
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    # PEFT matches rank/alpha patterns against the end of a module's name.
+    for pattern, value in patterns.items():
+        if name == pattern or name.endswith(f".{pattern}"):
+            return value
+    return default
+
+
+def _import_lora(base: nn.Module, config: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    for flag, bad in (("use_dora", True), ("use_rslora", True), ("lora_bias", True)):
+        if config.get(flag) == bad:
+            raise PeftInteropError(f"import_peft: PEFT LoRA with {flag}=true is not supported")
+    if config.get("bias", "none") != "none" or config.get("modules_to_save"):
+        raise PeftInteropError("import_peft: PEFT LoRA with trained biases or modules_to_save is not "
+                               "supported")
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(PEFT_PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise AdapterFormatError(f"import_peft: unexpected tensor {key!r} in a PEFT LoRA adapter")
+        layer, part = key[len(PEFT_PREFIX):].rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        weights.setdefault(layer, {})[part] = tensor
+    modules = dict(base.named_modules())
+    groups: dict[tuple[int, float], list[str]] = {}
+    for layer, parts in weights.items():
+        if set(parts) != {"lora_A", "lora_B"}:
+            raise AdapterFormatError(f"import_peft: {layer} lacks lora_A or lora_B")
+        if layer not in modules:
+            raise PeftInteropError(f"import_peft: the adapter targets {layer!r}, which this model lacks "
+                                   "(an adapter for another base model?)")
+        r = _pattern_value(config.get("rank_pattern") or {}, layer, config.get("r"))
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, layer, config.get("lora_alpha"))
+        if parts["lora_A"].shape[0] != r:
+            raise AdapterFormatError(f"import_peft: {layer}.lora_A has rank {parts['lora_A'].shape[0]}, "
+                                     f"the config says {r}")
+        groups.setdefault((r, alpha), []).append(layer)
+    dropout = config.get("lora_dropout", 0.0)
+    attach(base, [LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=sorted(layers))
+                  for (r, alpha), layers in groups.items()])
+    for layer, parts in weights.items():
+        module = modules[layer].lora
+        if module.a.shape != parts["lora_A"].T.shape or module.b.shape != parts["lora_B"].T.shape:
+            detach(base)
+            raise AdapterFormatError(f"import_peft: {layer} LoRA shapes {tuple(parts['lora_A'].shape)}, "
+                                     f"{tuple(parts['lora_B'].shape)} do not fit the layer")
+        with torch.no_grad():
+            module.a.copy_(parts["lora_A"].T)
+            module.b.copy_(parts["lora_B"].T)
+    return base
+
+
+EXPORTERS[LoRAConfig.method] = _export_lora
+IMPORTERS["LORA"] = _import_lora
