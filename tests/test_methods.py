@@ -180,3 +180,32 @@ def test_conflicting_methods_are_refused_and_leave_the_model_untouched():
 def test_bitfit_without_biases_is_a_clear_error():
     with pytest.raises(ValueError, match="no bias parameters"):
         inducer.attach(make_model("llama"), inducer.BitFitConfig())
+
+
+def test_a_method_failing_half_way_leaves_nothing_behind(monkeypatch):
+    """MAM adds its prefixes, then its adapter part fails: the unreported prefixes go too."""
+    from inducer.methods.adapters import AdapterConfig
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("adapter part failed")
+
+    monkeypatch.setattr(AdapterConfig, "apply", fail)
+    model = make_model("bert")
+    names = set(dict(model.named_modules()))
+    with pytest.raises(RuntimeError, match="adapter part failed"):
+        inducer.attach(model, inducer.MAMConfig(prefix_length=2, bottleneck=2))
+    assert set(dict(model.named_modules())) == names
+    assert model.config._attn_implementation == "sdpa"
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_softmax_changing_features_are_refused_not_ignored():
+    from inducer.attention import _make_attention_function
+
+    model = inducer.attach(make_model("llama"), inducer.InducerConfig())
+    attention = model.model.layers[0].self_attn
+    fn = _make_attention_function("sdpa")
+    q = torch.randn(1, 6, 3, 8)
+    kv = torch.randn(1, 2, 3, 8)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        fn(attention, q, kv, kv, None, softcap=30.0)

@@ -31,6 +31,9 @@ PREFIX = "inducer_"
 # The base implementations we wrap, and which of our two paths serves them. Flash-attention and
 # flex bases use the fused path with sdpa's masks.
 PATHS = {"eager": "reference", "sdpa": "fused"}
+# Attention features of some families (Gemma-2's logit soft-capping, gpt-oss's attention sinks)
+# that change the softmax itself: refused for modules with inducers or prefixes.
+UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 
 def wrapped_name(base: str | None) -> str:
@@ -74,6 +77,13 @@ def _make_attention_function(base: str) -> Callable:
         if inducer is None and prefix is None:
             return _base_function(base, module)(
                 module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+            )
+        unsupported = [k for k in UNSUPPORTED_KWARGS if kwargs.get(k) is not None]
+        if unsupported:
+            raise NotImplementedError(
+                f"inducer: {type(module).__name__} uses {unsupported} in attention, which inducer's "
+                "attention (inducers, prefixes) does not implement; ignoring it would give wrong results. "
+                "Use LoRA or adapters on this model."
             )
         if scaling is None:
             scaling = query.shape[-1] ** -0.5

@@ -118,12 +118,17 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     implementations = attention.set_implementation(model, attention.wrapped_name)
     state = _AttachState(configs, train_head, [], [], [], requires_grad, implementations)
     model._inducer_state = state
+    existing = set(dict(model.named_modules()))
     try:
         for config in configs:
             applied = config.apply(model, sites)
             state.added += applied.modules
             state.unfrozen += [n for n in applied.unfrozen if n not in state.unfrozen]
     except BaseException:
+        # Undo everything, including modules a method added before it failed (and so never
+        # reported): every new top-most module goes.
+        new = set(dict(model.named_modules())) - existing
+        state.added = [n for n in new if n.rpartition(".")[0] not in new]
         detach(model)
         raise
     added_ids = {id(p) for name in state.added for p in model.get_submodule(name).parameters()}
