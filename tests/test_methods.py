@@ -15,6 +15,7 @@ METHODS = {
     "pfeiffer": lambda: inducer.AdapterConfig(kind="pfeiffer", bottleneck=3),
     "parallel": lambda: inducer.AdapterConfig(kind="parallel", bottleneck=3, scale=4.0, placement="both"),
     "kernel-mix": lambda: inducer.KernelMixConfig(r=2),
+    "mam": lambda: inducer.MAMConfig(prefix_length=2, reparam_hidden=4, bottleneck=3),
     "bitfit": lambda: inducer.BitFitConfig(),
     "full": lambda: inducer.FullFineTuneConfig(),
     "inducer+lora": lambda: [inducer.InducerConfig(r_k=2, r_v=3), inducer.LoRAConfig(r=2, targets=["q"])],
