@@ -61,6 +61,23 @@ def check_layers(owner: str, layers) -> list[int] | None:
     return list(layers)
 
 
+def select_sites(sites: list[AttentionSite], layers: list[int] | None, attention: str,
+                 owner: str) -> list[AttentionSite]:
+    """The attention modules a config with ``layers`` and ``attention`` ("all", "self", "cross")
+    adapts; a ``ValueError`` naming ``owner`` and what the model has when there are none."""
+    chosen = [
+        site for site in sites
+        if not (attention == "self" and site.is_cross) and not (attention == "cross" and not site.is_cross)
+        and (layers is None or site.layer in layers)
+    ]
+    if not chosen:
+        present = sorted({s.layer for s in sites if s.layer is not None})
+        cross = "cross-attention" if any(s.is_cross for s in sites) else "no cross-attention"
+        raise ValueError(f"{owner}(layers={layers}, attention={attention!r}) matches no attention module; "
+                         f"this model has layers {present} and {cross}")
+    return chosen
+
+
 class MethodConfig:
     """Base class of method configs (each a dataclass)."""
 

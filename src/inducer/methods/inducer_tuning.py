@@ -33,6 +33,7 @@ from .base import (
     check_int,
     check_layers,
     register_method,
+    select_sites,
 )
 
 
@@ -86,22 +87,9 @@ class InducerConfig(MethodConfig):
         if self.composition == "gated" and not self.use_lambda:
             raise ValueError("InducerConfig.composition='gated' needs use_lambda=True (the gate is lam)")
 
-    def wants(self, site: AttentionSite) -> bool:
-        """Whether this config adapts the attention module described by ``site``."""
-        if self.attention == "self" and site.is_cross:
-            return False
-        if self.attention == "cross" and not site.is_cross:
-            return False
-        return self.layers is None or site.layer in self.layers
-
     def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
         """Give every chosen attention module an ``inducer`` child; hook its output projection."""
-        chosen = [site for site in sites if self.wants(site)]
-        if not chosen:
-            layers = sorted({s.layer for s in sites if s.layer is not None})
-            cross = "cross-attention" if any(s.is_cross for s in sites) else "no cross-attention"
-            raise ValueError(f"InducerConfig(layers={self.layers}, attention={self.attention!r}) matches "
-                             f"no attention module; this model has layers {layers} and {cross}")
+        chosen = select_sites(sites, self.layers, self.attention, "InducerConfig")
         applied = Applied()
         for site in chosen:
             dtype = next(site.projection.parameters()).dtype

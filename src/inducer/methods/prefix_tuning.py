@@ -47,6 +47,7 @@ from .base import (
     check_int,
     check_layers,
     register_method,
+    select_sites,
 )
 
 ENCODER_NAME = "prefix_encoder"  # the shared reparameterisation encoder, a child of the model root
@@ -90,22 +91,9 @@ class PrefixConfig(MethodConfig):
         ):
             raise ValueError(f"PrefixConfig.init_std must be a float >= 0, got {self.init_std!r}")
 
-    def wants(self, site: AttentionSite) -> bool:
-        """Whether this config adds prefixes to the attention module described by ``site``."""
-        if self.attention == "self" and site.is_cross:
-            return False
-        if self.attention == "cross" and not site.is_cross:
-            return False
-        return self.layers is None or site.layer in self.layers
-
     def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
         """Give every chosen attention module a ``prefix`` child (and the model a shared encoder)."""
-        chosen = [site for site in sites if self.wants(site)]
-        if not chosen:
-            layers = sorted({s.layer for s in sites if s.layer is not None})
-            cross = "cross-attention" if any(s.is_cross for s in sites) else "no cross-attention"
-            raise ValueError(f"PrefixConfig(layers={self.layers}, attention={self.attention!r}) matches "
-                             f"no attention module; this model has layers {layers} and {cross}")
+        chosen = select_sites(sites, self.layers, self.attention, "PrefixConfig")
         applied = Applied()
         try:
             encoder = None
