@@ -80,3 +80,8 @@ def test_parse_budget_forms():
     assert parse_budget("0.5%", 2_000_000) == 10_000
     assert parse_budget("600,000", 1) == 600_000
     assert parse_budget(1234, 1) == 1234
+
+
+def test_a_budget_below_the_smallest_setting_is_a_clear_error(minilm_shaped):
+    with pytest.raises(ValueError, match="too small for 'mam'.*Raise the budget"):
+        inducer.preset("mam", minilm_shaped, budget=500)

@@ -271,7 +271,14 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None) -> Pres
             dropped = n_layers - len(knobs["layers"]) if "layers" in knobs else 0
             return (0, dropped, round(_shape_penalty(knobs, spec.defaults), 6), miss)
 
-        knobs, _ = min(_candidates(spec, counter, target, n_layers), key=score)
+        candidates = list(_candidates(spec, counter, target, n_layers))
+        smallest = min(count for _, count in candidates)
+        if smallest > (1 + TOLERANCE) * target:
+            raise ValueError(
+                f"budget {target:,} is too small for {name!r}: its smallest setting has {smallest:,.0f} "
+                f"parameters on this model. Raise the budget or choose a lighter method."
+            )
+        knobs, _ = min(candidates, key=score)
         # The prediction picked the sizes; the count reported below is the exact one.
         configs = spec.build(**knobs)
     count = counter(configs)
