@@ -107,3 +107,27 @@ def test_failed_load_leaves_the_model_unadapted(saved):
 def test_unsupported_model_names_the_supported_families():
     with pytest.raises(inducer.UnsupportedModelError, match="Supported families: BERT"):
         inducer.attach(nn.Sequential(nn.Linear(4, 4)), inducer.InducerConfig())
+
+
+@pytest.mark.parametrize("failing", ["weights", "config"])
+def test_a_failed_save_leaves_the_previous_adapter_intact(saved, monkeypatch, failing):
+    model, directory = saved
+    batch = make_batch("bert")
+    expected = inducer.load_adapter(make_model("bert"), directory)(**batch).logits
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    if failing == "weights":
+        monkeypatch.setattr("inducer.model.save_file", disk_full)
+    else:
+        monkeypatch.setattr("pathlib.Path.write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        inducer.save_adapter(model, directory)
+    monkeypatch.undo()
+    assert sorted(p.name for p in directory.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    assert torch.equal(inducer.load_adapter(make_model("bert"), directory)(**batch).logits, expected)

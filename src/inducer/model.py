@@ -240,7 +240,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
+def _write_temporary(path: Path, write) -> str:
+    """Write a file through ``write(tmp_path)`` to a temporary name beside ``path``; return it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -248,18 +249,23 @@ def _atomic_write(path: Path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared adapters unreadable
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.remove(tmp)
         raise
+    return tmp
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` atomically: a temporary file, then a rename."""
+    os.replace(_write_temporary(path, write), path)
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``adapter_config.json`` and ``adapter.safetensors`` (the trained tensors) to a folder.
 
-    The format is documented in ``docs/format.md``. Files are written atomically (temporary file,
-    then rename), so an interrupted save never leaves a half-written adapter.
+    The format is documented in ``docs/format.md``. Both files are written to temporary names
+    first, then renamed into place: a failed save (a full disk) leaves the previous adapter as it
+    was, and a torn one is refused on load by the checksum.
     """
     from . import __version__
 
@@ -284,7 +290,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
                            "clash with trained tensors")
     tensors.update({name: t.detach().cpu().contiguous() for name, t in derived.items()})
     weights = directory / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"}))
+    # Both files are written under temporary names before either replaces its predecessor, so a
+    # failure while writing (a full disk) leaves the previous adapter whole.
+    weights_tmp = _write_temporary(
+        weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"})
+    )
     config = {
         "format": "inducer-adapter",
         "format_version": FORMAT_VERSION,
@@ -295,10 +305,16 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "base_tensors": [n for n in names if n in state.unfrozen],
         "inference_tensors": sorted(derived),
         "base_model": fingerprint(model),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": _sha256(Path(weights_tmp)),
     }
     text = json.dumps(config, indent=2)
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    try:
+        config_tmp = _write_temporary(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    except BaseException:
+        os.remove(weights_tmp)
+        raise
+    os.replace(weights_tmp, weights)
+    os.replace(config_tmp, directory / CONFIG_FILE)
     return directory
 
 
