@@ -1,0 +1,286 @@
+"""``inducer compare`` and ``inducer demo``: several methods on one model and task, side by side.
+
+For each method: the learning rate is the one given (``--lr``, the recipe, or ``lrs``), or is picked
+on the validation split from a small grid (one training run per grid value, first seed); then one run
+per seed, each selected on validation and scored on the test split(s). The results are written as
+``results.json`` (everything, learning curves included), ``results.md`` (the table) and
+``results.png`` (test metric with error bars, and validation learning curves).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from .experiment import TaskSource, check_method, train_run
+from .metrics import better
+from .tasks import TaskData
+from .training import TrainConfig
+
+logger = logging.getLogger(__name__)
+# Small per-method grids: full fine-tuning wants far smaller steps than the small added modules.
+LR_GRIDS = {"full": (2e-5, 5e-5, 1e-4), "prefix": (1e-4, 3e-4, 1e-3), "bitfit": (5e-4, 1e-3, 3e-3)}
+DEFAULT_GRID = (3e-4, 1e-3, 3e-3)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pick_lr(
+    model: str,
+    source: TaskSource,
+    task: TaskData,
+    method: str,
+    config: TrainConfig,
+    budget,
+    grid: tuple[float, ...],
+    output_dir: Path | None,
+    progress: bool,
+    sizes: dict | None = None,
+) -> tuple[float, list[dict]]:
+    """The grid value with the best validation score (first seed), and every trial's score."""
+    trials, best_lr, best = [], grid[0], None
+    for lr in grid:
+        run = train_run(
+            model,
+            source,
+            method,
+            replace(config, lr=lr),
+            budget,
+            output_dir / f"lr-{lr:g}" if output_dir else None,
+            progress=progress,
+            task=task,
+            test_splits=False,
+            sizes=sizes,
+        )
+        trials.append({"lr": lr, "validation": run["best_validation"], "select_metric": run["select_metric"]})
+        logger.info("%s lr %g: validation %s %.4f", method, lr, run["select_metric"], run["best_validation"])
+        if better(run["select_metric"], run["best_validation"], best):
+            best, best_lr = run["best_validation"], lr
+    return best_lr, trials
+
+
+def summarise(method: str, runs: list[dict], lr: float, metric: str) -> dict:
+    """One row of the results table from a method's runs (one per seed)."""
+    scores = [r["test"]["test"][metric] for r in runs if metric in r["test"].get("test", {})]
+    mean, std = _mean_std(scores)
+    extra = {}
+    for split in runs[0]["test"]:
+        if split != "test" and metric in runs[0]["test"][split]:
+            extra[split] = _mean_std([r["test"][split][metric] for r in runs])
+    return {
+        "method": method,
+        "lr": lr,
+        "parameters": runs[0]["parameters"],
+        "percent_of_base": runs[0]["percent_of_base"],
+        "trainable_parameters": runs[0]["trainable_parameters"],
+        "sizes": runs[0]["knobs"],
+        "metric": metric,
+        "mean": mean,
+        "std": std,
+        "other_splits": {k: {"mean": m, "std": s} for k, (m, s) in extra.items()},
+        "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+        "seeds": len(runs),
+    }
+
+
+def format_score(row: dict) -> str:
+    """Mean ± std over seeds (just the value for one seed)."""
+    if row["mean"] is None:
+        return "n/a"
+    return f"{row['mean']:.2f}" if row["seeds"] == 1 else f"{row['mean']:.2f} ± {row['std']:.2f}"
+
+
+def markdown_table(rows: list[dict], title: str = "") -> str:
+    """The results table in Markdown."""
+    if not rows:
+        return ""
+    metric = rows[0]["metric"]
+    others = sorted({k for r in rows for k in r["other_splits"]})
+    head = [
+        "method",
+        "parameters",
+        "% of base",
+        f"test {metric}",
+        *[f"{o} {metric}" for o in others],
+        "lr",
+        "train time",
+    ]
+    lines = ([f"### {title}", ""] if title else []) + [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for r in rows:
+        score = format_score(r)
+        cells = [
+            r["method"],
+            f"{r['parameters']:,}",
+            f"{r['percent_of_base']:.3f}%",
+            score,
+            *[
+                f"{r['other_splits'][o]['mean']:.2f} ± {r['other_splits'][o]['std']:.2f}"
+                if o in r["other_splits"]
+                else ""
+                for o in others
+            ],
+            f"{r['lr']:g}",
+            f"{r['train_seconds']:.0f} s",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path, title: str) -> Path | None:
+    """Bars of the test metric (mean ± std over seeds) and validation learning curves, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("results.png skipped: pip install matplotlib")
+        return None
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [r["method"] for r in rows]
+    means = [r["mean"] or 0.0 for r in rows]
+    stds = [r["std"] or 0.0 for r in rows]
+    bars.bar(names, means, yerr=stds, capsize=4, color="tab:blue")
+    low = min(means) if means else 0.0
+    bars.set_ylim(max(0.0, low - 10), max(means + [1.0]) + max(stds + [0.0]) + 2)
+    bars.set_ylabel(f"test {rows[0]['metric']}" if rows else "")
+    bars.set_title(title)
+    for i, value in enumerate(means):
+        bars.text(i, value, f"{value:.1f}", ha="center", va="bottom")
+    bars.tick_params(axis="x", rotation=20)
+    for method, method_runs in runs.items():
+        history = method_runs[0]["history"]
+        select = method_runs[0]["select_metric"]
+        curves.plot([h["step"] for h in history], [h[select] for h in history], marker="o", label=method)
+        curves.set_ylabel(f"validation {select}")
+    curves.set_xlabel("optimizer step")
+    curves.set_title("learning curves (first seed)")
+    curves.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def compare(
+    model: str,
+    source: TaskSource,
+    methods: list[str],
+    config: TrainConfig,
+    budget=None,
+    seeds: list[int] | None = None,
+    lrs: dict[str, float] | None = None,
+    method_configs: dict[str, TrainConfig] | None = None,
+    output_dir: str | Path | None = None,
+    title: str = "",
+    progress: bool = True,
+    on_row: Callable[[list[dict]], None] | None = None,
+    task: TaskData | None = None,
+    save_runs: bool = False,
+    sizes: dict[str, dict] | None = None,
+) -> dict:
+    """Train and evaluate each of ``methods``; write and return the results.
+
+    ``lrs`` fixes a method's learning rate; otherwise it is picked from ``LR_GRIDS`` on validation.
+    ``method_configs`` gives a method its own TrainConfig (recipes' per-method values); ``sizes``
+    gives a method explicit sizes instead of the budget. ``on_row`` is
+    called with the rows so far after each method (to print the table as it goes).
+    """
+    for method in methods:
+        check_method(method)
+    task = task or source.load()
+    seeds = seeds or [config.seed]
+    output = Path(output_dir) if output_dir else None
+    if output:
+        output.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    all_runs: dict[str, list[dict]] = {}
+    lr_trials: dict[str, list[dict]] = {}
+    metric = task.spec.select
+    for method in methods:
+        base = (method_configs or {}).get(method, config)
+        lr = (lrs or {}).get(method)
+        if lr is None:
+            grid = LR_GRIDS.get(method, DEFAULT_GRID)
+            lr, lr_trials[method] = pick_lr(
+                model,
+                source,
+                task,
+                method,
+                replace(base, seed=seeds[0]),
+                budget,
+                grid,
+                output / method / "lr-search" if output and save_runs else None,
+                progress,
+                (sizes or {}).get(method),
+            )
+        runs = []
+        for seed in seeds:
+            run_dir = output / method / f"seed-{seed}" if output and save_runs else None
+            runs.append(
+                train_run(
+                    model,
+                    source,
+                    method,
+                    replace(base, lr=lr, seed=seed),
+                    budget,
+                    run_dir,
+                    progress=progress,
+                    task=task,
+                    sizes=(sizes or {}).get(method),
+                )
+            )
+        all_runs[method] = runs
+        rows.append(summarise(method, runs, lr, metric))
+        if on_row is not None:
+            on_row(rows)
+        if output:
+            _write(output, model, source, task, budget, seeds, rows, all_runs, lr_trials, title)
+    return {"rows": rows, "runs": all_runs, "lr_trials": lr_trials}
+
+
+def _write(
+    output: Path,
+    model: str,
+    source: TaskSource,
+    task: TaskData,
+    budget,
+    seeds,
+    rows,
+    runs,
+    lr_trials,
+    title: str,
+) -> None:
+    header = title or f"{model} x {task.spec.name}"
+    (output / "results.json").write_text(
+        json.dumps(
+            {
+                "model": model,
+                "task": source.to_dict(),
+                "budget": budget,
+                "seeds": seeds,
+                "rows": rows,
+                "lr_trials": lr_trials,
+                "runs": runs,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    budget_note = f"budget {budget}" if budget is not None else "each method's paper settings"
+    (output / "results.md").write_text(
+        markdown_table(rows, header) + f"\n{len(seeds)} seed(s); {budget_note}; parameters are those kept at "
+        "inference, task head excluded; test metric mean ± std over seeds.\n"
+    )
+    plot(rows, runs, output / "results.png", header)

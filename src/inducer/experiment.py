@@ -1,0 +1,255 @@
+"""One experiment = base model x task x method (x budget): the glue between models, tasks, presets and
+the training loop, shared by ``inducer train`` / ``eval`` / ``generate`` / ``compare`` / ``demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .model import count_parameters, load_adapter
+from .models import LoadedModel, load_model
+from .presets import PRESETS, preset
+from .tasks import Columns, TaskData, TaskError, load_files, load_task
+from .training import RUN_FILE, TrainConfig, Trainer, TrainResult, encode_options, evaluate, set_seed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskSource:
+    """Where a task's data comes from: a built-in name (optionally with a local ``data_dir`` in the
+    hub format), or a kind (classification / regression / generation) with the user's files."""
+
+    task: str
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    columns: Columns = field(default_factory=Columns)
+
+    def load(self) -> TaskData:
+        """The task's normalised splits."""
+        if self.train_file or self.task in ("classification", "regression", "generation"):
+            return load_files(self.task, self.train_file, self.validation_file, self.test_file, self.columns)
+        if self.validation_file or self.test_file:
+            raise TaskError(
+                f"--validation-file/--test-file need --train-file; built-in task {self.task!r} "
+                "brings its own splits (use --data-dir for local copies)"
+            )
+        return load_task(self.task, self.data_dir)
+
+    def to_dict(self) -> dict:
+        """JSON form, stored with adapters so eval can reload the same data (from any folder)."""
+        data = {**asdict(self), "columns": asdict(self.columns)}
+        for key in ("data_dir", "train_file", "validation_file", "test_file"):
+            if data[key]:
+                data[key] = str(Path(data[key]).resolve())
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskSource:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        return cls(**{**data, "columns": Columns(**data.get("columns", {}))})
+
+
+def check_method(method: str) -> None:
+    """Refuse an unknown method name, listing the known ones."""
+    if method not in PRESETS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def sized_preset(method: str, model, sizes: dict):
+    """The configs of ``method`` with explicit ``sizes`` (e.g. the paper's NLG ``r_k=10, r_v=15``),
+    shaped like :func:`inducer.preset`'s result (``knobs``, ``count``, ``summary``)."""
+    from .presets import PresetConfigs, _Counter
+
+    spec = PRESETS[method]
+    unknown = set(sizes) - set(spec.defaults) - {"layers"}
+    if unknown:
+        raise ValueError(
+            f"method {method!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.defaults)}"
+        )
+    knobs = {**spec.defaults, **sizes}
+    configs = PresetConfigs(spec.build(**knobs))
+    base = sum(p.numel() for p in model.parameters())
+    configs.name, configs.knobs, configs.budget = method, knobs, None
+    configs.count = _Counter(model)(configs)  # parameters kept at inference, as preset() counts them
+    shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
+    configs.summary = (
+        f"{method}: {spec.description}; {shown}; {configs.count:,} parameters "
+        f"({100 * configs.count / base:.3f}% of {base:,})"
+    )
+    return configs
+
+
+def build(
+    model_name: str,
+    task: TaskData,
+    method: str,
+    budget: str | int | None = None,
+    seed: int = 42,
+    train_head: bool = True,
+    sizes: dict | None = None,
+):
+    """Load ``model_name`` with the head ``task`` needs and attach ``method`` at ``budget`` (or with
+    explicit ``sizes``, which take precedence).
+
+    Returns ``(loaded model, configs)``; ``configs.summary`` says which sizes were chosen.
+    """
+    import inducer
+
+    check_method(method)
+    set_seed(seed)  # a new task head's initialisation follows the seed
+    loaded = load_model(model_name, task.kind, task.num_labels)
+    configs = sized_preset(method, loaded.model, sizes) if sizes else preset(method, loaded.model, budget)
+    inducer.attach(loaded.model, list(configs), train_head=train_head)
+    return loaded, configs
+
+
+def run_info(
+    model_name: str,
+    source: TaskSource,
+    task: TaskData,
+    method: str,
+    budget,
+    configs,
+    config: TrainConfig,
+    loaded: LoadedModel,
+) -> dict:
+    """What ``eval`` / ``generate`` need to reuse a saved adapter: model, task, labels, lengths, method."""
+    options = encode_options(task, loaded, config)
+    return {
+        "model": model_name,
+        "task": source.to_dict(),
+        "kind": task.kind,
+        "label_names": list(task.label_names) if task.label_names else None,
+        "method": method,
+        "budget": budget,
+        "knobs": {k: v for k, v in configs.knobs.items()},
+        "summary": configs.summary,
+        "encode": asdict(options),
+        "max_new_tokens": task.spec.max_new_tokens,
+        "train": asdict(config),
+    }
+
+
+def train_run(
+    model_name: str,
+    source: TaskSource,
+    method: str,
+    config: TrainConfig,
+    budget=None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    task: TaskData | None = None,
+    on_eval=None,
+    test_splits: bool = True,
+    sizes: dict | None = None,
+) -> dict:
+    """Train one method and evaluate it: returns counts, validation history and test metrics.
+
+    ``sizes`` gives the method explicit sizes instead of ``budget``.
+    """
+    task = task or source.load()
+    loaded, configs = build(model_name, task, method, budget, config.seed, config.train_head, sizes)
+    logger.info(configs.summary)
+    info = run_info(model_name, source, task, method, budget, configs, config, loaded)
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "config.json").write_text(json.dumps(info, indent=2))
+    trainer = Trainer(loaded, task, config, output_dir, info, progress=progress, on_eval=on_eval)
+    result: TrainResult = trainer.train(resume=resume)
+    count = count_parameters(loaded.model)
+    tests = {}
+    if test_splits:
+        for split in [s for s in task.splits if s.startswith("test")]:
+            tests[split] = trainer.evaluate(split, text_metrics=True)
+    summary = {
+        "method": method,
+        "summary": configs.summary,
+        "knobs": configs.knobs,
+        # The method's parameters at inference (what budgets match; prefix-tuning's training-only MLP
+        # excluded), and what training updates (that MLP and the task head included).
+        "parameters": configs.count,
+        "trainable_parameters": count.trainable,
+        "head_parameters": count.head,
+        "base_parameters": count.base,
+        "percent_of_base": 100.0 * configs.count / max(count.base, 1),
+        "select_metric": result.select_metric,
+        "best_validation": result.best_metric,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "train_seconds": result.train_seconds,
+        "history": result.history,
+        "test": tests,
+    }
+    if output_dir is not None:
+        (Path(output_dir) / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def read_run_info(adapter_dir: str | Path) -> dict:
+    """The ``inducer_run.json`` saved with an adapter by ``inducer train`` (empty if absent)."""
+    path = Path(adapter_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_trained(
+    model_name: str | None, adapter_dir: str | Path, kind: str | None = None, num_labels: int | None = None
+) -> tuple[LoadedModel, dict]:
+    """The base model with the adapter in ``adapter_dir`` loaded (for eval / generate)."""
+    info = read_run_info(adapter_dir)
+    model_name = model_name or info.get("model")
+    if not model_name:
+        raise ValueError(f"{adapter_dir} has no {RUN_FILE} naming its base model; pass --model")
+    kind = kind or info.get("kind")
+    if kind is None:
+        raise ValueError(f"{adapter_dir} has no {RUN_FILE} saying the task kind; pass --task")
+    labels = info.get("label_names")
+    num_labels = num_labels or (len(labels) if labels else (1 if kind == "regression" else None))
+    loaded = load_model(model_name, kind, num_labels)
+    load_adapter(loaded.model, adapter_dir)
+    loaded.model.eval()
+    return loaded, info
+
+
+def evaluate_adapter(
+    model_name: str | None,
+    adapter_dir: str | Path,
+    source: TaskSource | None,
+    split: str,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics of a saved adapter on a task split (the task of its training run by default)."""
+    info = read_run_info(adapter_dir)
+    if source is None:
+        if "task" not in info:
+            raise ValueError(f"{adapter_dir} has no {RUN_FILE}; pass --task")
+        source = TaskSource.from_dict(info["task"])
+    task = source.load()
+    loaded, _ = load_trained(model_name, adapter_dir, task.kind, task.num_labels)
+    saved = info.get("train", {})
+    config = config or TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.field_names()})
+    options = encode_options(task, loaded, config)
+    with torch.no_grad():
+        return evaluate(
+            loaded.model,
+            loaded,
+            task,
+            split,
+            options,
+            config.eval_batch_size,
+            config.max_eval_examples,
+            True,
+            config.num_beams,
+            config.max_new_tokens,
+            progress,
+        )

@@ -1,0 +1,57 @@
+"""Tasks from local csv / tsv / json / jsonl files."""
+
+from __future__ import annotations
+
+import pytest
+
+from inducer.tasks import Columns, TaskError, load_files
+
+from ..tiny import FIXTURES
+
+FILES = FIXTURES / "files"
+
+
+def test_csv_with_string_labels_and_heldout_validation():
+    data = load_files(
+        "classification", str(FILES / "sentiment.csv"), columns=Columns(text="review", label="sentiment")
+    )
+    assert data.label_names == ("neg", "pos")
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 32
+    assert data.splits["test"] is data.splits["validation"]
+
+
+def test_tsv_pairs_with_int_labels():
+    data = load_files(
+        "classification", str(FILES / "pairs.tsv"), columns=Columns(text="premise", text_pair="hypothesis")
+    )
+    assert data.num_labels == 3 and data.splits["train"][0]["text_pair"]
+
+
+def test_regression_and_generation_files():
+    assert load_files("regression", str(FILES / "rating.jsonl")).num_labels == 1
+    generation = load_files("generation", str(FILES / "generation.jsonl"))
+    assert generation.splits["train"][0]["targets"]
+
+
+def test_errors_name_the_problem_and_the_fix(tmp_path):
+    with pytest.raises(TaskError, match=r"missing column\(s\) \['text'\].*--text-column"):
+        load_files("classification", str(FILES / "sentiment.csv"), columns=Columns(label="sentiment"))
+    with pytest.raises(TaskError, match=r"labels \[7\] are outside 0..1"):
+        load_files("classification", str(FILES / "bad_labels.jsonl"), str(FILES / "bad_labels_dev.jsonl"))
+    with pytest.raises(TaskError, match="give at least --train-file"):
+        load_files("classification", None)
+    with pytest.raises(TaskError, match="one of"):
+        load_files("ranking", str(FILES / "rating.jsonl"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": "a", "label": null}\n{"text": "b", "label": null}\n')
+    with pytest.raises(TaskError, match="empty"):
+        load_files("regression", str(FILES / "rating.jsonl"), str(empty))
+    unknown = tmp_path / "dev.csv"
+    unknown.write_text("review,sentiment\nfine,meh\n")
+    with pytest.raises(TaskError, match="'meh' does not occur in the train file"):
+        load_files(
+            "classification",
+            str(FILES / "sentiment.csv"),
+            str(unknown),
+            columns=Columns("review", None, "sentiment"),
+        )

@@ -1,0 +1,114 @@
+"""The training loop: resume is exact, early stopping, accumulation, logs, and loss on targets only."""
+
+# ruff: noqa: F811  (pytest fixtures imported from .tiny are redefined as test arguments)
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from inducer.experiment import TaskSource, build
+from inducer.training import TrainConfig, Trainer, compute_loss
+
+from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _trainer(tiny_models, out, method="inducer+lora", **overrides):
+    task = TaskSource("sst2", data_dir=task_dir("sst2")).load()
+    loaded, _ = build(str(tiny_models["bert"]), task, method, seed=3)
+    config = TrainConfig(
+        **{"lr": 5e-3, "batch_size": 8, "max_length": 32, "max_steps": 8, "eval_every": 4, **overrides}
+    )
+    return Trainer(loaded, task, config, out, progress=False)
+
+
+def _trained(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.loaded.model.named_parameters() if p.requires_grad}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_models, tmp_path):
+    # Dropout makes the result depend on the restored RNG state too, not only on the data order.
+    straight = _trainer(tiny_models, tmp_path / "a", save_every=3, eval_every=100)
+    straight.train()
+    expected = _trained(straight)
+
+    interrupted = _trainer(tiny_models, tmp_path / "b", save_every=3, eval_every=100)
+    original = interrupted._save_checkpoint
+
+    def save_then_stop(state):
+        original(state)
+        raise _Interrupt  # as if the process died right after the checkpoint at step 3
+
+    interrupted._save_checkpoint = save_then_stop
+    with pytest.raises(_Interrupt):
+        interrupted.train()
+    resumed = _trainer(tiny_models, tmp_path / "b", save_every=3, eval_every=100)
+    result = resumed.train(resume=True)
+    assert result.steps == 8
+    for name, tensor in _trained(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_without_checkpoint_says_how(tiny_models, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--save-every"):
+        _trainer(tiny_models, tmp_path).train(resume=True)
+
+
+def test_early_stopping_and_best_adapter(tiny_models, tmp_path):
+    trainer = _trainer(tiny_models, tmp_path, lr=1e-12, max_steps=40, eval_every=1, patience=2)
+    result = trainer.train()
+    assert result.stopped_early and result.steps == 3  # no change after the first evaluation
+    assert result.best_step == 1
+    best = json.loads((tmp_path / "best" / "inducer_run.json").read_text())
+    assert best["step"] == 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "validation"] == [1, 2, 3]
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tiny_models, tmp_path):
+    # Without dropout, 2 x 4 accumulated equals one batch of 8 (same data order, same update).
+    def run(**kw):
+        # (inducer alone: LoRA's own dropout is not an nn.Dropout module)
+        trainer = _trainer(tiny_models, None, "inducer", max_steps=3, eval_every=100, **kw)
+        for module in trainer.loaded.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        trainer.train()
+        return _trained(trainer)
+
+    big, small = run(batch_size=8), run(batch_size=4, grad_accum=2)
+    # Equal batches only when the epoch order lines up: both read rows in the same permutation.
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_generation_loss_is_on_target_tokens_only(tiny_models):
+    task = TaskSource("e2e", data_dir=task_dir("e2e")).load()
+    loaded, _ = build(str(tiny_models["gpt2"]), task, "lora")
+    batch = {
+        "input_ids": torch.tensor([[7, 8, 9, 10, 11]]),
+        "attention_mask": torch.ones(1, 5, dtype=torch.long),
+        "labels": torch.tensor([[-100, -100, -100, 10, 11]]),
+    }
+    loss, count = compute_loss(loaded.model, batch, "generation", seq2seq=False)
+    assert count == 2
+    logits = loaded.model(input_ids=batch["input_ids"]).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[2:4], torch.tensor([10, 11]))
+    torch.testing.assert_close(loss, expected)
+    smoothed, _ = compute_loss(loaded.model, batch, "generation", seq2seq=False, label_smoothing=0.1)
+    assert not torch.allclose(smoothed, loss)
+
+
+def test_bad_train_config_names_the_field():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
