@@ -20,6 +20,9 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+# Tiny models run fastest on one thread, and PyTorch's threads stall each other on a shared machine.
+torch.set_num_threads(1)
+
 VOCAB = 97
 ENCODERS = ("bert", "roberta")
 DECODERS = ("gpt2", "llama")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 import sacrebleu
@@ -61,3 +62,36 @@ def test_unknown_metric_and_missing_meteor_resources(monkeypatch):
 def test_better_knows_lower_is_better():
     assert metrics.better("ter", 10.0, 20.0) and not metrics.better("bleu", 10.0, 20.0)
     assert metrics.better("loss", 1.0, None)
+
+
+def test_meteor_survives_newlines_and_a_failing_java_process(monkeypatch):
+    if not (importlib.util.find_spec("pycocoevalcap") and metrics.shutil.which("java")):
+        pytest.skip("METEOR 1.5 needs pycocoevalcap and java")
+    # Newlines and "|||" in generated text would desynchronise METEOR's line protocol.
+    out = metrics.generation_metrics(
+        ["a pub\nin the city ||| centre"], [["a pub in the city centre"]], ["meteor"]
+    )
+    assert out["meteor"] > 50
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    def broken(self, gts, res):
+        self.lock.acquire()  # as pycocoevalcap does, then fails before releasing it
+        raise ValueError("could not convert string to float")
+
+    monkeypatch.setattr(Meteor, "compute_score", broken)
+    monkeypatch.setattr(metrics, "_warned", set())
+    out = metrics.generation_metrics(["a b"], [["a b"]], ["meteor", "bleu"])
+    assert "meteor" not in out and "bleu" in out and not metrics._METEOR
+
+
+def test_java_without_pycocoevalcap_skips_meteor_and_cider(monkeypatch):
+    """The optional extra missing (a fresh install) with java present: left out, not a crash."""
+    real_find_spec = metrics.importlib.util.find_spec
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr(metrics.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pycocoevalcap" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # and importing it fails
+    monkeypatch.setattr(metrics, "_wordnet_ready", lambda: False)
+    monkeypatch.setattr(metrics, "_warned", set())
+    out = metrics.generation_metrics(["a b c d"], [["a b c d"]], ["meteor", "cider", "bleu"])
+    assert "meteor" not in out and "cider" not in out and "bleu" in out

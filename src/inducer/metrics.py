@@ -128,15 +128,32 @@ def _wordnet_ready() -> bool:
 _METEOR = []  # one METEOR 1.5 java process per Python process: starting it costs seconds
 
 
+def _meteor_line(text: str) -> str:
+    # METEOR's java process reads one line per segment, fields split by "|||": keep both out of texts.
+    return " ".join(text.replace("|||", " ").split()) or "-"
+
+
 def _meteor(predictions, references) -> float | None:
-    if shutil.which("java"):
+    if shutil.which("java") and importlib.util.find_spec("pycocoevalcap") is not None:
         from pycocoevalcap.meteor.meteor import Meteor
 
         if not _METEOR:
             _METEOR.append(Meteor())
-        score, _ = _METEOR[0].compute_score(
-            {i: list(r) for i, r in enumerate(references)}, {i: [p or "-"] for i, p in enumerate(predictions)}
-        )
+        scorer = _METEOR[0]
+        try:
+            score, _ = scorer.compute_score(
+                {i: [_meteor_line(r) for r in refs] for i, refs in enumerate(references)},
+                {i: [_meteor_line(p)] for i, p in enumerate(predictions)},
+            )
+        except (ValueError, OSError) as err:
+            # pycocoevalcap keeps its lock and a desynchronised process after an error, and its
+            # destructor would then wait forever: stop the process and free the lock ourselves.
+            _METEOR.clear()
+            scorer.meteor_p.kill()
+            if scorer.lock.locked():
+                scorer.lock.release()
+            _skip("meteor", f"the METEOR 1.5 java process failed ({err})")
+            return None
         return 100.0 * float(score)
     if not _wordnet_ready():
         _skip(
