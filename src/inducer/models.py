@@ -109,9 +109,20 @@ def _smollm_folder() -> Path:
     model.generation_config = copy.deepcopy(gguf_model.generation_config)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-135m-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # The cache must reproduce the GGUF model exactly before it replaces it.
+        prompt = "The capital of France is"
+        ids = tokenizer(prompt, return_tensors="pt")
+        if not torch.equal(AutoTokenizer.from_pretrained(tmp)(prompt, return_tensors="pt")["input_ids"],
+                           ids["input_ids"]):
+            raise RuntimeError(f"the converted SmolLM2 tokenizer in {tmp} differs from the GGUF one")
+        reloaded = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        with torch.no_grad():
+            if not torch.equal(reloaded(**ids).logits, gguf_model.eval()(**ids).logits):
+                raise RuntimeError(f"the converted SmolLM2 weights in {tmp} differ from the GGUF model")
         if target.exists():  # an incomplete earlier cache
             shutil.rmtree(target)
         os.replace(tmp, target)
