@@ -112,3 +112,25 @@ def test_bad_train_config_names_the_field():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_models, tmp_path, monkeypatch):
+    from inducer import training
+
+    trainer = _trainer(tiny_models, tmp_path / "run", save_every=2, eval_every=100)
+    calls = {"n": 0}
+    real_loss = training.compute_loss
+
+    def loss_turning_nan(*args, **kwargs):
+        loss, extra = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), extra
+
+    monkeypatch.setattr(training, "compute_loss", loss_turning_nan)
+    with pytest.raises(training.NonFiniteLossError, match="optimizer step 3 .*last checkpoint"):
+        trainer.train()
+    weights = _trained(trainer)
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    monkeypatch.setattr(training, "compute_loss", real_loss)
+    resumed = _trainer(tiny_models, tmp_path / "run", save_every=2, eval_every=100)
+    assert resumed.train(resume=True).steps == 8

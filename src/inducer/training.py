@@ -373,6 +373,10 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; training stopped before updating the weights."""
+
+
 class Trainer:
     """Trains an adapted model (``inducer.attach`` already applied) on a task.
 
@@ -562,6 +566,16 @@ class Trainer:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with self.accelerator.autocast():
                     loss, _ = compute_loss(self.model, batch, self.kind, self.seq2seq, config.label_smoothing)
+                if not torch.isfinite(loss.detach()).all():
+                    # Stop before the bad gradient reaches the weights or a checkpoint.
+                    bar.close()
+                    kept = (f"the last checkpoint in {self.output_dir / 'checkpoint'} is kept (resume "
+                            "with --resume)" if self.output_dir is not None else "no checkpoint was written")
+                    raise NonFiniteLossError(
+                        f"training loss is {float(loss.detach())} at optimizer step {state['step'] + 1} "
+                        f"(epoch {state['epoch']}, batch {state['batch']}); {kept}. Lower the learning "
+                        "rate (--lr), clip gradients harder (max_grad_norm), or use float32 precision."
+                    )
                 self.accelerator.backward(loss / config.grad_accum)
                 running += float(loss.detach())
                 micro += 1
