@@ -85,3 +85,16 @@ def test_parse_budget_forms():
 def test_a_budget_below_the_smallest_setting_is_a_clear_error(minilm_shaped):
     with pytest.raises(ValueError, match="too small for 'mam'.*Raise the budget"):
         inducer.preset("mam", minilm_shaped, budget=500)
+
+
+def test_explicit_sizes_replace_the_paper_settings():
+    with torch.device("meta"):
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config())
+    configs = inducer.preset("inducer", model, sizes={"r_k": 10, "r_v": 15})
+    assert configs.count == 2_003_472 and (configs[0].r_k, configs[0].r_v) == (10, 15)
+    with pytest.raises(ValueError, match="no size\\(s\\) \\['rank'\\]"):
+        inducer.preset("inducer", model, sizes={"rank": 3})
+    with pytest.raises(ValueError, match="not both"):
+        inducer.preset("inducer", model, budget=1000, sizes={"r_k": 1})

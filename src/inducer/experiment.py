@@ -64,27 +64,11 @@ def check_method(method: str) -> None:
 
 
 def sized_preset(method: str, model, sizes: dict):
-    """The configs of ``method`` with explicit ``sizes`` (e.g. the paper's NLG ``r_k=10, r_v=15``),
-    shaped like :func:`inducer.preset`'s result (``knobs``, ``count``, ``summary``)."""
-    from .presets import PresetConfigs, _Counter
+    """The configs of ``method`` with explicit ``sizes`` (e.g. the paper's NLG ``r_k=10, r_v=15``):
+    :func:`inducer.preset` with ``sizes``."""
+    from .presets import preset
 
-    spec = PRESETS[method]
-    unknown = set(sizes) - set(spec.defaults) - {"layers"}
-    if unknown:
-        raise ValueError(
-            f"method {method!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.defaults)}"
-        )
-    knobs = {**spec.defaults, **sizes}
-    configs = PresetConfigs(spec.build(**knobs))
-    base = sum(p.numel() for p in model.parameters())
-    configs.name, configs.knobs, configs.budget = method, knobs, None
-    configs.count = _Counter(model)(configs)  # parameters kept at inference, as preset() counts them
-    shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
-    configs.summary = (
-        f"{method}: {spec.description}; {shown}; {configs.count:,} parameters "
-        f"({100 * configs.count / base:.3f}% of {base:,})"
-    )
-    return configs
+    return preset(method, model, sizes=sizes)
 
 
 def build(

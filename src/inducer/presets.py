@@ -238,21 +238,30 @@ def _candidates(spec: Preset, counter: _Counter, budget: int, n_layers: int):
                 yield chosen, predict({first: value, **rest})
 
 
-def preset(name: str, model: nn.Module, budget: int | str | None = None) -> PresetConfigs:
+def preset(name: str, model: nn.Module, budget: int | str | None = None,
+           sizes: dict | None = None) -> PresetConfigs:
     """The config list of a named method for ``model``.
 
-    Without ``budget``: the paper's settings. With ``budget`` (an int count or ``"0.5%"`` of the
-    base model): the sizes whose count (parameters kept at inference, task head excluded) is
-    closest to the budget, within 2% where the method's granularity allows; the result's
+    Without ``budget``: the paper's settings, with any ``sizes`` given explicitly replacing them
+    (e.g. ``sizes={"r_k": 10, "r_v": 15}``, the paper's NLG inducer). With ``budget`` (an int count
+    or ``"0.5%"`` of the base model): the sizes whose count (parameters kept at inference, task head
+    excluded) is closest to the budget, within 2% where the method's granularity allows. The result's
     ``summary`` (also logged) says what was chosen and how close it is.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[name]
+    if sizes is not None and budget is not None:
+        raise ValueError("preset: give a budget or explicit sizes, not both")
+    unknown = set(sizes or {}) - set(spec.defaults) - {"layers"}
+    if unknown:
+        raise ValueError(
+            f"method {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.defaults)}"
+        )
     counter = _Counter(model)
     base = sum(p.numel() for p in model.parameters())
     if budget is None or not spec.ranges:
-        knobs = dict(spec.defaults)
+        knobs = {**spec.defaults, **(sizes or {})}
         configs = spec.build(**knobs)
         target = None if budget is None else parse_budget(budget, base)
     else:
