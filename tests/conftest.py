@@ -118,3 +118,25 @@ def enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens (what generate uses under left padding)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def assert_padding_invariant(model, family: str, pad_side: str = "right") -> None:
+    """Each row of a padded batch gives, on its real tokens, what the row gives run alone."""
+    batch = make_batch(family, pad_side=pad_side)
+    if family in DECODERS:
+        batch["position_ids"] = padded_positions(batch["attention_mask"])
+    out = logits_of(model, batch)
+    for row in range(batch["input_ids"].shape[0]):
+        real = batch["attention_mask"][row].bool()
+        single = {k: v[row : row + 1] for k, v in batch.items()}
+        for key in ("input_ids", "attention_mask", "position_ids"):
+            if key in single:
+                single[key] = single[key][:, real]
+        expected = logits_of(model, single)[0]
+        # Decoders: per-token logits; classifiers and seq2seq: per-sequence / per-decoder-position.
+        torch.testing.assert_close(out[row][real] if family in DECODERS else out[row], expected)

@@ -7,7 +7,15 @@ import torch
 
 import inducer
 
-from .conftest import DECODERS, SEQ2SEQ, enable_checkpointing, logits_of, make_batch, make_model
+from .conftest import (
+    DECODERS,
+    SEQ2SEQ,
+    assert_padding_invariant,
+    enable_checkpointing,
+    logits_of,
+    make_batch,
+    make_model,
+)
 
 METHODS = {
     "lora": lambda: inducer.LoRAConfig(r=2, targets=["q", "k", "v", "o", "ffn_in", "ffn_out"]),
@@ -74,19 +82,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(family, method):
 
 
 def test_padding_and_batch_of_one(family, method):
-    model = _adapted(family, method)
-    batch = make_batch(family)
-    if family in DECODERS:
-        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    out = logits_of(model, batch)
-    for row in range(batch["input_ids"].shape[0]):
-        real = batch["attention_mask"][row].bool()
-        single = {k: v[row : row + 1] for k, v in batch.items()}
-        for key in ("input_ids", "attention_mask", "position_ids"):
-            if key in single:
-                single[key] = single[key][:, real]
-        expected = logits_of(model, single)[0]
-        torch.testing.assert_close(out[row][real] if family in DECODERS else out[row], expected)
+    assert_padding_invariant(_adapted(family, method), family)
 
 
 @pytest.mark.parametrize("family", DECODERS + ("bart", "t5"))

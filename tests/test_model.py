@@ -10,7 +10,16 @@ import torch
 import inducer
 from inducer.methods.inducer_tuning import InducerModule
 
-from .conftest import DECODERS, ENCODERS, SEQ2SEQ, enable_checkpointing, logits_of, make_batch, make_model
+from .conftest import (
+    DECODERS,
+    ENCODERS,
+    SEQ2SEQ,
+    assert_padding_invariant,
+    enable_checkpointing,
+    logits_of,
+    make_batch,
+    make_model,
+)
 
 VARIANTS = {
     "default": dict(r_k=2, r_v=3),
@@ -73,10 +82,6 @@ def test_inducer_changes_outputs_and_zero_value_restores_base(family):
     torch.testing.assert_close(logits_of(model, batch), expected, rtol=1e-12, atol=1e-12)
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 @pytest.mark.parametrize("path", ["fused", "reference"])
 @pytest.mark.parametrize("pad_side", ["right", "left"])
 def test_padding_and_batch_composition_do_not_matter(family, path, pad_side):
@@ -89,21 +94,7 @@ def test_padding_and_batch_composition_do_not_matter(family, path, pad_side):
         pytest.skip("absolute positions shift under left padding in the base model itself")
     model = _adapted(family)
     inducer.set_attention_path(model, path)
-    batch = make_batch(family, pad_side=pad_side)
-    if family in DECODERS:
-        batch["position_ids"] = _positions(batch["attention_mask"])
-    out = logits_of(model, batch)
-    for row in range(batch["input_ids"].shape[0]):
-        real = batch["attention_mask"][row].bool()
-        single = {k: v[row : row + 1] for k, v in batch.items()}
-        for key in ("input_ids", "attention_mask", "position_ids"):
-            if key in single:
-                single[key] = single[key][:, real]
-        out_single = logits_of(model, single)[0]
-        if family in DECODERS:
-            torch.testing.assert_close(out[row][real], out_single)
-        else:  # per-sequence logits (classifiers) or per-decoder-position logits (seq2seq)
-            torch.testing.assert_close(out[row], out_single)
+    assert_padding_invariant(model, family, pad_side)
 
 
 @pytest.mark.parametrize("family", DECODERS + ("bart", "t5"))

@@ -13,8 +13,16 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 import inducer
 from inducer.methods.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixModule, inference_parameters
 
-from ..conftest import DECODERS, SEQ2SEQ, enable_checkpointing, logits_of, make_batch, make_model
-from ..test_model import _grads, _positions, _randomise
+from ..conftest import (
+    DECODERS,
+    SEQ2SEQ,
+    assert_padding_invariant,
+    enable_checkpointing,
+    logits_of,
+    make_batch,
+    make_model,
+)
+from ..test_model import _grads, _randomise
 from .test_inducer_tuning import _keep_mask, spec_attention
 
 LENGTH = 3
@@ -152,18 +160,7 @@ def test_padding_and_batch_composition_do_not_matter(family, path, pad_side):
         pytest.skip("absolute positions shift under left padding in the base model itself")
     model = _prefixed(family)
     inducer.set_attention_path(model, path)
-    batch = make_batch(family, pad_side=pad_side)
-    if family in DECODERS:
-        batch["position_ids"] = _positions(batch["attention_mask"])
-    out = logits_of(model, batch)
-    for row in range(batch["input_ids"].shape[0]):
-        real = batch["attention_mask"][row].bool()
-        single = {k: v[row : row + 1] for k, v in batch.items()}
-        for key in ("input_ids", "attention_mask", "position_ids"):
-            if key in single:
-                single[key] = single[key][:, real]
-        out_single = logits_of(model, single)[0]
-        torch.testing.assert_close(out[row][real] if family in DECODERS else out[row], out_single)
+    assert_padding_invariant(model, family, pad_side)
 
 
 @pytest.mark.parametrize("family", DECODERS + ("bart", "t5"))
