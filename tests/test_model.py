@@ -184,23 +184,6 @@ def test_train_head_false_freezes_the_classifier():
     assert inducer.count_parameters(model).head == 0
 
 
-def test_attention_and_layer_selection():
-    def adapted_names(**kw):
-        model = inducer.attach(make_model("bart"), inducer.InducerConfig(**kw))
-        return sorted(n.rsplit(".inducer", 1)[0] for n, m in model.named_modules()
-                      if isinstance(m, InducerModule))
-
-    everything = adapted_names()
-    assert len(everything) == 2 + 2 + 2  # encoder self, decoder self, decoder cross
-    assert adapted_names(attention="cross") == [n for n in everything if "encoder_attn" in n]
-    assert adapted_names(attention="self") == [n for n in everything if "encoder_attn" not in n]
-    assert adapted_names(layers=[1]) == [n for n in everything if ".1." in n]
-    with pytest.raises(ValueError, match="matches no attention module"):
-        adapted_names(layers=[7])
-    with pytest.raises(ValueError, match="matches no attention module"):
-        inducer.attach(make_model("gpt2"), inducer.InducerConfig(attention="cross"))
-
-
 def test_training_mode_with_dropout_runs_on_both_paths():
     for path in ("fused", "reference"):
         model = make_model("bert", dropout=0.3)

@@ -368,23 +368,6 @@ def test_initialisation():
     assert isinstance(getattr(zero, ENCODER_NAME), PrefixEncoder)
 
 
-def test_attention_and_layer_selection():
-    def adapted(**kw):
-        model = inducer.attach(make_model("bart"), inducer.PrefixConfig(length=2, **kw))
-        return sorted(n.rsplit(".prefix", 1)[0] for n, m in model.named_modules()
-                      if isinstance(m, PrefixModule))
-
-    everything = adapted()
-    assert len(everything) == 2 + 2 + 2  # encoder self, decoder self, decoder cross
-    assert adapted(attention="cross") == [n for n in everything if "encoder_attn" in n]
-    assert adapted(attention="self") == [n for n in everything if "encoder_attn" not in n]
-    assert adapted(layers=[1]) == [n for n in everything if ".1." in n]
-    with pytest.raises(ValueError, match="matches no attention module"):
-        adapted(layers=[7])
-    with pytest.raises(ValueError, match="matches no attention module"):
-        inducer.attach(make_model("gpt2"), inducer.PrefixConfig(attention="cross"))
-
-
 def test_two_prefix_configs_conflict_and_leave_the_model_untouched():
     model = make_model("bart")
     names = set(dict(model.named_modules()))
