@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,8 @@ def _setup(quiet: bool) -> None:
     import transformers
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Under `accelerate launch` only the first process reports progress (RANK is set by the launcher).
+    quiet = quiet or int(os.environ.get("RANK", "0")) > 0
     logging.getLogger("inducer").setLevel(logging.WARNING if quiet else logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
     datasets.disable_progress_bar()
@@ -354,7 +357,7 @@ def train(
     )
 
     def body():
-        from .experiment import train_run
+        from .experiment import is_main_process, train_run
         from .recipes import load_recipe
         from .training import TrainConfig
 
@@ -409,6 +412,8 @@ def train(
             progress=not quiet,
             sizes=chosen_sizes,
         )
+        if not is_main_process():  # under `accelerate launch`, the first process reports
+            return
         console.print(result["summary"])
         console.print(
             f"best validation {result['select_metric']} {result['best_validation']:.4f} at step "

@@ -57,6 +57,15 @@ class TaskSource:
         return cls(**{**data, "columns": Columns(**data.get("columns", {}))})
 
 
+def is_main_process() -> bool:
+    """False in every process but the first under ``accelerate launch`` (which alone writes files)."""
+    from accelerate import PartialState
+
+    from .training import cpu_processes
+
+    return PartialState(cpu=cpu_processes()).is_main_process
+
+
 def check_method(method: str) -> None:
     """Refuse an unknown method name, listing the known ones."""
     if method not in PRESETS:
@@ -144,7 +153,8 @@ def train_run(
     loaded, configs = build(model_name, task, method, budget, config.seed, config.train_head, sizes)
     logger.info(configs.summary)
     info = run_info(model_name, source, task, method, budget, configs, config, loaded)
-    if output_dir is not None:
+    main = is_main_process()
+    if output_dir is not None and main:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "config.json").write_text(json.dumps(info, indent=2))
     trainer = Trainer(loaded, task, config, output_dir, info, progress=progress, on_eval=on_eval)
@@ -174,7 +184,7 @@ def train_run(
         "history": result.history,
         "test": tests,
     }
-    if output_dir is not None:
+    if output_dir is not None and main:
         (Path(output_dir) / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

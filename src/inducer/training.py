@@ -4,8 +4,14 @@ AdamW with linear warmup and decay, weight decay (not on biases and LayerNorm we
 accumulation, gradient clipping, evaluation every N steps (or each epoch) with model selection and
 early stopping, best and last adapters in the core's adapter format, ``metrics.jsonl`` and
 TensorBoard logs, and ``resume`` that restores the trained tensors, the optimizer, the scheduler,
-the random number generators and the position in the data order. Devices and mixed precision come
-from ``accelerate``.
+the random number generators and the position in the data order. Devices, mixed precision and
+data parallelism come from ``accelerate``.
+
+Data parallelism (``accelerate launch --num_processes P -m inducer train ...``): every process walks
+the same global order of batches; each takes its contiguous share of every global batch, and its loss
+is weighted by its share of the batch's loss items (examples or target tokens), so that the
+all-reduced gradient equals the single-process gradient of the same global batch. Only the main
+process writes adapters, checkpoints and logs; the checkpoint holds every process's RNG state.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -350,13 +357,25 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def shard(indices: list[int], rank: int, processes: int) -> list[int]:
+    """Process ``rank``'s contiguous share of one global batch (sizes differ by at most one)."""
+    size, extra = divmod(len(indices), processes)
+    start = rank * size + min(rank, extra)
+    return indices[start : start + size + (rank < extra)]
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -371,6 +390,17 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def cpu_processes() -> bool:
+    """True when several processes were launched (``accelerate launch --multi_gpu --num_processes P``
+    or ``torchrun``) on a machine without a GPU.
+
+    Without a GPU, accelerate would make each of them a separate single-process run (all writing the
+    same files) unless told to use the CPU, which selects the gloo backend: pass this as ``cpu=`` to
+    the first ``Accelerator`` / ``PartialState``.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -400,13 +430,21 @@ class Trainer:
         self.loaded, self.task, self.config = loaded, task, config
         self.output_dir = Path(output_dir) if output_dir else None
         self.run_info = run_info or {}
-        self.progress = progress
         self.on_eval = on_eval
         precision = config.precision
         if precision == "fp16" and not torch.cuda.is_available():
             logger.warning("precision fp16 needs a CUDA GPU; training in float32 on this machine")
             precision = "no"
-        self.accelerator = Accelerator(mixed_precision=precision)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_processes())
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            raise RuntimeError(
+                f"{launched} processes were launched but accelerate set up {self.accelerator.num_processes}: "
+                "each would train alone and overwrite the others' files. Check the accelerate config "
+                "(`accelerate env`); on CPUs launch with `accelerate launch --multi_gpu --num_processes N`."
+            )
+        self.is_main = self.accelerator.is_main_process
+        self.progress = progress and self.is_main  # one progress bar, not one per process
         self.kind = task.kind
         self.seq2seq = loaded.is_seq2seq
         self.options = encode_options(task, loaded, config)
@@ -419,7 +457,7 @@ class Trainer:
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        if self.output_dir is None:
+        if self.output_dir is None or not self.is_main:
             return
         with open(self.output_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -428,8 +466,25 @@ class Trainer:
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
 
+    def _truncate_log(self, step: int) -> None:
+        """On resume, drop what a crashed run logged after its last checkpoint (it is redone)."""
+        path = self.output_dir / "metrics.jsonl" if self.output_dir is not None else None
+        if not self.is_main or path is None or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the crash
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
     def _open_writer(self):
-        if self.output_dir is None:
+        if self.output_dir is None or not self.is_main:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -439,7 +494,7 @@ class Trainer:
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
     def _save_adapter(self, name: str, extra: dict | None = None) -> Path | None:
-        if self.output_dir is None:
+        if self.output_dir is None or not self.is_main:
             return None
         folder = self.output_dir / name
         model = self.accelerator.unwrap_model(self.model)
@@ -460,6 +515,14 @@ class Trainer:
     def _save_checkpoint(self, state: dict) -> None:
         if self.output_dir is None:
             return
+        # Every process's RNG state (dropout differs per process); collected on all, written by the main.
+        rng = [_rng_state()]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rng = gather_object(rng)
+        if not self.is_main:
+            return
         folder = self.output_dir / "checkpoint"
         folder.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -467,7 +530,8 @@ class Trainer:
             "trainable": self._trainable(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng,
+            "processes": self.accelerator.num_processes,
         }
         tmp = folder / (STATE_FILE + ".tmp")
         torch.save(payload, tmp)
@@ -502,6 +566,9 @@ class Trainer:
         """
         config = self.config
         set_seed(config.seed)
+        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        if rank:  # other processes draw their own dropout masks (the data order is seeded separately)
+            torch.manual_seed(config.seed + 7919 * rank)
         train = encode_split(self.task, "train", self.loaded, self.options, config.max_train_examples)
         self._encoded_eval = encode_split(
             self.task, "validation", self.loaded, self.options, config.max_eval_examples
@@ -543,13 +610,19 @@ class Trainer:
         best_tensors = None
         if resume:
             state, best_tensors = self._load_checkpoint(state)
+            self._truncate_log(state["step"])
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.writer = self._open_writer()
 
         count = count_parameters(self.accelerator.unwrap_model(self.model))
         logger.info(
-            "training %s steps (%d per epoch) on %d rows; %s", total, steps_per_epoch, len(train), count
+            "training %s steps (%d per epoch) on %d rows%s; %s",
+            total,
+            steps_per_epoch,
+            len(train),
+            f", each global batch split over {processes} processes" if processes > 1 else "",
+            count,
         )
         self.model.train()
         bar = tqdm(
@@ -562,22 +635,32 @@ class Trainer:
             order = _epoch_order(len(train), config.seed, state["epoch"])
             batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
             while state["batch"] < len(batches) and state["step"] < total:
-                batch = collator([train[i] for i in batches[state["batch"]]])
+                rows = batches[state["batch"]]
+                mine = shard(rows, rank, processes) if processes > 1 else rows
+                # A process left without rows (a last batch smaller than the process count) still runs
+                # one row with weight 0, so that every process joins the gradient all-reduce.
+                batch = collator([train[i] for i in (mine or rows[:1])])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with self.accelerator.autocast():
-                    loss, _ = compute_loss(self.model, batch, self.kind, self.seq2seq, config.label_smoothing)
-                if not torch.isfinite(loss.detach()).all():
+                    loss, count = compute_loss(
+                        self.model, batch, self.kind, self.seq2seq, config.label_smoothing
+                    )
+                if processes > 1:
+                    loss, global_loss = self._weight_by_share(loss, count if mine else 0)
+                else:
+                    global_loss = loss.detach()
+                if not torch.isfinite(global_loss).all():
                     # Stop before the bad gradient reaches the weights or a checkpoint.
                     bar.close()
                     kept = (f"the last checkpoint in {self.output_dir / 'checkpoint'} is kept (resume "
                             "with --resume)" if self.output_dir is not None else "no checkpoint was written")
                     raise NonFiniteLossError(
-                        f"training loss is {float(loss.detach())} at optimizer step {state['step'] + 1} "
+                        f"training loss is {float(global_loss)} at optimizer step {state['step'] + 1} "
                         f"(epoch {state['epoch']}, batch {state['batch']}); {kept}. Lower the learning "
                         "rate (--lr), clip gradients harder (max_grad_norm), or use float32 precision."
                     )
                 self.accelerator.backward(loss / config.grad_accum)
-                running += float(loss.detach())
+                running += float(global_loss)
                 micro += 1
                 state["batch"] += 1
                 if micro % config.grad_accum and state["batch"] < len(batches):
@@ -622,6 +705,7 @@ class Trainer:
             self._restore(best_tensors)
         if self.writer is not None:
             self.writer.close()
+        self.accelerator.wait_for_everyone()  # the main process's files exist when any process returns
         return TrainResult(
             state["best"],
             state["best_step"],
@@ -631,6 +715,16 @@ class Trainer:
             state["history"],
             stopped,
         )
+
+    def _weight_by_share(self, loss: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data parallelism: this process's mean ``loss`` over ``count`` items, re-weighted so that the
+        all-reduce (a mean over processes) of its gradient is the gradient of the global batch's mean;
+        also returns that global mean loss (the same on every process)."""
+        processes = self.accelerator.num_processes
+        totals = torch.stack([loss.detach().float() * count, torch.tensor(float(count), device=loss.device)])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        items = totals[1].clamp(min=1.0)
+        return loss * (count * processes / items), totals[0] / items
 
     def _evaluate_and_select(self, state: dict, best_tensors):
         """Evaluate on validation, keep the best parameters, and decide on early stopping."""
@@ -679,7 +773,18 @@ class Trainer:
         self._restore(saved.pop("trainable"))
         self.optimizer.load_state_dict(saved.pop("optimizer"))
         self.scheduler.load_state_dict(saved.pop("scheduler"))
-        _set_rng_state(saved.pop("rng"))
+        rng = saved.pop("rng")
+        if isinstance(rng, dict):  # a checkpoint from before RNG states were kept per process
+            rng = [rng]
+        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        if saved.pop("processes", 1) != processes:
+            logger.warning(
+                "the checkpoint was written by %d process(es), this run has %d: the data order and "
+                "the parameters continue exactly, the dropout random streams do not",
+                len(rng),
+                processes,
+            )
+        _set_rng_state(rng[rank] if rank < len(rng) else rng[0])
         best_tensors = saved.pop("best_tensors", None)
         state.update(saved)
         logger.info("resumed at step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
