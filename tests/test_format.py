@@ -131,3 +131,20 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(saved, monkeypatch, fa
     monkeypatch.undo()
     assert sorted(p.name for p in directory.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
     assert torch.equal(inducer.load_adapter(make_model("bert"), directory)(**batch).logits, expected)
+
+
+def test_sharded_parameters_are_gathered_or_refused(saved, tmp_path):
+    """Under ZeRO-3 / FSDP a parameter outside its gather is an empty tensor: saving it would write an
+    empty adapter (a known PEFT failure). save_adapter refuses it, and saves the gathered tensors."""
+    model, directory = saved
+    full = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    name = "bert.encoder.layer.1.attention.self.inducer.key_a"
+    parameter = model.get_parameter(name)
+    whole, parameter.data = parameter.data, torch.empty(0)  # what ZeRO-3 leaves between gathers
+    with pytest.raises(ValueError, match="sharded.*state_dict=accelerator.get_state_dict"):
+        inducer.save_adapter(model, tmp_path / "empty")
+    gathered = inducer.save_adapter(model, tmp_path / "gathered", state_dict=full)
+    parameter.data = whole
+    assert torch.equal(load_file(gathered / "adapter.safetensors")[name], whole)
+    with pytest.raises(ValueError, match="state_dict lacks"):
+        inducer.save_adapter(model, tmp_path / "partial", state_dict={})

@@ -260,12 +260,19 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(_write_temporary(path, write), path)
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+def save_adapter(
+    model: nn.Module, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write ``adapter_config.json`` and ``adapter.safetensors`` (the trained tensors) to a folder.
 
     The format is documented in ``docs/format.md``. Both files are written to temporary names
     first, then renamed into place: a failed save (a full disk) leaves the previous adapter as it
     was, and a torn one is refused on load by the checksum.
+
+    ``state_dict``: the model's full tensors by name, to save instead of its own parameters, which
+    under FSDP or DeepSpeed ZeRO-3 are shards (gather them with accelerate's
+    ``accelerator.get_state_dict(model)``, called on every process). An empty tensor, what a
+    sharded parameter looks like outside its gather, is refused rather than saved.
     """
     from . import __version__
 
@@ -276,7 +283,17 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
     names = _added_names(model, state) + [n for n in state.unfrozen + state.head if params[n].requires_grad]
-    tensors = {name: params[name].detach().cpu().contiguous() for name in names}
+    source = state_dict if state_dict is not None else params
+    missing = [name for name in names if name not in source]
+    if missing:
+        raise ValueError(f"save_adapter: state_dict lacks {missing[:5]} (pass the model's full state dict)")
+    tensors = {name: source[name].detach().cpu().contiguous() for name in names}
+    empty = [name for name, tensor in tensors.items() if tensor.numel() == 0 and params[name].numel() == 0]
+    if empty:
+        raise ValueError(
+            f"save_adapter: {empty[:3]} are empty: the parameters are sharded (FSDP / DeepSpeed ZeRO-3). "
+            "Gather them first: save_adapter(model, folder, state_dict=accelerator.get_state_dict(model))"
+        )
     # An added module whose inference form differs from its training form (``inference_tensors()``:
     # prefix-tuning's reparameterisation MLP folded into flat prefixes) also stores the inference
     # form's tensors: the adapter then loads either way (load_adapter's ``inference``), no shape mismatch.

@@ -444,6 +444,13 @@ class Trainer:
                 "(`accelerate env`); on CPUs launch with `accelerate launch --multi_gpu --num_processes N`."
             )
         self.is_main = self.accelerator.is_main_process
+        from accelerate.utils import DistributedType
+
+        # Parameters split across processes: adapters are gathered before saving; no trainer checkpoint.
+        self.sharded = self.accelerator.distributed_type == DistributedType.FSDP or (
+            self.accelerator.distributed_type == DistributedType.DEEPSPEED
+            and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
         self.progress = progress and self.is_main  # one progress bar, not one per process
         self.kind = task.kind
         self.seq2seq = loaded.is_seq2seq
@@ -494,11 +501,16 @@ class Trainer:
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
     def _save_adapter(self, name: str, extra: dict | None = None) -> Path | None:
-        if self.output_dir is None or not self.is_main:
+        if self.output_dir is None:
+            return None
+        # Under FSDP / ZeRO-3 each process holds shards: gather the full tensors (a collective, so
+        # every process takes part) before the main process writes them.
+        full = self.accelerator.get_state_dict(self.model) if self.sharded else None
+        if not self.is_main:
             return None
         folder = self.output_dir / name
         model = self.accelerator.unwrap_model(self.model)
-        save_adapter(model, folder)
+        save_adapter(model, folder, state_dict=full)
         (folder / RUN_FILE).write_text(json.dumps({**self.run_info, **(extra or {})}, indent=2))
         return folder
 
@@ -513,7 +525,7 @@ class Trainer:
                 params[name].copy_(tensor)
 
     def _save_checkpoint(self, state: dict) -> None:
-        if self.output_dir is None:
+        if self.output_dir is None or self.sharded:  # sharded: refused with save_every/resume (train())
             return
         # Every process's RNG state (dropout differs per process); collected on all, written by the main.
         rng = [_rng_state()]
@@ -592,6 +604,11 @@ class Trainer:
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.sharded and (resume or config.save_every):
+            raise ValueError(
+                "--save-every / --resume are not supported with sharded parameters (FSDP, DeepSpeed "
+                "ZeRO-3) yet: the trainer checkpoint holds whole tensors. Use DDP or ZeRO-2 to resume."
+            )
         self.scheduler = scheduler
         device = self.accelerator.device
         collator = Collator(self.loaded.tokenizer.pad_token_id, regression=self.kind == "regression")
