@@ -134,3 +134,20 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     reference_log = (reference / "metrics.jsonl").read_text().splitlines()
     # The crashed run's log lines after its checkpoint were dropped on resume, then redone.
     assert steps == [json.loads(line)["step"] for line in reference_log]
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_example_accelerate_configs_load(name):
+    """The README's scaling-out configs are valid accelerate config files (unknown keys are refused)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(__file__).parents[1] / "examples" / "accelerate"
+    config = load_config_from_file(str(folder / f"{name}.yaml"))
+    assert config.num_processes == 2
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP"}.get(name, "DEEPSPEED")
+    assert config.distributed_type.value == expected
+    if name == "deepspeed_zero3":  # accelerator.get_state_dict can only gather ZeRO-3 weights with this
+        assert config.deepspeed_config["zero3_save_16bit_model"] is True
+    if name == "fsdp":  # a frozen base and trainable adapters share FSDP units
+        assert config.fsdp_config["fsdp_use_orig_params"] is True
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
