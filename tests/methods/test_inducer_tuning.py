@@ -186,3 +186,28 @@ def test_tensor_names_and_shapes_follow_the_format():
     assert ind.value_b.shape == (4, 3, 8) and ind.value_b_bias.shape == (4, 8)
     no_key = inducer.attach(make_model("bert"), inducer.InducerConfig(r_k=0))
     assert not hasattr(no_key.bert.encoder.layer[0].attention.self.inducer, "key_a")
+
+
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_recorded_lambda_matches_the_spec(path):
+    """``record_lam``: lam (B, H, N) of the last forward, = the last column of the spec's softmax."""
+    model = make_model("gpt2").double()
+    inducer.attach(model, inducer.InducerConfig(r_k=2, r_v=3))
+    _randomise(model)
+    inducer.set_attention_path(model, path)
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    keep = _keep_mask(2, 7, causal=True, pad=2)
+    attn(x, attention_mask=keep)
+    assert attn.inducer.last_lam is None  # off by default
+    attn.inducer.record_lam = True
+    attn(x, attention_mask=keep)
+    got = attn.inducer.last_lam
+    q, k, _ = attn.c_attn(x).split(32, dim=2)
+    q, k = (t.view(2, 7, 4, 8).transpose(1, 2) for t in (q, k))
+    scores = ((q @ k.transpose(-1, -2)) * 8**-0.5).masked_fill(~keep, float("-inf"))
+    s = attn.inducer.virtual_key_score(q, 8**-0.5)[..., None]
+    expected = torch.softmax(torch.cat([scores, s], dim=-1), dim=-1)[..., -1]
+    assert got.shape == (2, 4, 7) and not got.requires_grad
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1, :, :5], expected[1, :, :5])  # real queries

@@ -406,3 +406,82 @@ def test_config_roundtrip_and_defaults():
     assert default.inference_config() == inducer.PrefixConfig(reparam_hidden=None)
     with pytest.raises(ValueError, match="unknown PrefixConfig fields"):
         inducer.PrefixConfig.from_dict({"length": 2, "mid_dim": 3})
+
+
+# --- init="zero" / init="tokens" (the initialisation study) -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", list(REPARAM))
+def test_zero_init_gives_zero_prefixes(mode):
+    model = _prefixed("bert", reparam=REPARAM[mode], init="zero")
+    for module in _prefix_modules(model):
+        key, value = module.key_value()
+        assert not key.any() and not value.any()
+    assert _prefix_modules(_prefixed("bert", reparam=REPARAM[mode]))[0].key_value()[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", list(REPARAM))
+def test_token_init_equals_key_value_projections_of_the_layer_inputs(mode):
+    """Recomputed plainly: the frozen model's hidden states entering layer L, through that layer's
+    key / value projections, split into heads. [5, 6] is cycled to LENGTH = 3 positions."""
+    tokens = [5, 6]
+    base = make_model("bert").double()
+    ids = torch.tensor([[5, 6, 5]])
+    with torch.no_grad():
+        mask = torch.ones_like(ids)
+        hidden = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    model = _prefixed("bert", reparam=REPARAM[mode], init="tokens", init_tokens=tokens)
+    layers = model.bert.encoder.layer
+    assert len(_prefix_modules(model)) == len(layers) == 2
+    for index, layer in enumerate(layers):
+        attn = layer.attention.self
+        key, value = attn.prefix.key_value()
+        for got, projection in ((key, attn.key), (value, attn.value)):
+            expected = projection(hidden[index])[0].view(LENGTH, 4, 8).transpose(0, 1)
+            torch.testing.assert_close(got.detach(), expected.detach())
+    if mode == "reparam":  # still trained through the MLP, whose output layer was solved for
+        assert getattr(model, ENCODER_NAME).embedding.requires_grad
+        assert layers[0].attention.self.prefix.output.weight.requires_grad
+    # The model is left as it was: eval mode kept, prefixes active (not in capture mode).
+    assert all(m._captured is None for m in _prefix_modules(model))
+
+
+def test_token_init_on_a_decoder_and_training_mode_is_restored():
+    model = make_model("gpt2").double().train()
+    config = inducer.PrefixConfig(length=2, reparam_hidden=None, init="tokens", init_tokens=[7, 8])
+    inducer.attach(model, config)
+    assert model.training
+    ids = torch.tensor([[7, 8]])
+    base = make_model("gpt2").double()
+    with torch.no_grad():
+        hidden = base(input_ids=ids, output_hidden_states=True).hidden_states
+    attn = model.transformer.h[1].attn
+    block = base.transformer.h[1]  # pre-LN: the attention reads ln_1 of the block's input
+    _, k, v = block.attn.c_attn(block.ln_1(hidden[1])).split(32, dim=2)
+    torch.testing.assert_close(attn.prefix.key, k[0].view(2, 4, 8).transpose(0, 1))
+    torch.testing.assert_close(attn.prefix.value, v[0].view(2, 4, 8).transpose(0, 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(init="words"), "init"),
+        (dict(init="tokens"), "init_tokens"),
+        (dict(init="tokens", init_tokens=[]), "init_tokens"),
+        (dict(init="tokens", init_tokens=[1, -2]), "init_tokens"),
+        (dict(init="random", init_tokens=[1]), "init_tokens"),
+    ],
+)
+def test_invalid_init_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        inducer.PrefixConfig(**kwargs)
+
+
+def test_token_init_config_roundtrip_and_budget_count():
+    config = inducer.PrefixConfig(length=3, init="tokens", init_tokens=[4, 5])
+    assert inducer.PrefixConfig.from_dict(config.to_dict()) == config
+    model = make_model("bert")
+    plain = inducer.preset("prefix", model, sizes={"length": 3}).count
+    from inducer.presets import _Counter
+
+    assert _Counter(model)([config]) == plain  # counting on a meta twin runs no forward

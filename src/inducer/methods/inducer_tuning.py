@@ -133,6 +133,11 @@ class InducerModule(nn.Module):
         # set and consumed within one forward of the attention module, so gradient checkpointing
         # (which re-runs that forward) and cached decoding see a fresh value every time.
         self._pending_value: torch.Tensor | None = None
+        # Read-out of lam for analysis (no global state): while ``record_lam`` is True, every forward
+        # of this module leaves its lam, detached, (B, H, N) in ``last_lam`` (before dropout; all ones
+        # with use_lambda=False). Padded query positions are included: mask them when averaging.
+        self.record_lam = False
+        self.last_lam: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         c = self.config
@@ -171,6 +176,8 @@ class InducerModule(nn.Module):
             lam = torch.sigmoid(self.virtual_key_score(query, scaling) - lse)
         else:
             lam = torch.ones(query.shape[:-1], dtype=compute_dtype(query), device=query.device)
+        if self.record_lam:
+            self.last_lam = lam.detach()
         # The module's attention-probability dropout applies to lam too, as to every other weight.
         lam_dropped = F.dropout(lam, p=dropout, training=training) if c.use_lambda else lam
         if c.composition == "gated":

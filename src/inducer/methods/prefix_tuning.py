@@ -70,7 +70,25 @@ class PrefixConfig(MethodConfig):
             reparameterisation's embedding (its linear layers keep PyTorch's default
             initialisation, as in Li & Liang). 1.0 is ``nn.Embedding``'s default, used by Li & Liang
             and PEFT. 0 starts from zero prefixes: flat tensors are zero; with the MLP its output
-            layer is zero and the embedding keeps std 1 (PEFT's ``init_weights="zero"``).
+            layer is zero and the embedding keeps std 1 (PEFT's ``init_weights="zero"``). Used by
+            ``init="random"`` only.
+        init: how the prefixes start (the initialisation study of spec section 1):
+            ``"random"``: normal with ``init_std`` (above);
+            ``"zero"``: zero prefix keys and values (the same as ``init_std=0``);
+            ``"tokens"``: Li & Liang's real-word initialisation. The frozen model (dropout off, no
+            prefixes) is run once on the token ids ``init_tokens`` (cycled or cut to ``length``
+            positions: one sequence, no special tokens added, attention mask all ones; an
+            encoder-decoder gets the same ids as decoder input), and each adapted module's prefix
+            keys/values are the keys/values its attention function receives for those tokens, i.e.
+            the module's key/value projections of its input hidden states (after rotary embedding
+            where the model has one). Flat: the prefixes are those tensors. Reparameterised: the
+            output layer of each module is set to the minimum-norm least-squares solution (bias 0)
+            that maps the encoder's initial hidden states to them, so ``key_value()`` reproduces
+            them exactly at step 0 whenever ``length <= reparam_hidden`` (the MLP's rows are then
+            linearly independent); the embedding and hidden layer keep their random initialisation.
+            On a parameter-free ("meta") model, as used for counting, no forward is run.
+        init_tokens: token ids for ``init="tokens"`` (required there, refused otherwise), e.g.
+            ``tokenizer("positive or negative movie review", add_special_tokens=False).input_ids``.
     """
 
     length: int = 16
@@ -78,6 +96,8 @@ class PrefixConfig(MethodConfig):
     attention: Literal["all", "self", "cross"] = "all"
     layers: list[int] | None = None
     init_std: float = 1.0
+    init: Literal["random", "zero", "tokens"] = "random"
+    init_tokens: list[int] | None = None
     method: ClassVar[str] = "prefix"
 
     def __post_init__(self) -> None:
@@ -90,6 +110,26 @@ class PrefixConfig(MethodConfig):
             self.init_std >= 0
         ):
             raise ValueError(f"PrefixConfig.init_std must be a float >= 0, got {self.init_std!r}")
+        check_choice("PrefixConfig", "init", self.init, INITS)
+        if self.init == "tokens":
+            if not isinstance(self.init_tokens, (list, tuple)) or not self.init_tokens:
+                raise ValueError(
+                    "PrefixConfig.init_tokens must be a non-empty list of token ids when init='tokens' "
+                    f"(e.g. tokenizer(words, add_special_tokens=False).input_ids), got {self.init_tokens!r}"
+                )
+            for token in self.init_tokens:
+                check_int("PrefixConfig", "init_tokens[...]", token, 0)
+            self.init_tokens = list(self.init_tokens)
+        elif self.init_tokens is not None:
+            raise ValueError(
+                f"PrefixConfig.init_tokens is only used with init='tokens' (init is {self.init!r}); "
+                "leave it None"
+            )
+
+    @property
+    def zero_init(self) -> bool:
+        """Whether the prefixes start at zero (``init="zero"``, or ``init="random"`` with std 0)."""
+        return self.init == "zero" or (self.init == "random" and self.init_std == 0)
 
     def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
         """Give every chosen attention module a ``prefix`` child (and the model a shared encoder)."""
@@ -101,9 +141,13 @@ class PrefixConfig(MethodConfig):
                 dtype = _dtype(chosen[0])
                 encoder = PrefixEncoder(self, chosen[0].width, dtype=dtype)
                 applied.modules.append(add_child(model, "", ENCODER_NAME, encoder, "PrefixConfig"))
+            modules = []
             for site in chosen:
                 module = PrefixModule(self, key_value_heads(site), site.head_dim, encoder, dtype=_dtype(site))
                 applied.modules.append(add_child(model, site.name, CHILD_NAME, module, "PrefixConfig"))
+                modules.append(site.module.get_submodule(CHILD_NAME))
+            if self.init == "tokens":
+                _init_from_tokens(model, modules, self.init_tokens, self.length)
         except BaseException:
             # attach only rolls back what a method reports; a half-applied method cleans up itself.
             for name in reversed(applied.modules):
@@ -115,6 +159,57 @@ class PrefixConfig(MethodConfig):
     def inference_config(self) -> PrefixConfig:
         """The config of the folded form: flat prefixes, no reparameterisation MLP."""
         return dataclasses.replace(self, reparam_hidden=None)
+
+
+INITS = ("random", "zero", "tokens")
+
+
+def token_key_values(model: nn.Module, modules: list[PrefixModule], tokens: list[int],
+                     length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values, each [H_kv, length, p], that the attention function of each module in
+    ``modules`` receives when the model (in eval mode, prefixes switched off) reads ``tokens``
+    (cycled or cut to ``length``). What ``init="tokens"`` initialises the prefixes to."""
+    reference = next(model.parameters())
+    ids = torch.tensor([tokens[i % len(tokens)] for i in range(length)], device=reference.device)[None]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
+    was_training = model.training
+    for module in modules:
+        module._captured = ()
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(**inputs)
+        captured = [module._captured for module in modules]
+    finally:
+        for module in modules:
+            module._captured = None
+        model.train(was_training)
+    missing = sum(1 for c in captured if not c)
+    if missing:
+        raise RuntimeError(f"PrefixConfig(init='tokens'): {missing} adapted attention module(s) did not run "
+                           "when the model read the initialisation tokens")
+    return captured
+
+
+def _init_from_tokens(model: nn.Module, modules: list[PrefixModule], tokens: list[int], length: int) -> None:
+    if next(model.parameters()).device.type == "meta":
+        return  # a parameter-free twin (budget counting): nothing to compute
+    targets = token_key_values(model, modules, tokens, length)
+    with torch.no_grad():
+        for module, (key, value) in zip(modules, targets, strict=True):
+            if module._encoder is None:
+                module.key.copy_(key)
+                module.value.copy_(value)
+                continue
+            # output(hidden) = hidden @ W^T + b with b = 0: solve hidden @ W^T = target (min norm).
+            hidden = module._encoder[0]().double()  # [l, h]
+            target = torch.stack([key, value]).permute(2, 0, 1, 3).reshape(length, -1).double()
+            solution = torch.linalg.pinv(hidden) @ target  # [h, 2 * H_kv * p]
+            module.output.weight.copy_(solution.t())
+            module.output.bias.zero_()
 
 
 def _dtype(site: AttentionSite) -> torch.dtype:
@@ -163,18 +258,22 @@ class PrefixModule(nn.Module):
         self.config = config
         self.kv_heads, self.head_dim, self.length = kv_heads, head_dim, config.length
         shape = (kv_heads, config.length, head_dim)
+        std = 0.0 if config.zero_init else config.init_std
         if encoder is None:
-            self.key = nn.Parameter(torch.randn(shape, dtype=dtype) * config.init_std)
-            self.value = nn.Parameter(torch.randn(shape, dtype=dtype) * config.init_std)
+            self.key = nn.Parameter(torch.randn(shape, dtype=dtype) * std)
+            self.value = nn.Parameter(torch.randn(shape, dtype=dtype) * std)
             self._encoder = None
         else:
             self.output = nn.Linear(config.reparam_hidden, 2 * kv_heads * head_dim, dtype=dtype)
-            if config.init_std == 0:
+            if config.zero_init:
                 nn.init.zeros_(self.output.weight)
                 nn.init.zeros_(self.output.bias)
             # A plain reference, not a submodule: the encoder is registered once, at the model root,
             # and shared by every module (copy.deepcopy keeps the sharing through its memo).
             self._encoder = (encoder,)
+        # Set to () by token_key_values to record the keys/values the attention function receives
+        # (and to skip the prefixes) during one initialisation forward; None otherwise.
+        self._captured: tuple | None = None
 
     def extra_repr(self) -> str:
         reparam = f", reparam_hidden={self.config.reparam_hidden}" if self._encoder else ""
@@ -213,6 +312,9 @@ class PrefixModule(nn.Module):
                 f"inducer: attention got keys with {key.shape[1]} heads of dim {key.shape[-1]}, but "
                 f"its prefixes were built for {self.kv_heads} x {self.head_dim} key/value heads"
             )
+        if self._captured is not None:  # init="tokens": record what a prefix would be, add nothing
+            self._captured = (key[0].detach().clone(), value[0].detach().clone())
+            return key, value, mask
         prefix_key, prefix_value = self.key_value()
         batch = key.shape[0]
         prefix_key = prefix_key.to(key.dtype)[None].expand(batch, -1, -1, -1)
