@@ -325,6 +325,8 @@ def run_job(job: dict, settings: dict) -> dict:
         else:
             configs, count, summary = _configs_for(loaded, job["config"], job["budget"])
             inducer.attach(loaded.model, configs, train_head=True)
+            if settings.get("attention_path", "fused") != "fused":  # fused is attach's default
+                inducer.set_attention_path(loaded.model, settings["attention_path"])
             head = inducer.count_parameters(loaded.model).head
         trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
         device = torch.device(settings["device"])
@@ -987,6 +989,12 @@ def parse_args(argv=None):
         "--max-eval-examples", type=int, default=None, help="limit validation and test (smoke runs)"
     )
     p.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no")
+    p.add_argument(
+        "--attention-path",
+        choices=["fused", "reference"],
+        default="fused",
+        help="inducer/prefix attention path (both exact; reference materialises the scores)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="the first seeds stage 1; all are reported")
     p.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     p.add_argument("--configs", default=None, help="only these configs (names from both budgets' lists)")
@@ -1066,6 +1074,7 @@ def main(argv=None) -> None:
         "max_train_examples": args.max_train_examples,
         "max_eval_examples": args.max_eval_examples,
         "precision": args.precision,
+        "attention_path": args.attention_path,
     }
     env = _environment(args, workers)
     protocol = {

@@ -98,3 +98,20 @@ def test_backward_without_lse_gradient_is_the_plain_kernel_backward():
     want = torch.autograd.grad(expected.pow(2).sum(), (q, k, v))
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("keys", [16, 37])
+def test_cuda_bias_layout(keys):
+    """What the CUDA memory-efficient kernel demands of its bias (found on a GPU): the full
+    (B, H, N, M) shape, unit stride along keys, rows starting 16-aligned; values unchanged."""
+    from inducer.kernels import _aligned_bias
+
+    query = torch.zeros(2, 4, 5, 8)
+    key = torch.zeros(2, 4, keys, 8)
+    # A (1, H, N, M) bias broadcast along keys, like T5's position bias: stride 0 on the last dim.
+    mask = torch.randn(1, 4, 5, 1).expand(1, 4, 5, keys)
+    bias = _aligned_bias(mask, query, key)
+    assert bias.shape == (2, 4, 5, keys)
+    assert bias.stride(-1) == 1 and bias.stride(-2) % 16 == 0
+    torch.testing.assert_close(bias, mask.expand(2, 4, 5, keys), rtol=0, atol=0)
+    assert _aligned_bias(None, query, key) is None

@@ -134,3 +134,40 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_model
     monkeypatch.setattr(training, "compute_loss", real_loss)
     resumed = _trainer(tiny_models, tmp_path / "run", save_every=2, eval_every=100)
     assert resumed.train(resume=True).steps == 8
+
+
+class _PrefixingWrapper(torch.nn.Module):
+    """Stands in for FSDP: the model becomes a child, so every parameter name gains a prefix."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._fsdp_wrapped_module = model
+
+    def forward(self, *args, **kwargs):
+        return self._fsdp_wrapped_module(*args, **kwargs)
+
+
+def test_a_wrapped_model_still_saves_a_complete_adapter(tiny_models, tmp_path, monkeypatch):
+    """Under FSDP the prepared model is a wrapper whose parameter names carry a prefix (found on a
+    GPU: the adapter then lost its inducer tensors and its base fingerprint counted them as base).
+    The trainer names tensors by the model attach adapted, fingerprinted before wrapping."""
+    from accelerate import Accelerator
+
+    import inducer
+
+    def wrapping_prepare(self, model, optimizer):
+        return _PrefixingWrapper(model), optimizer
+
+    monkeypatch.setattr(Accelerator, "prepare", wrapping_prepare)
+    trainer = _trainer(tiny_models, tmp_path, method="inducer", max_steps=2, eval_every=2)
+    trainer.train()
+    assert isinstance(trainer.model, _PrefixingWrapper)
+    saved = json.loads((tmp_path / "last" / "adapter_config.json").read_text())
+    expected = {n for n, p in trainer.loaded.model.named_parameters() if p.requires_grad}
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "last" / "adapter.safetensors")) == expected
+    assert saved["base_model"] == inducer.fingerprint(trainer.loaded.model)
+    fresh, _ = build(str(tiny_models["bert"]), trainer.task, "inducer", seed=3)
+    inducer.detach(fresh.model)
+    inducer.load_adapter(fresh.model, tmp_path / "last")  # the base check passes, every tensor loads

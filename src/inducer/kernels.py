@@ -94,10 +94,17 @@ def reference_attention(
 
 def _pad_channels(x: torch.Tensor, extra: int, fill: float = 0.0) -> torch.Tensor:
     """Append ``extra`` channels of value ``fill`` to the last dimension."""
+    if extra == 0:
+        return x
     return torch.cat([x, x.new_full((*x.shape[:-1], extra), fill)], dim=-1)
 
 
-def _pad_for_lse_grad(g_out, g_lse, q, k, v, out, extra):
+def _to_multiple(size: int, multiple: int) -> int:
+    """How many channels to add to ``size`` to reach a multiple of ``multiple``."""
+    return (-size) % multiple
+
+
+def _pad_for_lse_grad(g_lse, g_out, q, k, v, out, extra):
     """Add the channels that turn the kernel's backward into one that also carries dLSE.
 
     The fused backward computes dS = P * (dO V^T - D) with D_i = sum_c dO_ic O_ic. dLSE_i / dS_ij =
@@ -129,13 +136,17 @@ class _FusedAttentionWithLSE(torch.autograd.Function):
                 query, key, value, 0.0, is_causal, attn_mask=mask, scale=scaling
             )
             seed = offset = None
+            kernel_lse = lse
         else:
-            bias = _aligned_bias(mask)
-            out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
-                query, key, value, bias, True, dropout, is_causal, scale=scaling
+            # The memory-efficient kernel wants head dims in multiples of 8 (zero channels change no
+            # score), a bias of the full (B, H, N, M) shape with 16-aligned rows, and its own padded
+            # LSE (rows rounded up to 32) back in its backward.
+            q_, k_, v_ = (_pad_channels(t, _to_multiple(t.shape[-1], 8)) for t in (query, key, value))
+            out, kernel_lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q_, k_, v_, _aligned_bias(mask, query, key), True, dropout, is_causal, scale=scaling
             )
-            lse = lse[..., : query.shape[-2]]
-        ctx.save_for_backward(query, key, value, mask, out, lse)
+            out, lse = out[..., : query.shape[-1]], kernel_lse[..., : query.shape[-2]]
+        ctx.save_for_backward(query, key, value, mask, out, kernel_lse)
         ctx.rng = (seed, offset)
         ctx.scaling, ctx.is_causal, ctx.dropout = scaling, is_causal, dropout
         return out, lse
@@ -147,34 +158,40 @@ class _FusedAttentionWithLSE(torch.autograd.Function):
             g_out = torch.zeros_like(out)
         g_out = g_out.contiguous()
         p = query.shape[-1]
-        if g_lse is None:  # LSE unused (e.g. use_lambda=False): the kernel's own backward suffices
-            g_out_, q_, k_, v_, out_ = g_out, query, key, value, out
-        else:
-            extra = 1 if query.device.type == "cpu" else 8
-            g_out_, q_, k_, v_, out_ = _pad_for_lse_grad(g_out, g_lse, query, key, value, out, extra)
-        if query.device.type == "cpu":
+        cpu = query.device.type == "cpu"
+        tensors = (g_out, query, key, value, out)
+        if not cpu:  # the forward's zero channels up to a multiple of 8; one memory layout for all
+            tensors = tuple(_pad_channels(t, _to_multiple(p, 8)).contiguous() for t in tensors)
+        if g_lse is not None:  # LSE used: extra channels carry its gradient (else the plain backward)
+            tensors = _pad_for_lse_grad(g_lse, *tensors, extra=1 if cpu else 8)
+        g_out_, q_, k_, v_, out_ = tensors
+        if cpu:
             gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 g_out_, q_, k_, v_, out_, lse, 0.0, ctx.is_causal, attn_mask=mask, scale=ctx.scaling
             )
         else:
             seed, offset = ctx.rng
             gq, gk, gv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-                g_out_, q_, k_, v_, _aligned_bias(mask), out_, lse.contiguous(), seed, offset,
+                g_out_, q_, k_, v_, _aligned_bias(mask, query, key), out_, lse, seed, offset,
                 ctx.dropout, [True, True, True, False], ctx.is_causal, scale=ctx.scaling,
             )
         return gq[..., :p], gk[..., :p], gv[..., :p], None, None, None, None
 
 
-def _aligned_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The CUDA memory-efficient kernel wants the bias's last dimension 16-aligned in memory."""
+def _aligned_bias(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
+    """The mask as the CUDA memory-efficient kernel wants its bias: (B, H, N, M), each row starting
+    16-element aligned in memory (broadcast dimensions may keep stride 0)."""
     if mask is None:
         return None
+    mask = mask.to(query.dtype)
     length = mask.shape[-1]
-    pad = (-length) % 16
-    mask = mask.expand(mask.shape[0], mask.shape[1], mask.shape[2], length)
+    pad = _to_multiple(length, 16)
     if pad:
         mask = F.pad(mask, (0, pad))[..., :length]
-    return mask
+    elif mask.stride(-1) != 1:  # e.g. T5's position bias broadcast along keys (found on a GPU)
+        mask = mask.contiguous()
+    batch, heads, rows = query.shape[0], query.shape[1], query.shape[-2]
+    return mask.expand(batch, heads, rows, key.shape[-2])
 
 
 def fused_attention(
@@ -203,5 +220,15 @@ def fused_attention(
         )
         _, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, 0.0)
         return out, lse.to(compute_dtype(lse))
+    if query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16):
+        # The memory-efficient kernel's half-precision backward, given the extra dLSE channel, returned
+        # NaN / wrong query and key gradients in benchmarks/gpu_check.py (float32 matched the float64
+        # reference to 1e-6 in every case), so half inputs run the kernel in float32: still linear
+        # memory, slower attention.
+        out, lse = _FusedAttentionWithLSE.apply(
+            query.float(), key.float(), value.float(), None if mask is None else mask.float(), scaling,
+            is_causal, dropout,
+        )
+        return out.to(query.dtype), lse
     out, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, dropout)
     return out, lse.to(compute_dtype(lse))

@@ -261,7 +261,10 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_adapter(
-    model: nn.Module, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+    model: nn.Module,
+    directory: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    base_model: dict | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` and ``adapter.safetensors`` (the trained tensors) to a folder.
 
@@ -272,7 +275,8 @@ def save_adapter(
     ``state_dict``: the model's full tensors by name, to save instead of its own parameters, which
     under FSDP or DeepSpeed ZeRO-3 are shards (gather them with accelerate's
     ``accelerator.get_state_dict(model)``, called on every process). An empty tensor, what a
-    sharded parameter looks like outside its gather, is refused rather than saved.
+    sharded parameter looks like outside its gather, is refused rather than saved. ``base_model``:
+    the base's :func:`fingerprint`, taken before a wrapper (FSDP) replaced its parameters by shards.
     """
     from . import __version__
 
@@ -321,7 +325,7 @@ def save_adapter(
         "head_tensors": [n for n in names if n in state.head],
         "base_tensors": [n for n in names if n in state.unfrozen],
         "inference_tensors": sorted(derived),
-        "base_model": fingerprint(model),
+        "base_model": base_model or fingerprint(model),
         "weights_sha256": _sha256(Path(weights_tmp)),
     }
     text = json.dumps(config, indent=2)

@@ -43,7 +43,7 @@ from .encoding import (
     fit_to_model,
     prompt_ids,
 )
-from .model import count_parameters, save_adapter
+from .model import count_parameters, fingerprint, save_adapter
 from .models import LoadedModel
 from .tasks import TaskData, group_references
 
@@ -509,8 +509,9 @@ class Trainer:
         if not self.is_main:
             return None
         folder = self.output_dir / name
-        model = self.accelerator.unwrap_model(self.model)
-        save_adapter(model, folder, state_dict=full)
+        # The model as attach left it (not a wrapper: FSDP's would prefix every parameter name), and
+        # the base's fingerprint from before any wrapper sharded its parameters.
+        save_adapter(self.loaded.model, folder, state_dict=full, base_model=self._base_fingerprint)
         (folder / RUN_FILE).write_text(json.dumps({**self.run_info, **(extra or {})}, indent=2))
         return folder
 
@@ -603,6 +604,7 @@ class Trainer:
             return max(0.0, (total - step) / max(1, total - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self._base_fingerprint = fingerprint(model)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.sharded and (resume or config.save_every):
             raise ValueError(
