@@ -690,6 +690,8 @@ def markdown(data: dict) -> str:
     ]
     if data.get("status"):
         lines += ["", f"**Status:** {data['status']}"]
+    if data.get("completion"):
+        lines += ["", data["completion"]]
 
     def main_table(budget: str, title: str) -> None:
         chosen = [t for t in rows if t["budget"] == budget and t["stage"] == "1-2"]
@@ -966,6 +968,38 @@ def from_json(path: Path, do_plot: bool) -> None:
     print(f"wrote {out / 'quality_nlu.md'}" + "".join(f", {p}" for p in written))
 
 
+def merge(summary: Path, run_files: list[Path], out: Path, do_plot: bool) -> None:
+    """Re-aggregate a run's ``quality_nlu.json`` with its ``runs.jsonl`` and runs finished elsewhere
+    (jobs its deadline cut, run later with the same protocol; each such row names its ``machine``)."""
+    data = json.loads(summary.read_text())
+    runs, seen = [], set()
+    for path in run_files:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row["id"] not in seen:
+                    seen.add(row["id"])
+                    runs.append(row)
+    data["results"] = aggregate(runs, data["protocol"]["seeds"])
+    added = [r for r in runs if r.get("machine")]
+    still = [job for job in data.get("unfinished_jobs", []) if job not in seen]
+    data["unfinished_jobs"] = still
+    data["status"] = "complete" if not still else f"{len(still)} job(s) not run (deadline)"
+    if added:
+        machines = sorted({r["machine"] for r in added})
+        data["completion"] = (
+            f"{len(added)} job(s) that the first run's deadline cut were run later on {', '.join(machines)} "
+            f"with the same protocol and model: {', '.join(r['id'] for r in added)}; "
+            f"{len(still)} job(s) were not run."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality_nlu.json").write_text(json.dumps(data, indent=2, default=str))
+    (out / "runs.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in runs))
+    (out / "quality_nlu.md").write_text(markdown(data))
+    written = plot(data, out) if do_plot else []
+    print(f"wrote {out / 'quality_nlu.json'}, {out / 'quality_nlu.md'}" + "".join(f", {p}" for p in written))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1008,11 +1042,20 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="CPU smoke on a tiny random BERT (< 2 min)")
     p.add_argument("--plot", action="store_true", help="also write PNGs (needs matplotlib)")
     p.add_argument("--from-json", default=None, help="redraw md/png from a quality_nlu.json (or runs.jsonl)")
+    p.add_argument(
+        "--merge-runs",
+        nargs="+",
+        default=None,
+        help="with --from-json quality_nlu.json: re-aggregate with these runs.jsonl files into --out",
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.from_json and args.merge_runs:
+        merge(Path(args.from_json), [Path(f) for f in args.merge_runs], Path(args.out), args.plot)
+        return
     if args.from_json:
         from_json(Path(args.from_json), args.plot)
         return

@@ -1,0 +1,259 @@
+"""Write the README's "Results" section from the committed results files.
+
+    python benchmarks/report.py            # rewrites README.md between the results markers
+    python benchmarks/report.py --print    # prints the section instead
+
+Every table is built from a JSON file in ``benchmarks/results/`` and names the command, machine and
+date recorded in it; nothing here is typed in by hand. A missing file leaves its part out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start (benchmarks/report.py) -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pm(mean, std, n=None) -> str:
+    if mean is None:
+        return "n/a"
+    text = f"{mean:.2f}" if std is None or n == 1 else f"{mean:.2f} ± {std:.2f}"
+    return text + (f" ({n})" if n is not None else "")
+
+
+def _nlu(data: dict) -> list[str]:
+    env, rows = data["environment"], data["results"]["rows"]
+    protocol = data["protocol"]
+    lines = [
+        "### NLU: MiniLM × vader-movies (SST-2 stand-in)",
+        "",
+        f"`{env['command']}` on {env['device_name']} ({env['date'][:10]}; torch {env['torch']}, "
+        f"transformers {env['transformers']}, peft {env['peft']}); {data.get('completion', '')}",
+        f"{protocol['epochs']:g} epochs, batch {protocol['batch_size']}, the full train split (8,457 "
+        "sentences); each method's learning rate picked on the dev split from a 3-value grid (seed 0); "
+        "test accuracy (%) at the best dev step, mean ± std over seeds (n). The base is all-MiniLM-L6-v2 "
+        "with its weights rounded to float16 to fit the GPU machine's upload limit (computation in "
+        "float32). Full tables: [`benchmarks/results/quality_nlu.md`](benchmarks/results/quality_nlu.md).",
+        "",
+    ]
+    for budget, title in (("0.5%", "budget ≈ 0.5% of the base"), ("0.1%", "budget ≈ 0.1%")):
+        chosen = [r for r in rows if r["budget"] == budget and r["stage"] == "1-2"]
+        if not chosen:
+            continue
+        lines += [
+            f"**{title}** (task head trained, not counted)",
+            "",
+            "| method | parameters | % of base | lr (grid) | dev | test |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for r in chosen:
+            grid = "/".join(
+                f"{x:g}" for x in r["lr_grid"] if f"{x:g}" in {f"{float(k):g}" for k in r["lr_dev"]}
+            )
+            edge = " edge" if r.get("chosen_at_grid_edge") else ""
+            lines.append(
+                f"| {r['config']} | {r['parameters']:,} | {r['percent_of_base']:.3f}% | "
+                f"{r['chosen_lr']:g} ({grid}){edge} | {_pm(r['dev_mean'], r['dev_std'])} | "
+                f"{_pm(r['test_mean'], r['test_std'], r['n_seeds'])} |"
+            )
+        lines.append("")
+    variants = [r for r in rows if r["stage"] in ("3", "3b")]
+    if variants:
+        lines += [
+            "**Initialisation and ablations** (0.5%, each at its method's chosen learning rate)",
+            "",
+            "| variant | parameters | lr | test |",
+            "|---|---:|---:|---:|",
+        ]
+        lookup = {(r["config"], r["budget"]): r for r in rows if r["stage"] == "1-2"}
+        for name, source in (("prefix (random init)", "prefix"), ("inducer", "inducer")):
+            r = lookup.get((source, "0.5%"))
+            if r:
+                lines.append(
+                    f"| {name} | {r['parameters']:,} | {r['chosen_lr']:g} | "
+                    f"{_pm(r['test_mean'], r['test_std'], r['n_seeds'])} |"
+                )
+        for r in variants:
+            lines.append(
+                f"| {r['config']} | {r['parameters']:,} | {r['chosen_lr']:g} | "
+                f"{_pm(r['test_mean'], r['test_std'], r['n_seeds'])} |"
+            )
+        lines.append("")
+    lines += [
+        "![training loss of prefix-tuning inits vs inducer](benchmarks/results/quality_nlu_loss.png)",
+        "![λ per layer and head](benchmarks/results/quality_nlu_lambda.png)",
+        "",
+    ]
+    return lines
+
+
+def _nlg(data: dict) -> list[str]:
+    env, protocol = data["environment"], data["protocol"]
+    names = [
+        ("bleu", "BLEU"),
+        ("nist", "NIST"),
+        ("meteor", "METEOR"),
+        ("rougeL", "ROUGE-L"),
+        ("cider", "CIDEr"),
+    ]
+    lines = [
+        "### NLG: SmolLM2-135M × e2e-synthetic",
+        "",
+        f"`{env['command']}` on a {env.get('cpu_count')}-core CPU ({env['date_utc'][:10]}, "
+        f"{env.get('torch_threads')} thread); {protocol['steps']} optimizer steps of batch "
+        f"{protocol['batch_size']}, one seed, lr {protocol['lr']:g}, budget {protocol['budget']:,} "
+        "parameters; greedy decoding on the test split. Details and samples: "
+        "[`benchmarks/results/quality_nlg.md`](benchmarks/results/quality_nlg.md).",
+        "",
+        "| method | parameters | % of base | " + " | ".join(n for _, n in names) + " | train s |",
+        "|---|---:|---:|" + "---:|" * len(names) + "---:|",
+    ]
+    for m in data["methods"]:
+        if "metrics" not in m:
+            continue
+        values = " | ".join(f"{m['metrics'][k]:.2f}" if k in m["metrics"] else "n/a" for k, _ in names)
+        lines.append(
+            f"| {m['method']} | {m['parameters']:,} | {m['percent_of_base']:.3f}% | {values} | "
+            f"{m['train_seconds']:.0f} |"
+        )
+    return lines + [""]
+
+
+def _cost(data: dict, title: str) -> list[str]:
+    env, settings = data["environment"], data["settings"]
+    lines = [
+        f"### {title}",
+        "",
+        f"`{env['command']}` ({env['date_utc'][:10]}, {settings['device']}, {settings['dtype']}, batch "
+        f"{settings['batch']}, random weights with the real geometry). Step time relative to the frozen "
+        "base's floor (medians of interleaved rounds); details: "
+        f"[`benchmarks/results/{data['_file']}.md`](benchmarks/results/{data['_file']}.md).",
+        "",
+    ]
+    for model in settings["models"]:
+        rows = [r for r in data["training"] if r["model"] == model and r["status"] == "ok"]
+        lengths = sorted({r["length"] for r in rows})
+        if not lengths:
+            continue
+        methods = [m for m in settings["methods"] if m != "floor"]
+        lines += [
+            f"{model}: step time ÷ floor (floor ms in the first row)",
+            "",
+            "| method | " + " | ".join(f"L={n}" for n in lengths) + " |",
+            "|---|" + "---:|" * len(lengths),
+        ]
+        cell = {(r["method"], r["length"]): r for r in rows}
+        floor = [cell.get(("floor", n)) for n in lengths]
+        lines.append(
+            "| floor (ms) | " + " | ".join(f"{r['median_s'] * 1000:.0f}" if r else "" for r in floor) + " |"
+        )
+        for method in methods:
+            values = [cell.get((method, n)) for n in lengths]
+            if not any(values):
+                continue
+            lines.append(
+                f"| {method} | "
+                + " | ".join(
+                    f"{r['time_ratio_to_floor']:.2f}" if r and "time_ratio_to_floor" in r else ""
+                    for r in values
+                )
+                + " |"
+            )
+        lines.append("")
+    generation = [g for g in data.get("generation", []) if g.get("status") == "ok"]
+    if generation:
+        lines += [
+            "Cached generation (SmolLM2 shape), ms per new token (ratio to the base model):",
+            "",
+            "| method | " + " | ".join(f"batch {b}" for b in sorted({g["batch"] for g in generation})) + " |",
+            "|---|" + "---:|" * len({g["batch"] for g in generation}),
+        ]
+        for method in dict.fromkeys(g["method"] for g in generation):
+            cells = []
+            for batch in sorted({g["batch"] for g in generation}):
+                g = next((g for g in generation if g["method"] == method and g["batch"] == batch), None)
+                ratio = (
+                    f" ({g['per_token_ratio_to_base']:.2f})" if g and "per_token_ratio_to_base" in g else ""
+                )
+                cells.append(f"{g['median_per_token_s'] * 1000:.1f}{ratio}" if g else "")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _gpu_check(data: dict) -> list[str]:
+    machine, checks = data["machine"], data["checks"]
+    lines = [
+        "### GPU check",
+        "",
+        f"`{data['command']}` on {machine['gpu']} (torch {machine['torch']}, "
+        f"{data['date'][:10]}); [`benchmarks/results/gpu_check.json`](benchmarks/results/gpu_check.json).",
+        "",
+    ]
+    kernels = checks.get("kernels", {}).get("rows", [])
+    for dtype in ("float32", "bfloat16"):
+        rows = [r for r in kernels if r.get("dtype") == dtype]
+        if rows:
+            passed = sum(r["ok"] for r in rows)
+            lines.append(
+                f"- fused kernel vs float64 reference, {dtype}: {passed}/{len(rows)} cases within tolerance"
+            )
+    models = checks.get("models", {}).get("rows", [])
+    if models:
+        lines.append(
+            f"- models (fused vs reference path, float32): {sum(r['ok'] for r in models)}/{len(models)} "
+            "family × variant pairs within tolerance"
+        )
+    return lines + [""]
+
+
+def section() -> str:
+    lines = [START, "", "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`.", ""]
+    for name, render in (("quality_nlu.json", _nlu), ("quality_nlg.json", _nlg)):
+        data = _load(name)
+        if data:
+            lines += render(data)
+    for name, title in (
+        ("cost_cpu.json", "Cost on CPU (every method, PEFT alongside)"),
+        ("cost.json", "Cost on a GPU (bf16)"),
+    ):
+        data = _load(name)
+        if data:
+            data["_file"] = name.removesuffix(".json")
+            lines += _cost(data, title)
+    data = _load("gpu_check.json")
+    if data:
+        lines += _gpu_check(data)
+    return "\n".join(lines + [END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--print", action="store_true", help="print the section, do not touch README.md")
+    args = parser.parse_args()
+    text = section()
+    if args.print:
+        print(text)
+        return
+    readme = ROOT / "README.md"
+    current = readme.read_text()
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        after = rest.split(END, 1)[1]
+        readme.write_text(before + text + after)
+    else:
+        raise SystemExit(f"README.md has no {START} ... {END} markers: add them where the section goes")
+    print(f"wrote the results section of {readme}")
+
+
+if __name__ == "__main__":
+    main()
