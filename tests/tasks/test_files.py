@@ -55,3 +55,20 @@ def test_errors_name_the_problem_and_the_fix(tmp_path):
             str(unknown),
             columns=Columns("review", None, "sentiment"),
         )
+
+
+@pytest.mark.parametrize(
+    "content, name", [("", "empty.jsonl"), ("text,label\n", "header_only.csv"), ("\n\n", "blank.csv")]
+)
+def test_a_file_without_rows_is_refused_by_name(tmp_path, content, name):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(TaskError, match=f"{name}' has no rows"):
+        load_files("classification", str(path))
+
+
+def test_a_generation_file_without_its_target_column_names_the_option(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"source": "name[Aromi]", "reference": "Aromi is a cafe."}\n' * 4)
+    with pytest.raises(TaskError, match=r"missing column\(s\) \['target'\].*--target-column"):
+        load_files("generation", str(path))

@@ -197,13 +197,23 @@ def read_file(path: str | Path):
     if not path.is_file():
         raise TaskError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        loaded = datasets.load_dataset("json", data_files=str(path), split="train")
-    elif suffix in (".csv", ".tsv"):
-        extra = {"delimiter": "\t"} if suffix == ".tsv" else {}
-        loaded = datasets.load_dataset("csv", data_files=str(path), split="train", **extra)
-    else:
+    if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
         raise TaskError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+    empty = TaskError(f"data file {str(path)!r} has no rows: give a file with data (or leave the split out)")
+    if not path.read_bytes().strip():  # datasets fails on an empty file with an unrelated message
+        raise empty
+    try:
+        if suffix in (".json", ".jsonl"):
+            loaded = datasets.load_dataset("json", data_files=str(path), split="train")
+        else:
+            extra = {"delimiter": "\t"} if suffix == ".tsv" else {}
+            loaded = datasets.load_dataset("csv", data_files=str(path), split="train", **extra)
+    except ValueError as error:
+        if "corresponds to no data" in str(error):  # a csv with a header and no rows
+            raise empty from None
+        raise
+    if len(loaded) == 0:
+        raise empty
     return loaded
 
 
