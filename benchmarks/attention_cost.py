@@ -35,7 +35,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import git as _git
 from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -431,14 +431,6 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
         "value": value, "met": None if value is None else value >= TARGET_AUTHORS_MEMORY_1024,
     })
     return targets
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def environment() -> dict:

@@ -50,7 +50,6 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
@@ -64,6 +63,7 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  #
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attention_cost  # noqa: E402  (memory measurement on CPU, environment)
+from common import cpu_model as _cpu_model  # noqa: E402
 
 import inducer  # noqa: E402
 from inducer.presets import parse_budget  # noqa: E402
@@ -646,16 +646,6 @@ def environment(args) -> dict:
         env.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
                    cuda=torch.version.cuda, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _ms(seconds: float | None, digits: int = 1) -> str:

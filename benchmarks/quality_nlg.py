@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_model as _cpu_model
+from common import git as _git
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("prefix", "lora", "inducer", "inducer+lora", "zero-shot")
 BASELINE = "zero-shot"  # the base model, no parameters added, no training
@@ -76,24 +79,6 @@ PROTOCOL_KEYS = (
     "weight_decay",
     "label_smoothing",
 )
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(threads: int) -> dict:

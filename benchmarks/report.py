@@ -104,25 +104,33 @@ def _nlg(data: dict) -> list[str]:
         ("meteor", "METEOR"),
         ("rougeL", "ROUGE-L"),
         ("cider", "CIDEr"),
+        ("ter", "TER"),
     ]
+    commands = data.get("merged_from") or [env["command"]]
+    lr = (
+        f"learning rate per method from the {data['lr_selection']}"
+        if data.get("lr_selection")
+        else f"lr {protocol['lr']:g}"
+    )
     lines = [
         "### NLG: SmolLM2-135M × e2e-synthetic",
         "",
-        f"`{env['command']}` on a {env.get('cpu_count')}-core CPU ({env['date_utc'][:10]}, "
-        f"{env.get('torch_threads')} thread); {protocol['steps']} optimizer steps of batch "
-        f"{protocol['batch_size']}, one seed, lr {protocol['lr']:g}, budget {protocol['budget']:,} "
-        "parameters; greedy decoding on the test split. Details and samples: "
-        "[`benchmarks/results/quality_nlg.md`](benchmarks/results/quality_nlg.md).",
+        " + ".join(f"`{c}`" for c in commands) + f" on a {env.get('cpu_count')}-core CPU "
+        f"({env['date_utc'][:10]}, {env.get('torch_threads')} thread); {protocol['steps']} optimizer "
+        f"steps of batch {protocol['batch_size']}, one seed, {lr}, budget {protocol['budget']:,} "
+        "parameters; greedy decoding on the test split (TER: lower is better). Details, every run "
+        "and samples: [`benchmarks/results/quality_nlg.md`](benchmarks/results/quality_nlg.md).",
         "",
-        "| method | parameters | % of base | " + " | ".join(n for _, n in names) + " | train s |",
-        "|---|---:|---:|" + "---:|" * len(names) + "---:|",
+        "| method | parameters | % of base | lr | " + " | ".join(n for _, n in names) + " | train s |",
+        "|---|---:|---:|---:|" + "---:|" * len(names) + "---:|",
     ]
     for m in data["methods"]:
         if "metrics" not in m:
             continue
         values = " | ".join(f"{m['metrics'][k]:.2f}" if k in m["metrics"] else "n/a" for k, _ in names)
+        rate = f"{m['lr']:g}" if m.get("lr") is not None else "-"
         lines.append(
-            f"| {m['method']} | {m['parameters']:,} | {m['percent_of_base']:.3f}% | {values} | "
+            f"| {m['method']} | {m['parameters']:,} | {m['percent_of_base']:.3f}% | {rate} | {values} | "
             f"{m['train_seconds']:.0f} |"
         )
     return lines + [""]
