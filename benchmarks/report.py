@@ -178,6 +178,9 @@ def _cost(data: dict, title: str) -> list[str]:
             )
         lines.append("")
     generation = [g for g in data.get("generation", []) if g.get("status") == "ok"]
+    if generation and settings.get("gen_repeats", 0) < 3:  # one timed pass is noise, not a result
+        lines += [f"(Generation latency was timed {settings.get('gen_repeats')} time(s) here: left out.)", ""]
+        generation = []
     if generation:
         lines += [
             "Cached generation (SmolLM2 shape), ms per new token (ratio to the base model):",
