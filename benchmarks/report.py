@@ -108,7 +108,7 @@ def _nlg(data: dict) -> list[str]:
     ]
     commands = data.get("merged_from") or [env["command"]]
     lr = (
-        f"learning rate per method from the {data['lr_selection']}"
+        "learning rate per method from the " + data["lr_selection"].replace("; ", " (") + ")"
         if data.get("lr_selection")
         else f"lr {protocol['lr']:g}"
     )
