@@ -219,11 +219,16 @@ def _source(
     )
 
 
-def _overrides(**values) -> dict:
-    """Training options given on the command line (None = not given)."""
-    if values.get("train_head") is not None:
-        values["train_head"] = not values["train_head"]  # the flag is --freeze-head
-    return {k: v for k, v in values.items() if v is not None}
+def _overrides(options: dict, exclude: tuple[str, ...] = ()) -> dict:
+    """The training options among a command's arguments (``locals()``) that were given (None = not
+    given), named as ``TrainConfig`` fields; ``exclude`` names arguments the command handles itself."""
+    from .training import TrainConfig
+
+    fields = TrainConfig.field_names() - set(exclude)
+    values = {k: v for k, v in options.items() if k in fields and v is not None}
+    if options.get("freeze_head") is not None:
+        values["train_head"] = not options["freeze_head"]  # the flag is --freeze-head
+    return values
 
 
 def _parse_sizes(text: str | None) -> dict | None:
@@ -329,32 +334,7 @@ def train(
 ) -> None:
     """Train one method; save best/ and last/ adapters, config.json, metrics.jsonl and TensorBoard logs."""
     _setup(quiet)
-    overrides = _overrides(
-        lr=lr,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        grad_accum=grad_accum,
-        epochs=epochs,
-        max_steps=max_steps,
-        warmup_ratio=warmup_ratio,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        max_length=max_length,
-        max_target_length=max_target_length,
-        seed=seed,
-        precision=precision,
-        gradient_checkpointing=gradient_checkpointing,
-        label_smoothing=label_smoothing,
-        eval_every=eval_every,
-        save_every=save_every,
-        patience=patience,
-        select_metric=select_metric,
-        max_train_examples=max_train_examples,
-        max_eval_examples=max_eval_examples,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        train_head=freeze_head,
-    )
+    overrides = _overrides(locals())  # first: only the command's arguments are in locals()
 
     def body():
         from .experiment import is_main_process, train_run
@@ -477,10 +457,12 @@ def eval_command(
         values = {k: v for k, v in saved.items() if k in TrainConfig.field_names()}
         values.update(
             _overrides(
-                max_eval_examples=max_eval_examples,
-                eval_batch_size=eval_batch_size,
-                num_beams=num_beams,
-                max_new_tokens=max_new_tokens,
+                dict(
+                    max_eval_examples=max_eval_examples,
+                    eval_batch_size=eval_batch_size,
+                    num_beams=num_beams,
+                    max_new_tokens=max_new_tokens,
+                )
             )
         )
         metrics = evaluate_adapter(model, adapter, source, split, TrainConfig(**values), progress=not quiet)
@@ -616,27 +598,7 @@ def compare(
 ) -> None:
     """Train several methods at a matched budget, over seeds; write results.json, results.md, results.png."""
     _setup(quiet)
-    overrides = _overrides(
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        grad_accum=grad_accum,
-        epochs=epochs,
-        max_steps=max_steps,
-        warmup_ratio=warmup_ratio,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        max_length=max_length,
-        max_target_length=max_target_length,
-        precision=precision,
-        label_smoothing=label_smoothing,
-        eval_every=eval_every,
-        patience=patience,
-        select_metric=select_metric,
-        max_train_examples=max_train_examples,
-        max_eval_examples=max_eval_examples,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-    )
+    overrides = _overrides(locals(), exclude=("lr",))  # --lr replaces the grid search (below)
 
     def body():
         from . import compare as comparison
