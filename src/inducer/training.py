@@ -392,6 +392,11 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def launched_processes() -> int:
+    """How many processes the launcher (``accelerate launch``, ``torchrun``) started; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def cpu_processes() -> bool:
     """True when several processes were launched (``accelerate launch --multi_gpu --num_processes P``
     or ``torchrun``) on a machine without a GPU.
@@ -400,7 +405,7 @@ def cpu_processes() -> bool:
     same files) unless told to use the CPU, which selects the gloo backend: pass this as ``cpu=`` to
     the first ``Accelerator`` / ``PartialState``.
     """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return launched_processes() > 1 and not torch.cuda.is_available()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -436,7 +441,7 @@ class Trainer:
             logger.warning("precision fp16 needs a CUDA GPU; training in float32 on this machine")
             precision = "no"
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_processes())
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        launched = launched_processes()
         if launched != self.accelerator.num_processes:
             raise RuntimeError(
                 f"{launched} processes were launched but accelerate set up {self.accelerator.num_processes}: "
@@ -655,17 +660,17 @@ class Trainer:
             batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
             while state["batch"] < len(batches) and state["step"] < total:
                 rows = batches[state["batch"]]
-                mine = shard(rows, rank, processes) if processes > 1 else rows
+                mine = shard(rows, rank, processes)
                 # A process left without rows (a last batch smaller than the process count) still runs
                 # one row with weight 0, so that every process joins the gradient all-reduce.
                 batch = collator([train[i] for i in (mine or rows[:1])])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with self.accelerator.autocast():
-                    loss, count = compute_loss(
+                    loss, items = compute_loss(
                         self.model, batch, self.kind, self.seq2seq, config.label_smoothing
                     )
                 if processes > 1:
-                    loss, global_loss = self._weight_by_share(loss, count if mine else 0)
+                    loss, global_loss = self._weight_by_share(loss, items if mine else 0)
                 else:
                     global_loss = loss.detach()
                 if not torch.isfinite(global_loss).all():
