@@ -142,8 +142,9 @@ class _FusedAttentionWithLSE(torch.autograd.Function):
             # score), a bias of the full (B, H, N, M) shape with 16-aligned rows, and its own padded
             # LSE (rows rounded up to 32) back in its backward.
             q_, k_, v_ = (_pad_channels(t, _to_multiple(t.shape[-1], 8)) for t in (query, key, value))
+            mask = _aligned_bias(mask, query, key)  # kept for the backward as the kernel's bias
             out, kernel_lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q_, k_, v_, _aligned_bias(mask, query, key), True, dropout, is_causal, scale=scaling
+                q_, k_, v_, mask, True, dropout, is_causal, scale=scaling
             )
             out, lse = out[..., : query.shape[-1]], kernel_lse[..., : query.shape[-2]]
         ctx.save_for_backward(query, key, value, mask, out, kernel_lse)
@@ -172,7 +173,7 @@ class _FusedAttentionWithLSE(torch.autograd.Function):
         else:
             seed, offset = ctx.rng
             gq, gk, gv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-                g_out_, q_, k_, v_, _aligned_bias(mask, query, key), out_, lse, seed, offset,
+                g_out_, q_, k_, v_, mask, out_, lse, seed, offset,
                 ctx.dropout, [True, True, True, False], ctx.is_causal, scale=ctx.scaling,
             )
         return gq[..., :p], gk[..., :p], gv[..., :p], None, None, None, None
