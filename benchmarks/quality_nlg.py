@@ -135,7 +135,7 @@ def tiny_llama_folder() -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from inducer import models
+    from inducer import base_models as models
 
     tokenizer_folder = models._smollm_folder()  # SmolLM2's cached folder (converted once if needed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
@@ -194,9 +194,9 @@ def run_method(method: str, args, model_name: str, task) -> dict:
     """Train ``method`` (unless zero-shot) and score it on the test split."""
     import torch
 
+    from inducer.adapter_format import count_parameters
+    from inducer.base_models import load_model
     from inducer.experiment import build, run_info
-    from inducer.model import count_parameters
-    from inducer.models import load_model
     from inducer.training import TrainConfig, Trainer, encode_options, encode_split, evaluation_loss, set_seed
 
     config = TrainConfig(

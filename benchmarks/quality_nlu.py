@@ -296,7 +296,7 @@ def run_job(job: dict, settings: dict) -> dict:
         import torch
 
         import inducer
-        from inducer.models import load_model
+        from inducer.base_models import load_model
         from inducer.training import TrainConfig, set_seed
 
         task = _task()
@@ -897,7 +897,7 @@ def _environment(args, workers: int) -> dict:
 
 
 def _check_data() -> None:
-    from inducer.models import cache_root
+    from inducer.base_models import cache_root
     from inducer.tasks import vader
 
     folder = cache_root() / "vader"
@@ -914,7 +914,7 @@ def _tiny_model(folder: Path, tokenizer_source: str) -> str:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from inducer.models import load_tokenizer
+    from inducer.base_models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source)
     torch.manual_seed(0)

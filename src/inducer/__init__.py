@@ -6,6 +6,8 @@
     inducer.save_adapter(model, "out/")
 """
 
+from .adapter import ParameterCount, attach, count_parameters, detach, merge, unmerge
+from .adapter_format import AdapterFormatError, fingerprint, load_adapter, save_adapter
 from .attention import attention_path, set_attention_path
 from .families import UnsupportedModelError
 from .methods import ConflictError
@@ -17,18 +19,6 @@ from .methods.kernel_mix import KernelMixConfig
 from .methods.lora import LoRAConfig
 from .methods.mam import MAMConfig
 from .methods.prefix_tuning import PrefixConfig
-from .model import (
-    AdapterFormatError,
-    ParameterCount,
-    attach,
-    count_parameters,
-    detach,
-    fingerprint,
-    load_adapter,
-    merge,
-    save_adapter,
-    unmerge,
-)
 from .peft_interop import export_peft, import_peft
 from .presets import PRESETS, preset
 

@@ -171,8 +171,8 @@ def _fail(message: str) -> None:
 
 def _guard(fn):
     """Run a command body, turning the errors users can fix into one clear line and exit code 2."""
-    from .model import AdapterFormatError
-    from .models import ModelLoadError
+    from .adapter_format import AdapterFormatError
+    from .base_models import ModelLoadError
     from .recipes import RecipeError
     from .tasks import TaskError
 
@@ -679,7 +679,7 @@ def info(
     _setup(quiet=True)
 
     def body():
-        from .models import SHORTCUTS
+        from .base_models import SHORTCUTS
         from .presets import PRESETS
         from .recipes import RECIPES_DIR
         from .tasks import all_tasks
@@ -716,7 +716,7 @@ def info(
             return
         import inducer
 
-        from .models import load_model
+        from .base_models import load_model
         from .tasks import get_task
 
         kind, labels = "classification", num_labels

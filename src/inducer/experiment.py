@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .model import count_parameters, load_adapter
-from .models import LoadedModel, load_model
+from .adapter import count_parameters
+from .adapter_format import load_adapter
+from .base_models import LoadedModel, load_model
 from .presets import PRESETS, preset
 from .tasks import Columns, TaskData, TaskError, load_files, load_task
 from .training import RUN_FILE, TrainConfig, Trainer, TrainResult, encode_options, evaluate, set_seed

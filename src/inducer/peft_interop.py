@@ -31,11 +31,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adapter import adapter_state, attach, detach
+from .adapter_format import AdapterFormatError, atomic_write
 from .families import AttentionSite, find_attention_sites
 from .methods.base import MethodConfig
 from .methods.lora import LoRAConfig, LoRAModule
 from .methods.prefix_tuning import PrefixConfig, PrefixModule, key_value_heads
-from .model import AdapterFormatError, _atomic_write, _state, attach, detach
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -62,7 +63,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     prefixes, prefixes on only some layers, encoders, several methods in one adapter, a trained task
     head. Mind the position shift described in this module's docstring.
     """
-    state = _state(model)
+    state = adapter_state(model)
     if state is None:
         raise ValueError("export_peft: this model was not adapted by inducer.attach")
     methods = [c.method for c in state.configs]
@@ -78,10 +79,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    _atomic_write(directory / PEFT_WEIGHTS_FILE,
+    atomic_write(directory / PEFT_WEIGHTS_FILE,
                   lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(peft_config, indent=2, sort_keys=True)
-    _atomic_write(directory / PEFT_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / PEFT_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return directory
 
 
@@ -116,7 +117,7 @@ def import_peft(base: nn.Module, directory: str | os.PathLike) -> nn.Module:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise AdapterFormatError(f"{weights} cannot be read ({err})") from err
-    if _state(base) is not None:
+    if adapter_state(base) is not None:
         raise ValueError("import_peft: the model is already adapted; pass the plain base model")
     return IMPORTERS[peft_type](base, config, tensors)
 

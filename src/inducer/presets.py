@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adapter import attach, count_parameters, detach
 from .methods.adapters import AdapterConfig
 from .methods.base import MethodConfig
 from .methods.bitfit import BitFitConfig
@@ -30,7 +31,6 @@ from .methods.kernel_mix import KernelMixConfig
 from .methods.lora import LoRAConfig
 from .methods.mam import MAMConfig
 from .methods.prefix_tuning import PrefixConfig
-from .model import attach, count_parameters, detach
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 0.02  # a budget is met when the count is within 2% of it

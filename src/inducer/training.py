@@ -34,6 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics as metric_fns
+from .adapter import count_parameters
+from .adapter_format import fingerprint, save_adapter
+from .base_models import LoadedModel
 from .encoding import (
     IGNORE,
     Collator,
@@ -43,8 +46,6 @@ from .encoding import (
     fit_to_model,
     prompt_ids,
 )
-from .model import count_parameters, fingerprint, save_adapter
-from .models import LoadedModel
 from .tasks import TaskData, group_references
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from ..conftest import (
     make_batch,
     make_model,
 )
-from ..test_model import _grads, _randomise
+from ..test_adapter import _grads, _randomise
 from .test_inducer_tuning import _keep_mask, spec_attention
 
 LENGTH = 3
@@ -155,7 +155,7 @@ def test_combined_with_inducer_both_paths_agree(family):
 @pytest.mark.parametrize("path", ["fused", "reference"])
 @pytest.mark.parametrize("pad_side", ["right", "left"])
 def test_padding_and_batch_composition_do_not_matter(family, path, pad_side):
-    """Real tokens' outputs equal those of the unpadded sequence run alone (as in test_model)."""
+    """Real tokens' outputs equal those of the unpadded sequence run alone (as in test_adapter)."""
     if pad_side == "left" and family not in DECODERS + ("t5",):
         pytest.skip("absolute positions shift under left padding in the base model itself")
     model = _prefixed(family)

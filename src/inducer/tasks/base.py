@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import TaskKind
+from ..base_models import TaskKind
 
 logger = logging.getLogger(__name__)
 

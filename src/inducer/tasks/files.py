@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..models import TaskKind
+from ..base_models import TaskKind
 from .base import KINDS, TaskData, TaskError, TaskSpec, check_split, holdout_split, read_file
 
 logger = logging.getLogger(__name__)

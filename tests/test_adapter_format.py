@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import inducer
-from inducer.model import FORMAT_VERSION
+from inducer.adapter_format import FORMAT_VERSION
 
 from .conftest import make_batch, make_model
 
@@ -123,7 +123,7 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(saved, monkeypatch, fa
         raise OSError(28, "No space left on device")
 
     if failing == "weights":
-        monkeypatch.setattr("inducer.model.save_file", disk_full)
+        monkeypatch.setattr("inducer.adapter_format.save_file", disk_full)
     else:
         monkeypatch.setattr("pathlib.Path.write_text", disk_full)
     with pytest.raises(OSError, match="No space left"):
