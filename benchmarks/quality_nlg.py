@@ -194,7 +194,7 @@ def run_method(method: str, args, model_name: str, task) -> dict:
     """Train ``method`` (unless zero-shot) and score it on the test split."""
     import torch
 
-    from inducer.adapter_format import count_parameters
+    from inducer.adapter import count_parameters
     from inducer.base_models import load_model
     from inducer.experiment import build, run_info
     from inducer.training import TrainConfig, Trainer, encode_options, encode_split, evaluation_loss, set_seed
