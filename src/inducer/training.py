@@ -16,7 +16,6 @@ process writes adapters, checkpoints and logs; the checkpoint holds every proces
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -47,71 +46,11 @@ from .encoding import (
     prompt_ids,
 )
 from .tasks import TaskData, group_references
+from .training_config import PRECISIONS, TrainConfig  # noqa: F401  (PRECISIONS: re-exported)
 
 logger = logging.getLogger(__name__)
 RUN_FILE = "inducer_run.json"  # written next to each saved adapter: what eval/generate need to reuse it
 STATE_FILE = "trainer_state.pt"
-PRECISIONS = ("no", "fp16", "bf16")
-
-
-@dataclass
-class TrainConfig:
-    """Training knobs (``inducer train --help`` documents each; recipes set them by these names)."""
-
-    lr: float = 2e-4
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    grad_accum: int = 1
-    epochs: float = 3.0
-    max_steps: int | None = None
-    warmup_ratio: float = 0.06
-    warmup_steps: int | None = None
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    max_length: int = 128
-    max_target_length: int = 64
-    seed: int = 42
-    precision: str = "no"
-    gradient_checkpointing: bool = False
-    label_smoothing: float = 0.0
-    eval_every: int | None = None
-    save_every: int | None = None
-    log_every: int = 10
-    patience: int | None = None
-    select_metric: str | None = None
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    num_beams: int = 1
-    max_new_tokens: int | None = None
-    train_head: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in (
-            "batch_size",
-            "eval_batch_size",
-            "grad_accum",
-            "max_length",
-            "max_target_length",
-            "log_every",
-            "num_beams",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0 (or give max_steps), got {self.epochs!r}")
-        self.adam_betas = tuple(self.adam_betas)
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        """Names a recipe's ``training`` section may set."""
-        return {f.name for f in dataclasses.fields(cls)}
 
 
 @dataclass
