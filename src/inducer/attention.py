@@ -1,14 +1,14 @@
 """The one place where inducer hooks attention: transformers' attention-function registry.
 
 ``attach`` switches the model's attention implementation from ``X`` to ``inducer_X``. For a module
-without inducers or prefixes, ``inducer_X`` calls ``X`` unchanged. A module with a ``prefix`` child
-(:class:`~inducer.methods.prefix_tuning.PrefixModule`) has its keys, values and mask extended by
-the prefixes first. A module with inducers runs attention that also yields each query's
-log-sum-exp (over prefixes too, if any), then lets its :class:`InducerModule` compose the output:
+without :class:`~inducer.methods.extension.AttentionExtension` children, ``inducer_X`` calls ``X``
+unchanged. For a module with some, the extensions first extend its keys, values and mask (prefixes),
+then attention runs, yielding each query's log-sum-exp when an extension needs it (inducers), then
+the extensions compose the output (see :mod:`inducer.methods.extension` for how several combine):
 
 * ``inducer_eager`` runs :func:`~inducer.kernels.reference_attention` (materialised scores);
 * ``inducer_sdpa`` runs :func:`~inducer.kernels.fused_attention` (LSE from the fused kernel), or
-  torch's ``scaled_dot_product_attention`` for prefixes without inducers.
+  torch's ``scaled_dot_product_attention`` when no extension needs the LSE.
 
 A matching mask function is registered for each name, as transformers requires.
 """
@@ -26,13 +26,14 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .kernels import additive_mask, fused_attention, reference_attention, repeat_kv
+from .methods.extension import attention_extensions
 
 PREFIX = "inducer_"
 # The base implementations we wrap, and which of our two paths serves them. Flash-attention and
 # flex bases use the fused path with sdpa's masks.
 PATHS = {"eager": "reference", "sdpa": "fused"}
 # Attention features of some families (Gemma-2's logit soft-capping, gpt-oss's attention sinks)
-# that change the softmax itself: refused for modules with inducers or prefixes.
+# that change the softmax itself: refused for modules with attention extensions.
 UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 
@@ -72,9 +73,8 @@ def _make_attention_function(base: str) -> Callable:
         dropout: float = 0.0,
         **kwargs,
     ):
-        inducer = getattr(module, "inducer", None)
-        prefix = getattr(module, "prefix", None)
-        if inducer is None and prefix is None:
+        extensions = attention_extensions(module)
+        if not extensions:
             return _base_function(base, module)(
                 module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
             )
@@ -87,11 +87,10 @@ def _make_attention_function(base: str) -> Callable:
             )
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
-        if inducer is not None and (query.shape[1] != inducer.heads or query.shape[-1] != inducer.head_dim):
-            raise RuntimeError(
-                f"inducer: attention at {type(module).__name__} got {query.shape[1]} heads of dim "
-                f"{query.shape[-1]}, but its inducer was built for {inducer.heads} x {inducer.head_dim}"
-            )
+        for extension in extensions:
+            extension.check_query(query)
+        needs_lse = any(extension.needs_lse for extension in extensions)
+        extends_keys = any(extension.extends_keys for extension in extensions)
         position_bias = kwargs.get("position_bias")
         causal = _is_causal(module, query, attention_mask, kwargs.get("is_causal"))
         if causal and key.shape[2] > query.shape[2]:
@@ -100,17 +99,17 @@ def _make_attention_function(base: str) -> Callable:
         # Eager, or a trainable mask (T5 relative bias under full fine-tuning), which the fused
         # kernels cannot differentiate, use the reference path.
         use_fused = path == "fused" and not (position_bias is not None and position_bias.requires_grad)
-        # The fused kernel may apply a plain causal pattern itself. Prepended prefixes would break its
-        # top-left alignment, and a bias must be added anyway: then the mask holds the causal part.
-        kernel_causal = use_fused and causal and position_bias is None and prefix is None
+        # The fused kernel may apply a plain causal pattern itself. Added keys (prefixes) would break
+        # its top-left alignment, and a bias must be added anyway: then the mask holds the causal part.
+        kernel_causal = use_fused and causal and position_bias is None and not extends_keys
         mask = additive_mask(attention_mask, position_bias, query, key.shape[2],
                              is_causal=causal and not kernel_causal)
-        if prefix is not None:
-            # Prefix keys/values join the tensors the function received (after rotary embedding and
-            # the cache update): never cached, seen by every query, the mask covers real keys only.
-            key, value, mask = prefix.extend(key, value, mask)
-        weights, training = None, module.training
-        if inducer is None:  # prefixes only: plain attention over the extended keys
+        # Extended keys/values join the tensors the function received (after rotary embedding and
+        # the cache update): never cached, seen by every query, the mask covers real keys only.
+        for extension in extensions:
+            key, value, mask = extension.extend(key, value, mask)
+        weights, training, lse = None, module.training, None
+        if not needs_lse:  # plain attention over the (extended) keys
             if use_fused:
                 groups = query.shape[1] // key.shape[1]
                 out = F.scaled_dot_product_attention(
@@ -119,12 +118,12 @@ def _make_attention_function(base: str) -> Callable:
                 )
             else:
                 out, _, weights = reference_attention(query, key, value, mask, scaling, dropout, training)
-            return out.transpose(1, 2).contiguous(), weights
-        if use_fused:
+        elif use_fused:
             out, lse = fused_attention(query, key, value, mask, scaling, dropout, training, kernel_causal)
         else:
             out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, training)
-        out = inducer.compose(query, out, lse, scaling, dropout, training)
+        for extension in extensions:
+            out = extension.compose(query, out, lse, scaling, dropout, training)
         return out.transpose(1, 2).contiguous(), weights
 
     inducer_attention.__name__ = f"inducer_{base}_attention"

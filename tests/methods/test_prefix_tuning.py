@@ -485,3 +485,21 @@ def test_token_init_config_roundtrip_and_budget_count():
     from inducer.presets import _Counter
 
     assert _Counter(model)([config]) == plain  # counting on a meta twin runs no forward
+
+
+@pytest.mark.parametrize("reparam", [None, 4])
+def test_a_prefix_attach_failing_part_way_leaves_the_model_unchanged(reparam):
+    # init="tokens" runs the model after every prefix is added; an id outside the vocabulary makes
+    # that forward fail, and attach (not the method) must remove what was added.
+    model = make_model("gpt2")
+    batch = make_batch("gpt2")
+    names = [n for n, _ in model.named_parameters()]
+    implementation = model.config._attn_implementation
+    expected = logits_of(model, batch)
+    config = inducer.PrefixConfig(length=2, reparam_hidden=reparam, init="tokens", init_tokens=[10_000])
+    with pytest.raises(IndexError):
+        inducer.attach(model, config)
+    assert [n for n, _ in model.named_parameters()] == names
+    assert not hasattr(model, "_inducer_state") and not hasattr(model, ENCODER_NAME)
+    assert model.config._attn_implementation == implementation
+    torch.testing.assert_close(logits_of(model, batch), expected)

@@ -35,6 +35,7 @@ from .base import (
     register_method,
     select_sites,
 )
+from .extension import AttentionExtension
 
 
 @register_method
@@ -100,8 +101,10 @@ class InducerConfig(MethodConfig):
         return applied
 
 
-class InducerModule(nn.Module):
+class InducerModule(AttentionExtension):
     """The trainable tensors of one attention module's inducers, and the inducer math.
+
+    An attention extension that composes the output from each query's log-sum-exp.
 
     Tensor names and shapes are the adapter format (``docs/format.md``). H = query heads,
     p = head dim, d = model width.
@@ -143,6 +146,16 @@ class InducerModule(nn.Module):
         c = self.config
         return (f"heads={self.heads}, head_dim={self.head_dim}, width={self.width}, r_k={c.r_k}, "
                 f"r_v={c.r_v}, value_extension={c.value_extension}, composition={c.composition}")
+
+    needs_lse = True
+
+    def check_query(self, query: torch.Tensor) -> None:
+        """Refuse queries whose heads or head dim differ from those the inducers were built for."""
+        if query.shape[1] != self.heads or query.shape[-1] != self.head_dim:
+            raise RuntimeError(
+                f"inducer: attention got {query.shape[1]} heads of dim {query.shape[-1]}, "
+                f"but its inducer was built for {self.heads} x {self.head_dim}"
+            )
 
     def virtual_key_score(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """s = scaling * Q . P_k with P_k = Q + key MLP(Q); shape (B, H, N), float32 or wider."""

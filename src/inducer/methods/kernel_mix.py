@@ -21,7 +21,7 @@ from torch import nn
 
 from ..families import AttentionSite, LinearTarget, attention_role_targets
 from .base import Applied, MethodConfig, add_child, check_int, check_layers, register_method
-from .lora import AddLowRankUpdate, child_name
+from .low_rank import AddLowRankUpdate, child_name
 
 
 @register_method

@@ -30,13 +30,13 @@ from ..families import (
 from .base import (
     Applied,
     MethodConfig,
-    MethodHook,
     add_child,
     check_choice,
     check_int,
     check_layers,
     register_method,
 )
+from .low_rank import AddLowRankUpdate, child_name
 
 ATTENTION_ROLES = ("q", "k", "v", "o")
 FFN_ROLES = ("ffn_in", "ffn_out")
@@ -72,12 +72,6 @@ def resolve_targets(
     if not found:
         raise ValueError(f"{owner}(targets={targets}, layers={layers}) matches no linear layer")
     return list(found.values())
-
-
-def child_name(base: str, target: LinearTarget) -> str:
-    """``lora`` for a whole layer, ``lora_q`` for the query slice of a fused one."""
-    whole = target.start == 0 and target.stop == target.out_features
-    return base if whole else f"{base}_{target.role or target.start}"
 
 
 @register_method
@@ -171,15 +165,3 @@ class LoRAModule(nn.Module):
         if self.merged:
             self._weight_slice(layer).sub_(self.delta_weight().to(layer.weight.dtype))
             self.merged = False
-
-
-class AddLowRankUpdate(MethodHook):
-    """Forward hook on a linear layer: adds a low-rank module's update unless it is merged."""
-
-    def __init__(self, update: nn.Module):
-        self.update = update
-
-    def __call__(self, _layer, inputs, output):
-        if getattr(self.update, "merged", False):
-            return output
-        return output + self.update.update(inputs[0]).to(output.dtype)

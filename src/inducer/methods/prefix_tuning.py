@@ -49,6 +49,7 @@ from .base import (
     register_method,
     select_sites,
 )
+from .extension import AttentionExtension
 
 ENCODER_NAME = "prefix_encoder"  # the shared reparameterisation encoder, a child of the model root
 CHILD_NAME = "prefix"  # the per-module prefix, a child of each adapted attention module
@@ -135,25 +136,19 @@ class PrefixConfig(MethodConfig):
         """Give every chosen attention module a ``prefix`` child (and the model a shared encoder)."""
         chosen = select_sites(sites, self.layers, self.attention, "PrefixConfig")
         applied = Applied()
-        try:
-            encoder = None
-            if self.reparam_hidden is not None:
-                dtype = _dtype(chosen[0])
-                encoder = PrefixEncoder(self, chosen[0].width, dtype=dtype)
-                applied.modules.append(add_child(model, "", ENCODER_NAME, encoder, "PrefixConfig"))
-            modules = []
-            for site in chosen:
-                module = PrefixModule(self, key_value_heads(site), site.head_dim, encoder, dtype=_dtype(site))
-                applied.modules.append(add_child(model, site.name, CHILD_NAME, module, "PrefixConfig"))
-                modules.append(site.module.get_submodule(CHILD_NAME))
-            if self.init == "tokens":
-                _init_from_tokens(model, modules, self.init_tokens, self.length)
-        except BaseException:
-            # attach only rolls back what a method reports; a half-applied method cleans up itself.
-            for name in reversed(applied.modules):
-                parent, _, child = name.rpartition(".")
-                delattr(model.get_submodule(parent), child)
-            raise
+        # A failure part-way (init="tokens" on a model that does not run) needs no cleanup here:
+        # attach removes every module added during a failed attach.
+        encoder = None
+        if self.reparam_hidden is not None:
+            encoder = PrefixEncoder(self, chosen[0].width, dtype=_dtype(chosen[0]))
+            applied.modules.append(add_child(model, "", ENCODER_NAME, encoder, "PrefixConfig"))
+        modules = []
+        for site in chosen:
+            module = PrefixModule(self, key_value_heads(site), site.head_dim, encoder, dtype=_dtype(site))
+            applied.modules.append(add_child(model, site.name, CHILD_NAME, module, "PrefixConfig"))
+            modules.append(site.module.get_submodule(CHILD_NAME))
+        if self.init == "tokens":
+            _init_from_tokens(model, modules, self.init_tokens, self.length)
         return applied
 
     def inference_config(self) -> PrefixConfig:
@@ -243,8 +238,10 @@ class PrefixEncoder(nn.Module):
         return torch.tanh(self.hidden(self.embedding))
 
 
-class PrefixModule(nn.Module):
+class PrefixModule(AttentionExtension):
     """The prefixes of one attention module, and how they extend its keys, values and mask."""
+
+    extends_keys = True
 
     def __init__(
         self,
