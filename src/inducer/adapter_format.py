@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import adapter_state, added_parameter_names, attach, detach
-from .methods import METHOD_CONFIGS
+from .meta import meta_twin
+from .methods import METHOD_CONFIGS, MethodConfig
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -147,7 +148,20 @@ def save_adapter(
     return directory
 
 
+# ---------------------------------------------------------------- loading: validate everything, then act
+
+# Keys of adapter_config.json and the JSON types each may hold (format version 1).
+CONFIG_KEYS: dict[str, tuple[type, ...]] = {
+    "format": (str,), "format_version": (int,), "library_version": (str,), "methods": (list,),
+    "train_head": (bool,), "head_tensors": (list,), "base_tensors": (list,), "inference_tensors": (list,),
+    "base_model": (dict,), "weights_sha256": (str,),
+}
+REQUIRED_KEYS = ("format", "format_version", "methods", "train_head", "base_model")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _read_config(directory: Path) -> dict:
+    """The adapter config, with every key checked for presence and JSON type."""
     path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise AdapterFormatError(f"adapter directory {str(directory)!r} does not exist")
@@ -161,11 +175,27 @@ def _read_config(directory: Path) -> dict:
     if not isinstance(config, dict) or config.get("format") != "inducer-adapter":
         raise AdapterFormatError(f"{path} is not an inducer adapter config")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise AdapterFormatError(
-            f"{path} has format version {version}; this inducer reads up to {FORMAT_VERSION}. "
-            "Upgrade inducer (pip install -U inducer) to load it."
+            f"{path} has format version {version!r}; this inducer reads 1 to {FORMAT_VERSION}. "
+            "Upgrade inducer (pip install -U inducer) to load a newer one."
         )
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise AdapterFormatError(f"{path} has unknown keys {unknown}; it was not written by this format "
+                                 f"version ({version}). Re-save the adapter with inducer.save_adapter.")
+    for key in REQUIRED_KEYS:
+        if config.get(key) is None:
+            raise AdapterFormatError(f"{path} lacks {key!r}; the config is incomplete. Re-save the adapter.")
+    for key, types in CONFIG_KEYS.items():
+        value = config.get(key)
+        if key in config and value is not None and not isinstance(value, types):
+            raise AdapterFormatError(f"{path}: {key!r} must be a JSON {types[0].__name__}, "
+                                     f"got {type(value).__name__}")
+    for key in ("head_tensors", "base_tensors", "inference_tensors"):
+        names = config.get(key) or []
+        if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise AdapterFormatError(f"{path}: {key!r} must be a list of distinct tensor names")
     return config
 
 
@@ -176,13 +206,90 @@ def _check_base(saved: dict, actual: dict, directory: Path) -> None:
                    for k in actual if saved.get(k) != actual.get(k)]
     raise AdapterFormatError(
         f"the adapter in {str(directory)!r} was trained on a different base model "
-        f"({'; '.join(differences)}). Load the base model it was trained on "
+        f"({'; '.join(differences) or 'fingerprint fields differ'}). Load the base model it was trained on "
         "(same architecture, size and task head)."
     )
 
 
+def _method_configs(config: dict, directory: Path) -> list[MethodConfig]:
+    methods = []
+    for entry in config["methods"]:
+        if not isinstance(entry, dict):
+            raise AdapterFormatError(f"{directory}: every entry of 'methods' must be a JSON object")
+        cls = METHOD_CONFIGS.get(entry.get("method"))
+        if cls is None:
+            raise AdapterFormatError(f"{directory}: unknown method {entry.get('method')!r}; "
+                                     "upgrade inducer to load it")
+        try:
+            methods.append(cls.from_dict(entry))
+        except (TypeError, ValueError) as err:
+            raise AdapterFormatError(f"{directory}: invalid {entry.get('method')} config: {err}") from err
+    if not methods:
+        raise AdapterFormatError(f"{directory}: the adapter config lists no methods")
+    return methods
+
+
+def _read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[str, torch.Tensor]:
+    if not weights.is_file():
+        raise AdapterFormatError(f"{weights} is missing; the adapter directory is incomplete")
+    recorded = config.get("weights_sha256")
+    if verify_checksum:
+        if not isinstance(recorded, str) or len(recorded) != 64:
+            raise AdapterFormatError(
+                f"{weights.parent / CONFIG_FILE} has no weights_sha256, so the weights cannot be verified. "
+                "Re-save the adapter with inducer.save_adapter, or, for an adapter you made by hand and "
+                "trust, pass verify_checksum=False.")
+        if recorded != _sha256(weights):
+            raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file "
+                                     "is truncated or altered. Re-save or re-download the adapter.")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdapterFormatError(f"{weights} cannot be read ({err}); the file is corrupted") from err
+    for name, tensor in tensors.items():
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise AdapterFormatError(f"{weights}: {name} has dtype {tensor.dtype}; adapter tensors are "
+                                     "floating point. The file is not a valid adapter.")
+        if not torch.isfinite(tensor).all():
+            raise AdapterFormatError(f"{weights}: {name} holds NaN or infinite values; the adapter is "
+                                     "broken (a diverged run?). Use an earlier checkpoint.")
+    return tensors
+
+
+def _expected_tensors(model: nn.Module, methods: list[MethodConfig], config: dict, inference: bool,
+                      weights: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the adapter must provide, found by attaching ``methods`` to a
+    parameter-free twin of ``model`` (so a declared size of 10**9 costs nothing), and checked against
+    what the config claims: a method writes only what it owns (its modules, the task head the model
+    has, the base parameters it trains itself, such as BitFit's biases)."""
+    twin = meta_twin(model)
+    try:
+        with torch.device("meta"):
+            attach(twin, methods, train_head=True)
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        raise AdapterFormatError(
+            f"{weights.parent}: the adapter's methods do not fit this model ({err})") from err
+    state = adapter_state(twin)
+    shapes = {name: tuple(p.shape) for name, p in twin.named_parameters()}
+    owned = set(added_parameter_names(twin, state))
+    head, base = config.get("head_tensors") or [], config.get("base_tensors") or []
+    not_head = sorted(set(head) - set(state.head))
+    not_base = sorted(set(base) - set(state.unfrozen))
+    if not_head or not_base:
+        raise AdapterFormatError(
+            f"{weights.parent / CONFIG_FILE} claims base tensors its methods do not train (head_tensors "
+            f"{not_head[:3]}, base_tensors {not_base[:3]}): refused, an adapter may only replace the task "
+            "head and the parameters its own methods train.")
+    expected = owned | set(head) | set(base)
+    return {name: shapes[name] for name in sorted(expected)}
+
+
 def load_adapter(
-    model: nn.Module, directory: str | os.PathLike, train_head: bool | None = None, inference: bool = False
+    model: nn.Module,
+    directory: str | os.PathLike,
+    train_head: bool | None = None,
+    inference: bool = False,
+    verify_checksum: bool = True,
 ) -> nn.Module:
     """Attach the adapter saved in ``directory`` to an unadapted base ``model`` and load its tensors.
 
@@ -190,51 +297,49 @@ def load_adapter(
     where a method has one: prefix-tuning's reparameterisation MLP folded into flat prefixes) and
     loads the tensors saved for it; tensors only training needs are left out. Outputs are the same.
 
-    Refuses, with an :class:`AdapterFormatError` naming the problem, a missing or corrupted file,
-    a newer format version, or a base model other than the one the adapter was trained on.
+    Everything is checked before the model is touched: the config's keys and types, the method
+    configs, the weights' SHA-256 (``verify_checksum=False`` skips it, for hand-made adapters you
+    trust), the base model's fingerprint, and every tensor's name, shape, dtype (floating point,
+    the parameter's own) and values (finite). Declared sizes are checked on a parameter-free twin
+    first, so a hostile config cannot make us allocate. A refused load raises
+    :class:`AdapterFormatError` naming the problem and leaves ``model`` exactly as it was. Files are
+    never unpickled (safetensors and JSON only).
     """
     directory = Path(directory)
     config = _read_config(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise AdapterFormatError(f"{weights} is missing; the adapter directory is incomplete")
-    if config.get("weights_sha256") not in (None, _sha256(weights)):
-        raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file "
-                                 "is truncated or altered. Re-save or re-download the adapter.")
     if adapter_state(model) is not None:
         raise ValueError("load_adapter: the model is already adapted; pass the plain base model")
-    _check_base(config.get("base_model", {}), fingerprint(model), directory)
-    methods = []
-    for entry in config.get("methods", []):
-        cls = METHOD_CONFIGS.get(entry.get("method"))
-        if cls is None:
-            raise AdapterFormatError(f"{directory}: unknown method {entry.get('method')!r}; "
-                                     "upgrade inducer to load it")
-        methods.append(cls.from_dict(entry))
+    weights = directory / WEIGHTS_FILE
+    tensors = _read_tensors(weights, config, verify_checksum)
+    _check_base(config["base_model"], fingerprint(model), directory)
+    methods = _method_configs(config, directory)
     if inference:
         methods = [m.inference_config() for m in methods]
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
-        raise AdapterFormatError(f"{weights} cannot be read ({err}); the file is corrupted") from err
-    attach(model, methods, train_head=config.get("train_head", True) if train_head is None else train_head)
-    params = dict(model.named_parameters())
-    expected = (set(added_parameter_names(model, adapter_state(model))) | set(config.get("head_tensors", []))
-                | set(config.get("base_tensors", [])))
-    derived = set(config.get("inference_tensors", []))
+    expected = _expected_tensors(model, methods, config, inference, weights)
+    derived = set(config.get("inference_tensors") or [])
+    stray = sorted(derived - set(tensors))
     available = set(tensors) if inference else set(tensors) - derived
     # The inference form leaves training-only tensors (a folded MLP) unused; otherwise all must match.
-    missing, unexpected = expected - available, set() if inference else available - expected
-    if missing or unexpected:
-        detach(model)
+    missing = set(expected) - available
+    unexpected = set() if inference else available - set(expected)
+    if missing or unexpected or stray:
         raise AdapterFormatError(f"{weights}: tensors do not match the adapter config (missing "
-                                 f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+                                 f"{sorted(missing | set(stray))[:5]}, unexpected {sorted(unexpected)[:5]})")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AdapterFormatError(f"{weights}: {name} has shape {tuple(tensors[name].shape)}, the "
+                                     f"adapter's config implies {shape}")
+    head_saved = config.get("train_head", True)
+    attach(model, methods, train_head=head_saved if train_head is None else train_head)
+    params = dict(model.named_parameters())
+    wrong_dtype = [(n, tensors[n].dtype, params[n].dtype) for n in expected
+                   if tensors[n].dtype != params[n].dtype]
+    if wrong_dtype:
+        detach(model)
+        name, saved, wanted = wrong_dtype[0]
+        raise AdapterFormatError(f"{weights}: {name} is {saved}, the model's parameter is {wanted}; load "
+                                 f"the base in the dtype the adapter was saved from ({saved}).")
     with torch.no_grad():
-        for name in sorted(expected):
-            tensor = tensors[name]
-            if params[name].shape != tensor.shape:
-                detach(model)
-                raise AdapterFormatError(f"{weights}: {name} has shape {tuple(tensor.shape)}, the "
-                                         f"model expects {tuple(params[name].shape)}")
-            params[name].copy_(tensor)
+        for name in expected:
+            params[name].copy_(tensors[name])
     return model
