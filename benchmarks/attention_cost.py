@@ -28,24 +28,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
-from common import git as _git
+from lib.formatting import mib, ms, number
+from lib.memory import cpu_peak_bytes
+from lib.stamp import environment
 from torch import nn
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface, BertConfig, BertModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -95,9 +89,9 @@ def authors_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inducer attention computed with one softmax over the scores plus the inducer's column.
 
-    Same semantics as ``inducer_sdpa`` (it reuses ``module.inducer``'s parameters and virtual-key
-    score), but it materialises the (B, H, N, M + 1) logits and probabilities as the authors' code
-    does; that tensor is what the fused path avoids.
+    Same semantics as ``inducer_sdpa`` (it reuses ``module.inducer``'s parameters, virtual-key
+    score and composition), but it materialises the (B, H, N, M + 1) logits and probabilities as the
+    authors' code does; that tensor is what the fused path avoids.
     """
     ind: InducerModule | None = getattr(module, "inducer", None)
     if ind is None:
@@ -122,24 +116,15 @@ def authors_attention(
     probs = torch.softmax(logits, dim=-1)
     lam = probs[..., -1]
     out = torch.matmul(probs[..., :-1], value)  # = (1 - lam) * softmax(scores) @ V
-    if c.composition == "residual":
-        # The library's default keeps the attention itself unchanged; with one softmax the real
-        # keys carry (1 - lam) of the mass, so undo that share (a (B, H, N) op: negligible cost).
-        out = out / (1.0 - lam)[..., None].to(out.dtype)
-    # From here on, InducerModule.compose with the lam of the concatenated softmax.
-    z = torch.tanh(query @ ind.value_a + ind.value_a_bias[:, None, :])  # (B, H, N, r_v)
-    weighted = z * lam[..., None].to(z.dtype)
-    if not c.value_extension:
-        extra = weighted @ ind.value_b + lam[..., None].to(z.dtype) * ind.value_b_bias[:, None, :]
-        ind._pending_value = None
-        out = out + extra.to(out.dtype)
-    else:
-        if c.shared_value_basis:
-            extended = weighted.sum(1) @ ind.value_b
-        else:
-            extended = torch.einsum("bhnr,hrd->bnd", weighted, ind.value_b)
-        # The output projection's hook (added by inducer.attach) adds E, as it does for compose.
-        ind._pending_value = extended + ind.value_b_bias
+    # The single softmax gave the real keys (1 - lam) of the mass; the library's compose takes the
+    # plain attention output (and applies gating itself), so undo that share: a (B, H, N) op.
+    out = out / (1.0 - lam)[..., None].to(out.dtype)
+    # The rest is the library's own composition (not restated here), with the lam of the
+    # concatenated softmax: compose computes lam = sigmoid(s - lse), so it is handed the
+    # log-sum-exp over the real keys that this softmax implies, lse = s - logit(lam). compose
+    # recomputes s (a (B, H, N) score; a small cost added to this path only).
+    lse = s - (torch.log(lam) - torch.log1p(-lam))
+    out = ind.compose(query, out, lse, scaling, dropout, module.training)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -316,28 +301,9 @@ def time_step(setup: Setup, input_ids: torch.Tensor) -> float:
 
 
 def measure_peak_bytes(setup: Setup, input_ids: torch.Tensor) -> int:
-    """Peak of live tensor bytes during one training step, over what was live just before it.
-
-    The profiler logs every allocation and free of PyTorch's CPU allocator with its size; their
-    running sum from the start of the step is the step's extra live memory, and its maximum the
-    step's peak above the model's resting footprint (weights, optimizer state). Unlike RSS this
-    does not depend on what glibc keeps after earlier, larger steps, nor on import-time peaks,
-    and it is deterministic, so one step per point suffices. It does not see memory that oneDNN or
-    the BLAS library allocate outside PyTorch's allocator (scratch buffers, the same for all
-    three methods).
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        setup.step(input_ids)
-    events = sorted(
-        (event.start_ns(), event.nbytes())
-        for event in prof.profiler.kineto_results.events()
-        if event.name() == "[memory]" and event.device_type() == DeviceType.CPU
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
+    """Peak of live tensor bytes during one training step over what was live before it
+    (:func:`lib.memory.cpu_peak_bytes`)."""
+    return cpu_peak_bytes(lambda: setup.step(input_ids))
 
 
 def run_length(setups: dict[str, Setup], length: int, batch: int, repeats: int, seed: int) -> dict:
@@ -433,37 +399,6 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
     return targets
 
 
-def environment() -> dict:
-    """Machine, versions, date and the exact command, for the results files."""
-    status = _git("status", "--porcelain", "src")
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "inducer": inducer.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "src_modified": None if status is None else bool(status),
-    }
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.0f}"
-
-
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / MIB:,.1f}"
-
-
-def _x(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def render_markdown(report: dict) -> str:
     """The human-readable results: setup, the table, memory growth, targets and provenance."""
     env, cfg, rows = report["environment"], report["config"], report["rows"]
@@ -512,9 +447,9 @@ def render_markdown(report: dict) -> str:
     for row in rows:
         med, extra = row["median_s"], row["extra_bytes"]
         lines.append(
-            f"| {row['length']} | {_ms(med['floor'])} | {_ms(med['inducer'])} | {_ms(med['authors'])} "
+            f"| {row['length']} | {ms(med['floor'])} | {ms(med['inducer'])} | {ms(med['authors'])} "
             f"| {row['inducer_over_floor']:.2f} | {row['authors_over_inducer']:.2f} "
-            f"| {_mib(extra['inducer'])} | {_mib(extra['authors'])} |"
+            f"| {mib(extra['inducer'])} | {mib(extra['authors'])} |"
         )
     lines += [
         "",
@@ -530,8 +465,8 @@ def render_markdown(report: dict) -> str:
         extra = row["extra_bytes"]
         share = extra["authors"] / extra["inducer"] if extra["inducer"] > 0 else None
         lines.append(
-            f"| {row['length']} | {row['repeats']} | {_mib(row['peak_bytes']['floor'])} "
-            f"| {_x(growth.get('inducer'))} | {_x(growth.get('authors'))} | {_x(share)} |"
+            f"| {row['length']} | {row['repeats']} | {mib(row['peak_bytes']['floor'])} "
+            f"| {number(growth.get('inducer'))} | {number(growth.get('authors'))} | {number(share)} |"
         )
     lines += [
         "",
@@ -548,7 +483,7 @@ def render_markdown(report: dict) -> str:
     ]
     for target in report["targets"]:
         verdict = {True: "**met**", False: "**missed**", None: "not measured"}[target["met"]]
-        lines.append(f"- {verdict}: {target['target']} (measured {_x(target['value'])})")
+        lines.append(f"- {verdict}: {target['target']} (measured {number(target['value'])})")
     lines += [
         "",
         "## Machine",
@@ -638,9 +573,9 @@ def main(argv: list[str] | None = None) -> dict:
         row = run_length(setups, length, args.batch, repeats, args.seed)
         rows.append(row)
         med = row["median_s"]
-        print(f"L={length}: floor {_ms(med['floor'])} ms, inducer {_ms(med['inducer'])} ms, authors "
-              f"{_ms(med['authors'])} ms; extra MiB inducer {_mib(row['extra_bytes']['inducer'])}, "
-              f"authors {_mib(row['extra_bytes']['authors'])}", flush=True)
+        print(f"L={length}: floor {ms(med['floor'])} ms, inducer {ms(med['inducer'])} ms, authors "
+              f"{ms(med['authors'])} ms; extra MiB inducer {mib(row['extra_bytes']['inducer'])}, "
+              f"authors {mib(row['extra_bytes']['authors'])}", flush=True)
     add_growth(rows)
     report["rows"] = rows
     report["targets"] = evaluate_targets(rows)
