@@ -37,6 +37,7 @@ from .base import (
     register_method,
 )
 from .low_rank import AddLowRankUpdate, child_name
+from .peft_conversion import PeftConversion, PeftInteropError, register_peft
 
 ATTENTION_ROLES = ("q", "k", "v", "o")
 FFN_ROLES = ("ffn_in", "ffn_out")
@@ -165,3 +166,108 @@ class LoRAModule(nn.Module):
         if self.merged:
             self._weight_slice(layer).sub_(self.delta_weight().to(layer.weight.dtype))
             self.merged = False
+
+
+# --- PEFT conversion (LORA) -----------------------------------------------------------------------
+# A slice of a fused projection (GPT-2's query third of c_attn) becomes a LoRA of the whole layer
+# whose other rows are zero.
+
+PEFT_NAME_PREFIX = "base_model.model."
+
+
+def to_peft(model: nn.Module, config: LoRAConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT's ``LORA`` adapter (config, ``lora_A`` / ``lora_B`` tensors) of a model's LoRA modules."""
+    # Gather each layer's LoRA modules (several when slices of a fused layer are adapted) and
+    # stack them into one PEFT LoRA of rank sum(r): A = [a_1 .. a_k]^T, B = the b's placed in
+    # their output rows. The scale alpha / r must survive PEFT's alpha / (k r): alpha becomes k alpha.
+    per_layer: dict[str, list[LoRAModule]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRAModule):
+            per_layer.setdefault(name.rpartition(".")[0], []).append(module)
+    tensors, rank_pattern, alpha_pattern = {}, {}, {}
+    conv1d = {m.is_conv1d for modules in per_layer.values() for m in modules}
+    if len(conv1d) > 1:
+        raise PeftInteropError("export_peft: PEFT's fan_in_fan_out is one flag per adapter; this LoRA "
+                               "targets both GPT-2-style Conv1D and nn.Linear layers")
+    for layer, modules in per_layer.items():
+        a = torch.cat([m.a.detach().T for m in modules])  # [k r, in]
+        b = torch.zeros(modules[0].out_features, a.shape[0], dtype=a.dtype)
+        offset = 0
+        for m in modules:
+            b[m.start:m.stop, offset:offset + m.b.shape[0]] = m.b.detach().T
+            offset += m.b.shape[0]
+        tensors[f"{PEFT_NAME_PREFIX}{layer}.lora_A.weight"] = a
+        tensors[f"{PEFT_NAME_PREFIX}{layer}.lora_B.weight"] = b
+        if len(modules) > 1:
+            rank_pattern[layer] = a.shape[0]
+            alpha_pattern[layer] = config.alpha * len(modules)
+    model_config = getattr(model, "config", None)
+    peft_config = {
+        "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout, "target_modules": sorted(per_layer),
+        "fan_in_fan_out": conv1d.pop(),
+        "bias": "none", "use_rslora": False, "use_dora": False, "init_lora_weights": True,
+        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "modules_to_save": None,
+        "inference_mode": True, "revision": None,
+        "base_model_name_or_path": getattr(model_config, "_name_or_path", None) or None,
+    }
+    return peft_config, tensors
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    # PEFT matches rank/alpha patterns against the end of a module's name.
+    for pattern, value in patterns.items():
+        if name == pattern or name.endswith(f".{pattern}"):
+            return value
+    return default
+
+
+def from_peft(base: nn.Module, config: dict, tensors: dict[str, torch.Tensor]):
+    """LoRA configs (one per distinct rank and alpha) for a plain PEFT ``LORA`` adapter, and their loader."""
+    from ..adapter_format import AdapterFormatError  # imported late: adapter_format imports methods
+
+    for flag, bad in (("use_dora", True), ("use_rslora", True), ("lora_bias", True)):
+        if config.get(flag) == bad:
+            raise PeftInteropError(f"import_peft: PEFT LoRA with {flag}=true is not supported")
+    if config.get("bias", "none") != "none" or config.get("modules_to_save"):
+        raise PeftInteropError("import_peft: PEFT LoRA with trained biases or modules_to_save is not "
+                               "supported")
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(PEFT_NAME_PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise AdapterFormatError(f"import_peft: unexpected tensor {key!r} in a PEFT LoRA adapter")
+        layer, part = key[len(PEFT_NAME_PREFIX):].rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        weights.setdefault(layer, {})[part] = tensor
+    modules = dict(base.named_modules())
+    groups: dict[tuple[int, float], list[str]] = {}
+    for layer, parts in weights.items():
+        if set(parts) != {"lora_A", "lora_B"}:
+            raise AdapterFormatError(f"import_peft: {layer} lacks lora_A or lora_B")
+        if layer not in modules:
+            raise PeftInteropError(f"import_peft: the adapter targets {layer!r}, which this model lacks "
+                                   "(an adapter for another base model?)")
+        r = _pattern_value(config.get("rank_pattern") or {}, layer, config.get("r"))
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, layer, config.get("lora_alpha"))
+        if parts["lora_A"].shape[0] != r:
+            raise AdapterFormatError(f"import_peft: {layer}.lora_A has rank {parts['lora_A'].shape[0]}, "
+                                     f"the config says {r}")
+        groups.setdefault((r, alpha), []).append(layer)
+    dropout = config.get("lora_dropout", 0.0)
+    configs = [LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=sorted(layers))
+               for (r, alpha), layers in groups.items()]
+
+    def load(model: nn.Module) -> None:
+        adapted = dict(model.named_modules())
+        for layer, parts in weights.items():
+            module = adapted[layer].lora
+            if module.a.shape != parts["lora_A"].T.shape or module.b.shape != parts["lora_B"].T.shape:
+                raise AdapterFormatError(f"import_peft: {layer} LoRA shapes {tuple(parts['lora_A'].shape)}, "
+                                         f"{tuple(parts['lora_B'].shape)} do not fit the layer")
+            with torch.no_grad():
+                module.a.copy_(parts["lora_A"].T)
+                module.b.copy_(parts["lora_B"].T)
+
+    return configs, load
+
+
+register_peft(PeftConversion(LoRAConfig.method, "LORA", to_peft, from_peft))
