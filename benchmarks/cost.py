@@ -27,7 +27,7 @@ finished block, so a run stopped by ``--deadline-seconds`` (or killed) leaves it
    Methods run interleaved, round by round (the order rotates), after a warm-up step and one step
    that measures memory; times are medians, ratios to the floor are medians of per-round ratios.
    Memory: the peak during one step above what was allocated just before it (CUDA:
-   ``torch.cuda.max_memory_allocated``; CPU: ``attention_cost.measure_peak_bytes``, the profiler's
+   ``torch.cuda.max_memory_allocated``; CPU: ``lib.memory.cpu_peak_bytes``, the profiler's
    allocation events), plus each method's resting footprint (weights, optimizer state).
 2. **Cached generation** on the smollm2 model: greedy ``model.generate`` with ``use_cache``, a
    64-token prompt and 64 new tokens, for the base model, LoRA unmerged and merged
@@ -48,7 +48,6 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -62,8 +61,10 @@ from torch import nn  # noqa: E402
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import attention_cost  # noqa: E402  (memory measurement on CPU, environment)
-from common import cpu_model as _cpu_model  # noqa: E402
+from lib.formatting import mib, ms, number  # noqa: E402
+from lib.jobs import Deadline  # noqa: E402
+from lib.memory import cpu_peak_bytes  # noqa: E402
+from lib.stamp import environment as stamp  # noqa: E402
 
 import inducer  # noqa: E402
 from inducer.presets import parse_budget  # noqa: E402
@@ -74,7 +75,6 @@ except ImportError:  # recorded as error rows for the PEFT methods
     peft = None
 
 ROOT = Path(__file__).resolve().parent.parent
-MIB = 2**20
 PRESET_METHODS = tuple(inducer.PRESETS)  # full, bitfit, prefix, lora, adapter, ..., inducer+mam
 PEFT_METHODS = ("peft-lora", "peft-prefix")
 ALL_METHODS = ("floor", *PRESET_METHODS, *PEFT_METHODS)
@@ -290,20 +290,6 @@ def resting_bytes(method: Method) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class Clock:
-    """Wall time since start-up against an optional deadline."""
-
-    def __init__(self, deadline: float | None):
-        self.deadline = deadline
-
-    @staticmethod
-    def elapsed() -> float:
-        return time.perf_counter() - _START
-
-    def left(self) -> float:
-        return math.inf if self.deadline is None else self.deadline - self.elapsed()
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -326,12 +312,7 @@ def peak_step_bytes(method: Method, ids: torch.Tensor, mask: torch.Tensor, devic
         method.step(ids, mask)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-
-    class _Step:  # attention_cost.measure_peak_bytes calls setup.step(input_ids)
-        def step(self, input_ids):
-            method.step(input_ids, mask)
-
-    return attention_cost.measure_peak_bytes(_Step(), ids)
+    return cpu_peak_bytes(lambda: method.step(ids, mask))
 
 
 def _error_text(err: BaseException) -> str:
@@ -358,7 +339,7 @@ def random_batch(batch: int, length: int, vocab: int, device: str, seed: int):
     return ids, torch.ones_like(ids)
 
 
-def run_block(methods: dict[str, Method], model_name: str, length: int, args, clock: Clock,
+def run_block(methods: dict[str, Method], model_name: str, length: int, args, clock: Deadline,
               estimate: float | None) -> tuple[list[dict], float]:
     """One (model, length): warm-up, memory step, then interleaved timed rounds until done or deadline.
 
@@ -422,7 +403,7 @@ def run_block(methods: dict[str, Method], model_name: str, length: int, args, cl
     return list(rows.values()), round_estimate or 0.0
 
 
-def train_model(model_name: str, args, clock: Clock, report: dict, save: Callable[[], None]) -> None:
+def train_model(model_name: str, args, clock: Deadline, report: dict, save: Callable[[], None]) -> None:
     """Build every method on one model, then run each length while the deadline allows."""
     lengths = args.lengths
     built_at = time.perf_counter()
@@ -478,7 +459,7 @@ def _short(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['method']} {row['status'].upper()}"
     ratio = row.get("time_ratio_to_floor")
-    return f"{row['method']} {_ms(row.get('median_s'))}ms" + (f" x{ratio:.2f}" if ratio else "")
+    return f"{row['method']} {ms(row.get('median_s'), 1)}ms" + (f" x{ratio:.2f}" if ratio else "")
 
 
 def search_sizes(args) -> None:
@@ -559,7 +540,7 @@ def generate_once(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> dict:
             "total_s": end - stamps[0] if stamps else None}
 
 
-def run_generation(args, clock: Clock, report: dict, save: Callable[[], None]) -> None:
+def run_generation(args, clock: Deadline, report: dict, save: Callable[[], None]) -> None:
     base = build_model("smollm2", args.gen_prompt + args.gen_new_tokens, args.quick, args.device, args.dtype,
                        args.seed).eval()
     base.requires_grad_(False)
@@ -620,7 +601,7 @@ def run_generation(args, clock: Clock, report: dict, save: Callable[[], None]) -
         report["generation"] += list(rows.values())
         save()
         print(f"[{clock.elapsed():6.1f}s] generation batch {batch} ({time.perf_counter() - started:.1f}s): "
-              + ", ".join(f"{r['method']} " + (f"{_ms(r.get('median_per_token_s'), 2)}ms/token"
+              + ", ".join(f"{r['method']} " + (f"{ms(r.get('median_per_token_s'), 2)}ms/token"
                                                  if r["status"] == "ok" else r["status"].upper())
                           for r in rows.values()), flush=True)
     del models
@@ -635,11 +616,10 @@ def run_generation(args, clock: Clock, report: dict, save: Callable[[], None]) -
 
 
 def environment(args) -> dict:
-    env = attention_cost.environment()
+    env = stamp()
     env["peft"] = getattr(peft, "__version__", None)
     env["device"] = args.device
     env["dtype"] = str(args.dtype).removeprefix("torch.")
-    env["cpu_model"] = _cpu_model()
     env["pythonpath"] = os.environ.get("PYTHONPATH")
     if args.device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -648,16 +628,8 @@ def environment(args) -> dict:
     return env
 
 
-def _ms(seconds: float | None, digits: int = 1) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1e3:,.{digits}f}"
-
-
-def _mib(nbytes: float | None) -> str:
-    return "n/a" if nbytes is None else f"{nbytes / MIB:,.1f}"
-
-
 def _x(value: float | None) -> str:
-    return "" if value is None else f" ({value:.2f}x)"
+    return "" if value is None else f" ({number(value)}x)"
 
 
 def _cell(row: dict | None, what: str) -> str:
@@ -666,11 +638,11 @@ def _cell(row: dict | None, what: str) -> str:
     if row["status"] != "ok":
         return "skipped" if row["status"] == "skipped" else "error"
     if what == "time":
-        return _ms(row.get("median_s")) + _x(row.get("time_ratio_to_floor"))
+        return ms(row.get("median_s"), 1) + _x(row.get("time_ratio_to_floor"))
     if what == "extra":
-        return _mib(row.get("step_extra_bytes")) + _x(
+        return mib(row.get("step_extra_bytes")) + _x(
             row["step_extra_bytes"] / row["_floor_extra"] if row.get("_floor_extra") else None)
-    return _mib(row.get("peak_bytes")) + _x(row.get("peak_ratio_to_floor"))
+    return mib(row.get("peak_bytes")) + _x(row.get("peak_ratio_to_floor"))
 
 
 def render_markdown(report: dict) -> str:
@@ -806,9 +778,9 @@ def render_markdown(report: dict) -> str:
                 lines.append(f"| {r['method']} | {r.get('batch', '')} | {r['status']}: {r.get('error', '')} "
                              "| | |")
                 continue
-            lines.append(f"| {r['method']} | {r['batch']} | {_ms(r.get('median_per_token_s'), 2)}"
-                         f"{_x(r.get('per_token_ratio_to_base'))} | {_ms(r.get('median_first_token_s'))} "
-                         f"| {_ms(r.get('median_total_s'))} |")
+            lines.append(f"| {r['method']} | {r['batch']} | {ms(r.get('median_per_token_s'), 2)}"
+                         f"{_x(r.get('per_token_ratio_to_base'))} | {ms(r.get('median_first_token_s'), 1)} "
+                         f"| {ms(r.get('median_total_s'), 1)} |")
         lines.append("")
     lines += [
         "## Machine",
@@ -827,7 +799,6 @@ def write_report(report: dict, out: Path | None) -> None:
     if out is None:
         return
     out.mkdir(parents=True, exist_ok=True)
-    report["wall_s"] = Clock.elapsed()
     texts = {"cost.json": json.dumps(report, indent=2) + "\n", "cost.md": render_markdown(report)}
     for name, text in texts.items():
         tmp = out / f".{name}.tmp"
@@ -921,7 +892,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.device == "cpu" or args.threads:
         torch.set_num_threads(args.threads or 1)
-    clock = Clock(args.deadline_seconds)
+    clock = Deadline(args.deadline_seconds, start=_START)
     global SIZES
     sizes_path = None if args.quick or args.sizes.lower() == "none" else Path(args.sizes)
     if sizes_path is not None and not sizes_path.is_absolute() and not sizes_path.exists():
@@ -941,6 +912,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     def save() -> None:
+        report["wall_s"] = clock.elapsed()
         write_report(report, args.out)
 
     if args.sizes_only:
@@ -971,7 +943,6 @@ def main(argv: list[str] | None = None) -> dict:
         save()
     report["complete"] = not report.get("skipped_parts") and not any(
         r["status"] == "skipped" for r in report["training"] + report["generation"])
-    report["wall_s"] = Clock.elapsed()
     save()
     if args.write_sizes:
         SIZES.write()

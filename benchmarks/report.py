@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lib.formatting import pm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -24,10 +28,8 @@ def _load(name: str) -> dict | None:
 
 
 def _pm(mean, std, n=None) -> str:
-    if mean is None:
-        return "n/a"
-    text = f"{mean:.2f}" if std is None or n == 1 else f"{mean:.2f} ± {std:.2f}"
-    return text + (f" ({n})" if n is not None else "")
+    # One seed has no spread to show.
+    return pm(mean, None if n == 1 else std, n)
 
 
 def _nlu(data: dict) -> list[str]:
