@@ -82,6 +82,8 @@ def _task_head_names(model: nn.Module) -> list[str]:
 
 
 def _as_list(configs) -> list[MethodConfig]:
+    # A preset's choice (inducer.preset) carries its configs; attach takes it as it is.
+    configs = getattr(configs, "configs", configs)
     configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
     if not configs:
         raise ValueError("attach needs at least one method config, e.g. inducer.InducerConfig()")
@@ -93,7 +95,8 @@ def _as_list(configs) -> list[MethodConfig]:
 
 
 def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
-    """Adapt ``model`` in place with one method config or a list of them, and return it.
+    """Adapt ``model`` in place with one method config, a list of them or a preset's choice
+    (``inducer.preset(...)``), and return it.
 
     Every base parameter is frozen; the methods' new parameters are trainable, and so is a task
     head that a classification-style model adds on top of its backbone (``train_head=False``

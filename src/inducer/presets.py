@@ -22,96 +22,47 @@ import torch
 from torch import nn
 
 from .adapter import attach, count_parameters, detach
-from .methods.adapters import AdapterConfig
-from .methods.base import MethodConfig
-from .methods.bitfit import BitFitConfig
-from .methods.full import FullFineTuneConfig
-from .methods.inducer_tuning import InducerConfig
-from .methods.kernel_mix import KernelMixConfig
-from .methods.lora import LoRAConfig
-from .methods.mam import MAMConfig
-from .methods.prefix_tuning import PrefixConfig
+from .methods import PRESETS, MethodConfig, PresetSpec
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 0.02  # a budget is met when the count is within 2% of it
 
-
-def _lora_q(r: int, layers: list[int] | None = None) -> LoRAConfig:
-    # The paper's LoRA on the query projection only (spec section 4).
-    return LoRAConfig(r=r, alpha=32, dropout=0.1, targets=["q"], layers=layers)
+__all__ = ["PRESETS", "TOLERANCE", "PresetChoice", "PresetSpec", "parse_budget", "preset"]
 
 
 @dataclass(frozen=True)
-class Preset:
-    """A named method: its configs from knob values, the paper's knobs, and the knobs' search ranges.
+class PresetChoice:
+    """What :func:`preset` chose: the configs (iterable, ready for ``attach``) and why.
 
-    ``ratios`` are the knob proportions to keep when matching a budget (the paper's shape).
+    Attributes:
+        name: the preset's name.
+        configs: the method configs, ``attach(model, choice)`` or ``attach(model, choice.configs)``.
+        sizes: the sizes chosen (``layers``: the adapted top layers, when fewer than all).
+        count: parameters kept at inference, task head excluded (the budget's unit).
+        budget: the budget searched for, or None for the paper's / explicit sizes.
+        summary: one line saying what was chosen and how close it is.
     """
 
-    description: str
-    build: Callable[..., list[MethodConfig]]
-    defaults: dict
-    ranges: dict
-    layered: bool = True  # may adapt only the top n layers to reach small budgets
-
-
-PRESETS: dict[str, Preset] = {
-    "full": Preset("full fine-tuning: every base parameter", lambda: [FullFineTuneConfig()], {}, {}, False),
-    "bitfit": Preset("BitFit: bias terms only", lambda: [BitFitConfig()], {}, {}, False),
-    "prefix": Preset(
-        "prefix-tuning (Li & Liang): l prefix keys/values per attention, MLP-reparameterised in training",
-        lambda length, layers=None: [PrefixConfig(length=length, layers=layers)],
-        {"length": 16}, {"length": range(1, 513)}),
-    "lora": Preset(
-        "LoRA (Hu et al.) on the query and value projections, alpha = 2r",
-        lambda r, layers=None: [LoRAConfig(r=r, alpha=2 * r, targets=["q", "v"], layers=layers)],
-        {"r": 8}, {"r": range(1, 257)}),
-    "adapter": Preset(
-        "Pfeiffer adapter: a sequential bottleneck after each feed-forward block",
-        lambda bottleneck, layers=None: [
-            AdapterConfig(kind="pfeiffer", bottleneck=bottleneck, layers=layers)],
-        {"bottleneck": 64}, {"bottleneck": range(1, 2049)}),
-    "parallel-adapter": Preset(
-        "scaled parallel adapter (He et al.): a bottleneck beside each feed-forward block, scale 4",
-        lambda bottleneck, layers=None: [AdapterConfig(kind="parallel", bottleneck=bottleneck, scale=4.0,
-                                                       layers=layers)],
-        {"bottleneck": 64}, {"bottleneck": range(1, 2049)}),
-    "mam": Preset(
-        "MAM adapter (He et al.): prefix l=16 + scaled parallel FFN adapter",
-        lambda bottleneck, prefix_length=16, layers=None: [
-            MAMConfig(prefix_length=prefix_length, bottleneck=bottleneck, layers=layers)],
-        {"bottleneck": 64, "prefix_length": 16},
-        {"bottleneck": range(1, 2049), "prefix_length": (1, 2, 4, 8, 16)}),
-    "kernel-mix": Preset(
-        "Kernel-mix (Chen et al. 2022): per-head low-rank updates of W_q, W_v, W_o",
-        lambda r, layers=None: [KernelMixConfig(r=r, alpha=2 * r, layers=layers)],
-        {"r": 4}, {"r": range(1, 129)}),
-    "inducer": Preset(
-        "inducer-tuning (Chen et al. 2022): a query-dependent inducer per query and head",
-        lambda r_k, r_v, layers=None: [InducerConfig(r_k=r_k, r_v=r_v, layers=layers)],
-        {"r_k": 6, "r_v": 4}, {"r_k": range(0, 65), "r_v": range(1, 129)}),
-    "inducer+lora": Preset(
-        "inducer-tuning + LoRA on the query (the paper's NLU recipe)",
-        lambda r_k, r_v, r, layers=None: [InducerConfig(r_k=r_k, r_v=r_v, layers=layers), _lora_q(r, layers)],
-        {"r_k": 2, "r_v": 4, "r": 4}, {"r_k": range(0, 33), "r_v": range(1, 65), "r": range(1, 65)}),
-    "inducer+mam": Preset(
-        "inducer-tuning + LoRA-q + scaled parallel FFN adapter (the paper's 'inducer + MAM')",
-        lambda r_k, r_v, r, bottleneck, layers=None: [
-            InducerConfig(r_k=r_k, r_v=r_v, layers=layers), _lora_q(r, layers),
-            AdapterConfig(kind="parallel", bottleneck=bottleneck, scale=2.0, placement="ffn", layers=layers)],
-        {"r_k": 2, "r_v": 4, "r": 4, "bottleneck": 16},
-        {"r_k": range(0, 33), "r_v": range(1, 65), "r": range(1, 65), "bottleneck": range(1, 1025)}),
-}
-
-
-class PresetConfigs(list):
-    """The configs of a preset (a list, ready for ``attach``), with what was chosen and why."""
-
     name: str
-    knobs: dict
+    configs: tuple[MethodConfig, ...]
+    sizes: dict
     count: int
     budget: int | None
     summary: str
+
+    @property
+    def knobs(self) -> dict:
+        """Old name of :attr:`sizes` (cli, experiment and benchmarks still read it)."""
+        return self.sizes
+
+    def __iter__(self):
+        return iter(self.configs)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def __getitem__(self, index):
+        return self.configs[index]
 
 
 def _meta_twin(model: nn.Module) -> nn.Module:
@@ -173,39 +124,39 @@ def parse_budget(budget: int | str | float, base: int) -> int:
     return int(round(value))
 
 
-def _shape_penalty(knobs: dict, defaults: dict) -> float:
-    """How far the knob proportions are from the paper's (0 when they match)."""
-    names = [k for k in defaults if k in knobs]
+def _shape_penalty(sizes: dict, paper: dict) -> float:
+    """How far the size proportions are from the paper's (0 when they match)."""
+    names = [k for k in paper if k in sizes]
     if len(names) < 2:
         return 0.0
-    return sum(abs(math.log((knobs[a] + 1) / (knobs[names[0]] + 1))
-                   - math.log((defaults[a] + 1) / (defaults[names[0]] + 1))) for a in names[1:])
+    return sum(abs(math.log((sizes[a] + 1) / (sizes[names[0]] + 1))
+                   - math.log((paper[a] + 1) / (paper[names[0]] + 1))) for a in names[1:])
 
 
-def _affine_count(spec: Preset, counter: _Counter, layers: list[int] | None) -> Callable[[dict], float]:
+def _affine_count(spec: PresetSpec, counter: _Counter, layers: list[int] | None) -> Callable[[dict], float]:
     """Predict counts from a few exact ones: every method's count is affine in each of its sizes
-    (a rank, length or bottleneck multiplies a fixed per-layer cost), plus a constant jump where a
-    size of 0 removes a whole module (the inducer's key MLP)."""
+    (a rank, length or bottleneck multiplies a fixed per-layer cost), plus a constant jump at 0 for
+    the sizes the preset declares ``removed_at_zero`` (0 removes a whole module)."""
     extra = {"layers": layers} if layers else {}
-    ref = {k: max(spec.defaults.get(k, 1), 1) for k in spec.ranges}
+    ref = {k: max(spec.sizes.get(k, 1), 1) for k in spec.ranges}
     at_ref = counter(spec.build(**ref, **extra))
     slopes, zero_jump = {}, {}
-    for knob in spec.ranges:
-        slopes[knob] = counter(spec.build(**{**ref, knob: ref[knob] + 1}, **extra)) - at_ref
-        if 0 in spec.ranges[knob]:
-            at_zero = counter(spec.build(**{**ref, knob: 0}, **extra))
-            zero_jump[knob] = at_zero - (at_ref - slopes[knob] * ref[knob])
+    for size in spec.ranges:
+        slopes[size] = counter(spec.build(**{**ref, size: ref[size] + 1}, **extra)) - at_ref
+    for size in spec.removed_at_zero:
+        at_zero = counter(spec.build(**{**ref, size: 0}, **extra))
+        zero_jump[size] = at_zero - (at_ref - slopes[size] * ref[size])
 
-    def predict(knobs: dict) -> float:
-        count = at_ref + sum(slopes[k] * (knobs[k] - ref[k]) for k in spec.ranges)
-        return count + sum(jump for k, jump in zero_jump.items() if knobs[k] == 0)
+    def predict(sizes: dict) -> float:
+        count = at_ref + sum(slopes[k] * (sizes[k] - ref[k]) for k in spec.ranges)
+        return count + sum(jump for k, jump in zero_jump.items() if sizes[k] == 0)
 
     predict.slopes = slopes  # type: ignore[attr-defined]
     return predict
 
 
-def _candidates(spec: Preset, counter: _Counter, budget: int, n_layers: int):
-    """Yield (knobs, predicted count): for each layer choice and each setting of the other sizes,
+def _candidates(spec: PresetSpec, counter: _Counter, budget: int, n_layers: int):
+    """Yield (sizes, predicted count): for each layer choice and each setting of the other sizes,
     the first size that brings the count nearest the budget (from the affine prediction)."""
     names = list(spec.ranges)
     first, others = names[0], names[1:]
@@ -219,7 +170,7 @@ def _candidates(spec: Preset, counter: _Counter, budget: int, n_layers: int):
         grid, seen = [], set()
         for step in range(-300, 301):
             scale = 2 ** (step / 50)
-            combo = tuple(min(max(round(spec.defaults[o] * scale), min(spec.ranges[o])), max(spec.ranges[o]))
+            combo = tuple(min(max(round(spec.sizes[o] * scale), min(spec.ranges[o])), max(spec.ranges[o]))
                           for o in others)
             if combo not in seen:
                 seen.add(combo)
@@ -229,18 +180,18 @@ def _candidates(spec: Preset, counter: _Counter, budget: int, n_layers: int):
         predict = _affine_count(spec, counter, layers)
         slope = predict.slopes[first]
         for rest in grid:
-            knobs = {**rest, **({"layers": layers} if layers else {})}
+            chosen_rest = {**rest, **({"layers": layers} if layers else {})}
             base = predict({first: values[0], **rest})
             ideal = values[0] + (budget - base) / slope if slope > 0 else values[0]
             for value in {math.floor(ideal), math.ceil(ideal)}:
                 value = min(max(value, values[0]), values[-1])
-                chosen = {first: value, **knobs}
+                chosen = {first: value, **chosen_rest}
                 yield chosen, predict({first: value, **rest})
 
 
 def preset(name: str, model: nn.Module, budget: int | str | None = None,
-           sizes: dict | None = None) -> PresetConfigs:
-    """The config list of a named method for ``model``.
+           sizes: dict | None = None) -> PresetChoice:
+    """The configs of a named method for ``model``, as a :class:`PresetChoice`.
 
     Without ``budget``: the paper's settings, with any ``sizes`` given explicitly replacing them
     (e.g. ``sizes={"r_k": 10, "r_v": 15}``, the paper's NLG inducer). With ``budget`` (an int count
@@ -252,17 +203,17 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[name]
     if sizes is not None and budget is not None:
-        raise ValueError("preset: give a budget or explicit sizes, not both")
-    unknown = set(sizes or {}) - set(spec.defaults) - {"layers"}
+        raise ValueError("preset: give a budget (searches the sizes) or explicit sizes, not both")
+    unknown = set(sizes or {}) - set(spec.sizes) - {"layers"}
     if unknown:
         raise ValueError(
-            f"method {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.defaults)}"
+            f"method {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.sizes)}"
         )
     counter = _Counter(model)
     base = sum(p.numel() for p in model.parameters())
     if budget is None or not spec.ranges:
-        knobs = {**spec.defaults, **(sizes or {})}
-        configs = spec.build(**knobs)
+        chosen = {**spec.sizes, **(sizes or {})}
+        configs = spec.build(**chosen)
         target = None if budget is None else parse_budget(budget, base)
     else:
         target = parse_budget(budget, base)
@@ -273,12 +224,12 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
         def score(item):
             # Within the tolerance: all layers first, then the paper's proportions, then the
             # closest count. Outside it (the sizes are too coarse): simply the closest count.
-            knobs, count = item
+            candidate, count = item
             miss = abs(count - target) / target
             if miss > TOLERANCE:
                 return (1, 0, 0.0, miss)
-            dropped = n_layers - len(knobs["layers"]) if "layers" in knobs else 0
-            return (0, dropped, round(_shape_penalty(knobs, spec.defaults), 6), miss)
+            dropped = n_layers - len(candidate["layers"]) if "layers" in candidate else 0
+            return (0, dropped, round(_shape_penalty(candidate, spec.sizes), 6), miss)
 
         candidates = list(_candidates(spec, counter, target, n_layers))
         smallest = min(count for _, count in candidates)
@@ -287,17 +238,15 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
                 f"budget {target:,} is too small for {name!r}: its smallest setting has {smallest:,.0f} "
                 f"parameters on this model. Raise the budget or choose a lighter method."
             )
-        knobs, _ = min(candidates, key=score)
+        chosen, _ = min(candidates, key=score)
         # The prediction picked the sizes; the count reported below is the exact one.
-        configs = spec.build(**knobs)
+        configs = spec.build(**chosen)
     count = counter(configs)
-    result = PresetConfigs(configs)
-    result.name, result.knobs, result.count, result.budget = name, knobs, count, target
-    shown = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in knobs.items())
-    result.summary = f"{name}: {spec.description}; {shown or 'no sizes'}; {count:,} parameters " + (
+    shown = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in chosen.items())
+    summary = f"{name}: {spec.description}; {shown or 'no sizes'}; {count:,} parameters " + (
         f"({100 * count / base:.3f}% of {base:,})" if target is None else
         f"for a budget of {target:,} ({100 * (count - target) / target:+.2f}%)")
     if target is not None and spec.ranges and abs(count - target) > TOLERANCE * target:
-        result.summary += f"; the closest this method's sizes allow is outside {TOLERANCE:.0%}"
-    logger.info(result.summary)
-    return result
+        summary += f"; the closest this method's sizes allow is outside {TOLERANCE:.0%}"
+    logger.info(summary)
+    return PresetChoice(name, tuple(configs), chosen, count, target, summary)

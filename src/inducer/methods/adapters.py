@@ -27,11 +27,13 @@ from .base import (
     Applied,
     MethodConfig,
     MethodHook,
+    PresetSpec,
     add_child,
     check_choice,
     check_int,
     check_layers,
     register_method,
+    register_presets,
 )
 
 DEFAULT_PLACEMENT = {"houlsby": "both", "pfeiffer": "ffn", "parallel": "ffn"}
@@ -174,3 +176,18 @@ class AddAdapterOutput(MethodHook):
         else:
             x = output
         return output + self.adapter(x).to(output.dtype)
+
+
+register_presets(
+    PresetSpec(
+        "adapter", "Pfeiffer adapter: a sequential bottleneck after each feed-forward block",
+        lambda bottleneck, layers=None: [
+            AdapterConfig(kind="pfeiffer", bottleneck=bottleneck, layers=layers)],
+        {"bottleneck": 64}, {"bottleneck": range(1, 2049)}),
+    PresetSpec(
+        "parallel-adapter",
+        "scaled parallel adapter (He et al.): a bottleneck beside each feed-forward block, scale 4",
+        lambda bottleneck, layers=None: [AdapterConfig(kind="parallel", bottleneck=bottleneck, scale=4.0,
+                                                       layers=layers)],
+        {"bottleneck": 64}, {"bottleneck": range(1, 2049)}),
+)

@@ -9,6 +9,7 @@ says which modules it added and which base parameters it trains. ``inducer.attac
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -24,6 +25,56 @@ def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
     """Class decorator: make a method config known to attach / load_adapter by its ``method`` tag."""
     METHOD_CONFIGS[cls.method] = cls
     return cls
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """A named method for ``inducer.preset``: its configs from sizes, the paper's sizes, and the
+    ranges the budget search (:mod:`inducer.presets`) may pick each size from.
+
+    Attributes:
+        name: the preset's name (``--method``), e.g. ``"lora"``.
+        description: one line for listings and summaries.
+        build: ``build(**sizes, layers=None) -> list[MethodConfig]``; ``layers`` (the top n layers)
+            is passed only when ``layered``.
+        sizes: the paper's sizes (also their proportions, which a budget search keeps).
+        ranges: the values each size may take in a budget search (empty: nothing to size).
+        layered: the search may adapt only the top n layers to reach small budgets.
+        removed_at_zero: sizes whose value 0 removes a whole module (the inducer's key MLP at
+            ``r_k=0``), so the count jumps there instead of following the affine trend.
+    """
+
+    name: str
+    description: str
+    build: Callable[..., list[MethodConfig]]
+    sizes: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)
+    layered: bool = True
+    removed_at_zero: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if set(self.ranges) - set(self.sizes):
+            raise ValueError(f"preset {self.name!r}: ranges {sorted(self.ranges)} need paper sizes too")
+        bad = [k for k in self.removed_at_zero if k not in self.ranges or 0 not in self.ranges[k]]
+        if bad:
+            raise ValueError(f"preset {self.name!r}: removed_at_zero sizes {bad} need 0 in their range")
+
+    @property
+    def defaults(self) -> dict:
+        """Old name of :attr:`sizes` (kept for callers that still read it)."""
+        return self.sizes
+
+
+# Presets by name, in the order the method modules are imported (``inducer.methods``).
+PRESETS: dict[str, PresetSpec] = {}
+
+
+def register_presets(*specs: PresetSpec) -> None:
+    """Make presets known to ``inducer.preset`` by name (called by each method's module)."""
+    for spec in specs:
+        if spec.name in PRESETS:
+            raise ValueError(f"preset {spec.name!r} is declared twice")
+        PRESETS[spec.name] = spec
 
 
 class ConflictError(ValueError):

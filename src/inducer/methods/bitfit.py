@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..families import AttentionSite
-from .base import Applied, MethodConfig, register_method
+from .base import Applied, MethodConfig, PresetSpec, register_method, register_presets
 
 
 @register_method
@@ -25,3 +25,6 @@ class BitFitConfig(MethodConfig):
             raise ValueError(f"BitFitConfig: {type(model).__name__} has no bias parameters to train "
                              "(Llama- and T5-style models have none); choose another method")
         return Applied(unfrozen=biases)
+
+
+register_presets(PresetSpec("bitfit", "BitFit: bias terms only", lambda: [BitFitConfig()], layered=False))

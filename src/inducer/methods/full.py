@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..families import AttentionSite
-from .base import Applied, MethodConfig, register_method
+from .base import Applied, MethodConfig, PresetSpec, register_method, register_presets
 
 
 @register_method
@@ -21,3 +21,7 @@ class FullFineTuneConfig(MethodConfig):
     def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
         """Mark every base parameter trainable."""
         return Applied(unfrozen=[name for name, _ in model.named_parameters()])
+
+
+register_presets(PresetSpec("full", "full fine-tuning: every base parameter", lambda: [FullFineTuneConfig()],
+                            layered=False))

@@ -28,11 +28,13 @@ from .base import (
     Applied,
     MethodConfig,
     MethodHook,
+    PresetSpec,
     add_child,
     check_choice,
     check_int,
     check_layers,
     register_method,
+    register_presets,
     select_sites,
 )
 from .extension import AttentionExtension
@@ -99,6 +101,13 @@ class InducerConfig(MethodConfig):
             if self.value_extension:
                 AddExtendedValue(module).register(site.projection)
         return applied
+
+
+register_presets(PresetSpec(
+    "inducer", "inducer-tuning (Chen et al. 2022): a query-dependent inducer per query and head",
+    lambda r_k, r_v, layers=None: [InducerConfig(r_k=r_k, r_v=r_v, layers=layers)],
+    {"r_k": 6, "r_v": 4}, {"r_k": range(0, 65), "r_v": range(1, 129)},
+    removed_at_zero=("r_k",)))  # r_k=0: no key MLP at all (the virtual key is the query)
 
 
 class InducerModule(AttentionExtension):

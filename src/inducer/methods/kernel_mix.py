@@ -20,7 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..families import AttentionSite, LinearTarget, attention_role_targets
-from .base import Applied, MethodConfig, add_child, check_int, check_layers, register_method
+from .base import (
+    Applied,
+    MethodConfig,
+    PresetSpec,
+    add_child,
+    check_int,
+    check_layers,
+    register_method,
+    register_presets,
+)
 from .low_rank import AddLowRankUpdate, child_name
 
 
@@ -99,3 +108,9 @@ class PerHeadLowRank(nn.Module):
             per_head = x.unflatten(-1, (self.heads, self.head_dim))
             delta = torch.einsum("...hp,hpr,hrd->...d", per_head, self.a, self.b)
         return F.pad(delta * self.scale, (self.start, self.out_features - self.stop))
+
+
+register_presets(PresetSpec(
+    "kernel-mix", "Kernel-mix (Chen et al. 2022): per-head low-rank updates of W_q, W_v, W_o",
+    lambda r, layers=None: [KernelMixConfig(r=r, alpha=2 * r, layers=layers)],
+    {"r": 4}, {"r": range(1, 129)}))

@@ -30,11 +30,13 @@ from ..families import (
 from .base import (
     Applied,
     MethodConfig,
+    PresetSpec,
     add_child,
     check_choice,
     check_int,
     check_layers,
     register_method,
+    register_presets,
 )
 from .low_rank import AddLowRankUpdate, child_name
 from .peft_conversion import PeftConversion, PeftInteropError, register_peft
@@ -121,6 +123,17 @@ class LoRAConfig(MethodConfig):
             applied.modules.append(add_child(model, target.name, name, module, "LoRAConfig"))
             AddLowRankUpdate(module).register(target.module)
         return applied
+
+
+def lora_on_query(r: int, layers: list[int] | None = None) -> LoRAConfig:
+    """The paper's LoRA on the query projection only (spec section 4), as the inducer combos use it."""
+    return LoRAConfig(r=r, alpha=32, dropout=0.1, targets=["q"], layers=layers)
+
+
+register_presets(PresetSpec(
+    "lora", "LoRA (Hu et al.) on the query and value projections, alpha = 2r",
+    lambda r, layers=None: [LoRAConfig(r=r, alpha=2 * r, targets=["q", "v"], layers=layers)],
+    {"r": 8}, {"r": range(1, 257)}))
 
 
 class LoRAModule(nn.Module):

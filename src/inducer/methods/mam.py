@@ -10,7 +10,7 @@ from torch import nn
 
 from ..families import AttentionSite
 from .adapters import AdapterConfig
-from .base import Applied, MethodConfig, check_int, register_method
+from .base import Applied, MethodConfig, PresetSpec, check_int, register_method, register_presets
 from .prefix_tuning import PrefixConfig
 
 
@@ -54,3 +54,11 @@ class MAMConfig(MethodConfig):
             applied.modules += done.modules
             applied.unfrozen += done.unfrozen
         return applied
+
+
+register_presets(PresetSpec(
+    "mam", "MAM adapter (He et al.): prefix l=16 + scaled parallel FFN adapter",
+    lambda bottleneck, prefix_length=16, layers=None: [
+        MAMConfig(prefix_length=prefix_length, bottleneck=bottleneck, layers=layers)],
+    {"bottleneck": 64, "prefix_length": 16},
+    {"bottleneck": range(1, 2049), "prefix_length": (1, 2, 4, 8, 16)}))

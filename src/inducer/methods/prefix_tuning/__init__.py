@@ -41,11 +41,13 @@ from ...families import AttentionSite
 from ..base import (
     Applied,
     MethodConfig,
+    PresetSpec,
     add_child,
     check_choice,
     check_int,
     check_layers,
     register_method,
+    register_presets,
     select_sites,
 )
 from .module import (
@@ -164,8 +166,17 @@ class PrefixConfig(MethodConfig):
         return dataclasses.replace(self, reparam_hidden=None)
 
 
+register_presets(PresetSpec(
+    "prefix",
+    "prefix-tuning (Li & Liang): l prefix keys/values per attention, MLP-reparameterised in training",
+    lambda length, layers=None: [PrefixConfig(length=length, layers=layers)],
+    {"length": 16}, {"length": range(1, 513)}))
+
 __all__ = ["CHILD_NAME", "ENCODER_NAME", "PrefixConfig", "PrefixEncoder", "PrefixModule",
            "inference_parameters", "key_value_heads", "token_key_values"]
 
 # Registers the PEFT conversion (it needs PrefixConfig, defined above).
 from . import peft as _peft  # noqa: E402, F401
+
+
+
