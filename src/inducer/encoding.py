@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # types only: the model loader and tasks import far more than encoding needs
+    from .base_models import LoadedModel
+    from .tasks import TaskData
+    from .training_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 IGNORE = -100  # label of positions without loss (prompt, padding): PyTorch's cross-entropy default
@@ -193,6 +199,33 @@ def encode_generation(dataset, tokenizer, options: EncodeOptions, seq2seq: bool,
     _warn_truncated(counter["source"], counter["rows"], "sources", options.max_length, split)
     _warn_truncated(counter["target"], counter["rows"], "targets", options.max_target_length, split)
     return encoded
+
+
+def encode_options(task: TaskData, loaded: LoadedModel, config: TrainConfig) -> EncodeOptions:
+    """The task's prompt format with the run's length limits, fitted to the model's positions."""
+    options = EncodeOptions(
+        config.max_length, config.max_target_length, task.spec.separator, task.spec.truncate_source
+    )
+    decoder_only = task.kind == "generation" and not loaded.is_seq2seq
+    return fit_to_model(options, loaded.max_positions, decoder_only)
+
+
+def limit_rows(dataset, count: int | None):
+    """At most ``count`` rows: a fixed-seed random sample, since files are often sorted (by label, by
+    source) and their first rows would be a biased subset."""
+    if count is None or count >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=0).select(range(count)).flatten_indices()
+
+
+def encode_split(
+    task: TaskData, split: str, loaded: LoadedModel, options: EncodeOptions, limit: int | None = None
+):
+    """Tokenised rows of ``split`` (at most ``limit`` source rows) for training or loss evaluation."""
+    dataset = limit_rows(task.split(split), limit)
+    if task.kind == "generation":
+        return encode_generation(dataset, loaded.tokenizer, options, loaded.is_seq2seq, split)
+    return encode_classification(dataset, loaded.tokenizer, options.max_length, split)
 
 
 class Collator:
