@@ -72,3 +72,45 @@ def test_a_generation_file_without_its_target_column_names_the_option(tmp_path):
     path.write_text('{"source": "name[Aromi]", "reference": "Aromi is a cafe."}\n' * 4)
     with pytest.raises(TaskError, match=r"missing column\(s\) \['target'\].*--target-column"):
         load_files("generation", str(path))
+
+
+# Careless files: each problem is a clear error naming the file and row/line, or a counted warning.
+
+def _write(tmp_path, name: str, data: str | bytes):
+    path = tmp_path / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return str(path)
+
+
+def test_string_labels_in_a_column_named_label_are_class_names(tmp_path):
+    path = _write(tmp_path, "s.csv", "text,label\ngood,pos\nbad,neg\nok,pos\nmeh,neg\n")
+    data = load_files("classification", path, holdout=1)
+    assert data.label_names == ("neg", "pos")
+    assert set(data.splits["train"]["label"]) <= {0, 1}
+
+
+def test_an_empty_text_cell_is_an_error_not_the_text_none(tmp_path):
+    path = _write(tmp_path, "e.csv", "text,label\ngood,1\n,0\nok,1\n")
+    with pytest.raises(TaskError, match=r"e.csv: row 2: the 'text' cell is empty"):
+        load_files("classification", path, holdout=1)
+
+
+def test_rows_without_a_label_are_dropped_and_counted(tmp_path, caplog):
+    path = _write(tmp_path, "r.csv", "text,label\ngood,1.5\nbad,\nok,2\nmeh,3\n")
+    with caplog.at_level("WARNING"):
+        data = load_files("regression", path, holdout=1)
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 3
+    assert "dropped 1 of 4 rows with an empty 'label' cell" in caplog.text
+
+
+@pytest.mark.parametrize("name,data,match", [
+    ("m.jsonl", '{"text": "a", "label": 1}\n{"text": broken\n', r"m.jsonl:2: not a valid JSON row"),
+    ("k.jsonl", '{"text": "a", "text": "b", "label": 1}\n', r"k.jsonl:1: .*duplicate key"),
+    ("n.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', r"n.jsonl:2: a row must be a JSON object"),
+    ("u.csv", b"text,label\n\xff\xfe bad,0\nok,1\n", r"u.csv:2: bytes that are not UTF-8"),
+    ("d.csv", "text,text,label\na,b,0\nc,d,1\n", r"d.csv:1: duplicate column name\(s\) \['text'\]"),
+    ("d.tsv", "label\tlabel\n0\t1\n", r"d.tsv:1: duplicate column"),
+])
+def test_malformed_files_name_the_file_and_line(tmp_path, name, data, match):
+    with pytest.raises(TaskError, match=match):
+        load_files("classification", _write(tmp_path, name, data), holdout=1)

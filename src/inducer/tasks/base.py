@@ -13,6 +13,9 @@ picking) and ``test`` (reported); some add more (MNLI's ``test_mismatched``).
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -128,17 +131,22 @@ class TaskData:
         return self.splits[name]
 
 
-def _flatten(preprocess: Callable[[dict], list[dict]], columns: list[str]):
-    """A batched ``Dataset.map`` function applying a row -> rows ``preprocess`` (may drop or split rows)."""
+def _flatten(preprocess: Callable[[dict], list[dict]], columns: list[str], source: str):
+    """A batched ``Dataset.map`` function applying a row -> rows ``preprocess`` (may drop or split rows).
 
-    def apply(batch: dict) -> dict:
+    A :class:`TaskError` raised for one row is re-raised naming ``source`` and the row's number."""
+
+    def apply(batch: dict, indices: list[int]) -> dict:
         out: dict[str, list] = defaultdict(list)
-        for values in zip(*(batch[c] for c in columns), strict=True):
+        for index, values in zip(indices, zip(*(batch[c] for c in columns), strict=True), strict=True):
             row = dict(zip(columns, values, strict=True))
             try:
                 items = preprocess(row)
             except KeyError as err:
-                raise TaskError(f"a row lacks the column {err.args[0]!r}; its columns are {columns}") from err
+                raise TaskError(f"{source}: row {index + 1} lacks the column {err.args[0]!r}; "
+                                f"its columns are {columns}") from err
+            except TaskError as err:
+                raise TaskError(f"{source}: row {index + 1}: {err}") from None
             for item in items:
                 for key, value in item.items():
                     out[key].append(value)
@@ -147,16 +155,24 @@ def _flatten(preprocess: Callable[[dict], list[dict]], columns: list[str]):
     return apply
 
 
-def normalise(raw, spec: TaskSpec, split_name: str):
-    """Apply ``spec.preprocess`` to the raw ``datasets.Dataset`` of one split."""
+def normalise(raw, spec: TaskSpec, split_name: str, source: str | None = None):
+    """Apply ``spec.preprocess`` to the raw ``datasets.Dataset`` of one split (``source``: its file,
+    named in errors)."""
+    import datasets
+
     columns = list(raw.column_names)
     dataset = raw.map(
-        _flatten(spec.preprocess, columns),
+        _flatten(spec.preprocess, columns, source or f"{spec.name} {split_name} split"),
         batched=True,
+        with_indices=True,
         remove_columns=columns,
         desc=f"{spec.name}/{split_name}",
         load_from_cache_file=False,
     )
+    # Class ids made from string labels would otherwise keep a raw "label" column's string type.
+    if spec.kind == "classification" and "label" in dataset.column_names:
+        if dataset.features["label"] in (datasets.Value("string"), datasets.Value("large_string")):
+            dataset = dataset.cast_column("label", datasets.Value("int64"))
     return dataset
 
 
@@ -189,6 +205,48 @@ def local_data_files(directory: str | Path, split: str) -> Path:
     raise TaskError(f"{directory} has no {split} file ({', '.join(split + s for s in DATA_SUFFIXES)})")
 
 
+def _check_text(path: Path, data: bytes) -> None:
+    """Refuse bytes that are not UTF-8, malformed JSON lines, and duplicate CSV/TSV columns or JSON keys,
+    naming the file and line (datasets' own errors name neither)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise TaskError(f"{path}:{line}: bytes that are not UTF-8 ({err.reason}); "
+                        "save the file as UTF-8") from None
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        header = next(csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","), [])
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise TaskError(f"{path}:1: duplicate column name(s) {duplicates}; "
+                            "give every column its own name")
+        return
+
+    def unique_keys(pairs: list) -> dict:
+        keys = [key for key, _ in pairs]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate key(s) {duplicates}")
+        return dict(pairs)
+
+    try:  # one JSON document (a list of rows) ...
+        json.loads(text, object_pairs_hook=unique_keys)
+        return
+    except ValueError as err:
+        if suffix == ".json" and not str(err).startswith("Extra data") and "duplicate" in str(err):
+            raise TaskError(f"{path}: {err}; give every field its own name") from None
+    for number, line in enumerate(text.splitlines(), 1):  # ... or one row per line
+        if line.strip():
+            try:
+                row = json.loads(line, object_pairs_hook=unique_keys)
+            except ValueError as err:
+                raise TaskError(f"{path}:{number}: not a valid JSON row ({err}); "
+                                "fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+
+
 def read_file(path: str | Path):
     """A local csv / tsv / json / jsonl file as a ``datasets.Dataset``."""
     import datasets
@@ -200,8 +258,10 @@ def read_file(path: str | Path):
     if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
         raise TaskError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
     empty = TaskError(f"data file {str(path)!r} has no rows: give a file with data (or leave the split out)")
-    if not path.read_bytes().strip():  # datasets fails on an empty file with an unrelated message
+    data = path.read_bytes()
+    if not data.strip():  # datasets fails on an empty file with an unrelated message
         raise empty
+    _check_text(path, data)
     try:
         if suffix in (".json", ".jsonl"):
             loaded = datasets.load_dataset("json", data_files=str(path), split="train")
@@ -211,7 +271,11 @@ def read_file(path: str | Path):
     except ValueError as error:
         if "corresponds to no data" in str(error):  # a csv with a header and no rows
             raise empty from None
-        raise
+        raise TaskError(f"{path}: cannot be read as {suffix[1:]} ({error})") from None
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise TaskError(f"{path}: cannot be read as {suffix[1:]} ({cause}); "
+                        "check the file's format") from None
     if len(loaded) == 0:
         raise empty
     return loaded

@@ -81,7 +81,7 @@ def load_files(
 
     label_names = None
     if kind == "classification":
-        values = raw["train"][columns.label]
+        values = [v for v in raw["train"][columns.label] if v is not None and v != ""]
         if all(isinstance(v, str) for v in values):
             label_names = tuple(sorted(set(values)))
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -92,14 +92,21 @@ def load_files(
                 "(strings), not a mix or floats; for numbers use --task regression"
             )
 
+    def text_of(row: dict, column: str) -> str:
+        value = row[column]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            # str(None) would train on the literal text "None"
+            raise TaskError(f"the {column!r} cell is empty; fill it in or remove the row")
+        return str(value)
+
     def preprocess(row: dict) -> list[dict]:
+        # Rows without a label / target are dropped (counted and reported below), never guessed.
         if kind == "generation":
-            source, target = row[columns.source], row[columns.target]
-            if source is None or target is None:
+            if row[columns.target] is None:
                 return []
-            return [{"source": str(source), "targets": [str(target)]}]
+            return [{"source": text_of(row, columns.source), "targets": [text_of(row, columns.target)]}]
         label = row[columns.label]
-        if label is None:
+        if label is None or (isinstance(label, str) and not label.strip()):
             return []
         if kind == "classification" and isinstance(label, str):
             if label not in label_names:
@@ -113,10 +120,8 @@ def load_files(
                 label = float(label)
             except (TypeError, ValueError) as err:
                 raise TaskError(f"regression label {label!r} is not a number") from err
-        pair = row[columns.text_pair] if columns.text_pair else None
-        return [
-            {"text": str(row[columns.text]), "text_pair": None if pair is None else str(pair), "label": label}
-        ]
+        pair = text_of(row, columns.text_pair) if columns.text_pair else None
+        return [{"text": text_of(row, columns.text), "text_pair": pair, "label": label}]
 
     spec = TaskSpec(
         name=f"{kind} (local files)",
@@ -129,7 +134,13 @@ def load_files(
     )
     from .base import normalise
 
-    splits = {split: normalise(dataset, spec, split) for split, dataset in raw.items()}
+    splits = {split: normalise(dataset, spec, split, paths[split]) for split, dataset in raw.items()}
+    for split, dataset in splits.items():
+        dropped = len(raw[split]) - len(dataset)
+        if dropped:
+            empty = columns.target if kind == "generation" else columns.label
+            logger.warning("%s: dropped %d of %d rows with an empty %r cell", paths[split], dropped,
+                           len(raw[split]), empty)
     if "validation" not in splits:
         size = holdout or min(1000, max(1, len(splits["train"]) // 10))
         splits["train"], splits["validation"] = holdout_split(splits["train"], size)
