@@ -105,10 +105,9 @@ def check_kernels(device: str) -> dict:
 
 
 def check_models(device: str) -> dict:
-    from tests.test_model import VARIANTS, _adapted, _grads
-
     import inducer
     from tests.conftest import FAMILIES, logits_of, make_batch
+    from tests.test_adapter import VARIANTS, _adapted, _grads
 
     rows, ok = [], True
     for family in FAMILIES:

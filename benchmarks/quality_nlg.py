@@ -22,14 +22,10 @@ The results files are rewritten after every method, so a killed run keeps the fi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import json
 import logging
 import math
 import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -37,8 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_model as _cpu_model
-from common import git as _git
+from lib.formatting import number
+from lib.runs import train_losses
+from lib.stamp import environment as stamp
+from lib.stamp import package_version
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("prefix", "lora", "inducer", "inducer+lora", "zero-shot")
@@ -82,25 +80,11 @@ PROTOCOL_KEYS = (
 
 
 def environment(threads: int) -> dict:
-    """Machine, versions, date and the exact command, for the results files."""
-    import torch
-    import transformers
-
-    import inducer
-
-    status = _git("status", "--porcelain", "src")
-    versions = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "inducer": inducer.__version__,
-    }
+    """The shared stamp, plus this script's keys: metric packages, java (METEOR), load average."""
+    env = stamp()
+    versions = {name: env[name] for name in ("torch", "transformers", "inducer")}
     for package in ("sacrebleu", "rouge-score", "nltk", "pycocoevalcap", "datasets"):
-        try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:  # noqa: BLE001  (not installed)
-            versions[package] = None
+        versions[package] = package_version(package)
     java = shutil.which("java")
     java_version = None
     if java:
@@ -109,23 +93,14 @@ def environment(threads: int) -> dict:
             java_version = (done.stderr or done.stdout).splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
             pass
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "load_average_at_start": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "java": java_version,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "src_modified": None if status is None else bool(status),
-        # Others edit src/ while benchmarks run: the exact uncommitted source this run imported.
-        "src_diff_sha1": hashlib.sha1((_git("diff", "HEAD", "--", "src") or "").encode()).hexdigest(),
-        "src_diff_files": (_git("diff", "HEAD", "--name-only", "--", "src") or "").split(),
-    }
+    env.update(
+        cpu=env["cpu_model"],
+        torch_threads=threads,
+        load_average_at_start=list(os.getloadavg()),
+        versions=versions,
+        java=java_version,
+    )
+    return env
 
 
 # -- models ------------------------------------------------------------------------------------------
@@ -135,9 +110,9 @@ def tiny_llama_folder() -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from inducer import base_models as models
+    from inducer.base_models import resolve_model_path
 
-    tokenizer_folder = models._smollm_folder()  # SmolLM2's cached folder (converted once if needed)
+    tokenizer_folder = resolve_model_path(MODEL)  # SmolLM2's cached folder (converted once if needed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -265,7 +240,7 @@ def run_method(method: str, args, model_name: str, task) -> dict:
             train_seconds=result.train_seconds,
             seconds_per_step=result.train_seconds / max(result.steps, 1),
             validation={k: validation.get(k) for k in ("loss", "perplexity")},
-            train_loss_log=_train_losses(out_dir),
+            train_loss_log=train_losses(out_dir),
         )
         options = trainer.options
     model = loaded.model
@@ -289,14 +264,6 @@ def run_method(method: str, args, model_name: str, task) -> dict:
     return row
 
 
-def _train_losses(out_dir: Path | None) -> list[list[float]]:
-    """(step, training loss) pairs from the run's ``metrics.jsonl`` (every ``log_every`` steps)."""
-    if out_dir is None or not (out_dir / "metrics.jsonl").is_file():
-        return []
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [[r["step"], round(r["loss"], 4)] for r in rows if r.get("split") == "train"]
-
-
 def _source():
     from inducer.experiment import TaskSource
 
@@ -305,7 +272,7 @@ def _source():
 
 # -- reporting ---------------------------------------------------------------------------------------
 def _fmt(value, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return number(value, digits)
 
 
 def render_markdown(report: dict) -> str:

@@ -46,17 +46,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
-import platform
-import queue
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
+
+from lib.formatting import mean_std, pm
+from lib.jobs import Deadline, run_jobs
+from lib.runs import train_losses
+from lib.stamp import environment
 
 TASK = "vader-movies"
 BUDGET, SMALL_BUDGET = "0.5%", "0.1%"
@@ -103,6 +106,13 @@ INIT_TEXT = (
 )
 LAMBDA_SENTENCES = 64
 STAGES = ("1", "2", "3", "3b", "3c")
+# The loss curves compared in stage 3: curve name -> the config whose runs give it.
+CURVES = {
+    "prefix-random": "prefix",
+    "prefix-zero": "prefix-zero",
+    "prefix-tokens": "prefix-tokens",
+    "inducer": "inducer",
+}
 
 
 def grid_of(config: str) -> list[float]:
@@ -129,45 +139,6 @@ def _task():
 
         _CACHE["task"] = load_task(TASK)
     return _CACHE["task"]
-
-
-def _install_encode_cache() -> None:
-    """Tokenise each split once per process: every job of this script uses the same tokenizer, task
-    and lengths, and ``datasets`` spends ~0.7 s per split hashing the tokenizer alone. The Trainer
-    and ``evaluate`` look ``encode_split`` up in ``inducer.training`` at call time, so they get this."""
-    from inducer import training
-
-    if getattr(training.encode_split, "_quality_nlu_cache", False):
-        return
-    original, memo = training.encode_split, {}
-
-    def encode_split(task, split, loaded, options, limit=None):
-        key = (id(task), split, limit, repr(options), getattr(loaded.tokenizer, "name_or_path", None))
-        if key not in memo:
-            memo[key] = original(task, split, loaded, options, limit)
-        return memo[key]
-
-    encode_split._quality_nlu_cache = True
-    training.encode_split = encode_split
-
-
-def _curve_trainer():
-    """A Trainer that keeps the training-loss records it would log (it writes no files here)."""
-    if "trainer" not in _CACHE:
-        from inducer.training import Trainer
-
-        class CurveTrainer(Trainer):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.curve: list[list[float]] = []
-
-            def _log(self, record: dict) -> None:
-                if record.get("split") == "train":
-                    self.curve.append([record["step"], round(float(record["loss"]), 5)])
-                super()._log(record)
-
-        _CACHE["trainer"] = CurveTrainer
-    return _CACHE["trainer"]
 
 
 def _peft_backbone_shim(model) -> None:
@@ -236,10 +207,16 @@ def _attach_peft(loaded, config: str, budget: str):
 
 
 def _configs_for(loaded, config: str, budget: str):
-    """Our method's configs for ``config`` (a preset, or a stage-3 variant of one) and their count."""
+    """Our method's configs for ``config`` (a preset, or a stage-3 variant of one) and their count.
+
+    The count is None for an ablation: its sizes differ from the preset's, and it is counted on the
+    model once attached (inducer has no training-only parameters, so what ``count_parameters``
+    calls the budget is its inference count). Prefix-tuning's initialisation variants keep the
+    preset's sizes and so its count.
+    """
     import dataclasses
 
-    from inducer.presets import _Counter, preset
+    from inducer.presets import preset
 
     method = base_config(config)
     configs = preset(method, loaded.model, budget)
@@ -250,11 +227,16 @@ def _configs_for(loaded, config: str, budget: str):
             ids = loaded.tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"]
             changes["init_tokens"] = list(ids)
         configs = [dataclasses.replace(c, **changes) for c in configs]
-        count = _Counter(loaded.model)(configs)
+        count = None if config in ABLATIONS else count
         summary = f"{summary}; variant {config}: " + ", ".join(
             f"{k}={v}" for k, v in changes.items() if k != "init_tokens"
         )
     return list(configs), count, summary
+
+
+def _curve_wanted(job: dict) -> bool:
+    """Whether the job's training-loss curve is reported (stage 3: prefix inits vs inducer)."""
+    return job["budget"] == BUDGET and job["config"] in CURVES.values()
 
 
 def lambda_stats(model, tokenizer, texts: list[str], max_length: int) -> list[list[float]]:
@@ -289,79 +271,81 @@ def lambda_stats(model, tokenizer, texts: list[str], max_length: int) -> list[li
 
 
 def run_job(job: dict, settings: dict) -> dict:
-    """Train and evaluate one job; returns its row (``error`` set when it failed)."""
-    started = time.perf_counter()
-    row = {**job, "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    try:
-        import torch
+    """Train and evaluate one job; returns its row (the pool turns an exception into ``error``)."""
+    import torch
 
-        import inducer
-        from inducer.base_models import load_model
-        from inducer.training import TrainConfig, set_seed
+    import inducer
+    from inducer.base_models import load_model
+    from inducer.training import TrainConfig, Trainer, set_seed
 
-        task = _task()
-        _install_encode_cache()
-        steps_per_epoch = math.ceil(
-            min(len(task.split("train")), settings["max_train_examples"] or 10**9) / settings["batch_size"]
+    row = dict(job)
+    task = _task()
+    steps_per_epoch = math.ceil(
+        min(len(task.split("train")), settings["max_train_examples"] or 10**9) / settings["batch_size"]
+    )
+    config = TrainConfig(
+        lr=job["lr"],
+        batch_size=settings["batch_size"],
+        eval_batch_size=256,
+        epochs=settings["epochs"],
+        max_length=settings["max_length"],
+        seed=job["seed"],
+        precision=settings["precision"],
+        log_every=settings["log_every"],
+        max_train_examples=settings["max_train_examples"],
+        max_eval_examples=settings["max_eval_examples"],
+        eval_every=max(1, steps_per_epoch // settings["evals_per_epoch"]),
+    )
+    set_seed(job["seed"])  # as experiment.build: the new head's initialisation follows the seed
+    loaded = load_model(settings["model"], task.kind, task.num_labels)
+    base = sum(p.numel() for p in loaded.model.parameters())
+    if job["config"].startswith("peft-"):
+        loaded.model, count, head, summary = _attach_peft(loaded, job["config"], job["budget"])
+    else:
+        configs, count, summary = _configs_for(loaded, job["config"], job["budget"])
+        inducer.attach(loaded.model, configs, train_head=True)
+        if count is None:
+            count = inducer.count_parameters(loaded.model).budget
+        if settings.get("attention_path", "fused") != "fused":  # fused is attach's default
+            inducer.set_attention_path(loaded.model, settings["attention_path"])
+        head = inducer.count_parameters(loaded.model).head
+    trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+    device = torch.device(settings["device"])
+    loaded.model.to(device)
+    texts = list(task.split("validation")["text"][:LAMBDA_SENTENCES]) if job.get("record_lam") else []
+    if texts:
+        row["lambda_init"] = lambda_stats(loaded.model, loaded.tokenizer, texts, settings["max_length"])
+    # The loss curve is read from the run's metrics.jsonl, so only the jobs whose curve is
+    # reported get an output folder (it also holds their small adapters; PEFT rows never do).
+    work = tempfile.TemporaryDirectory(prefix="quality_nlu_job_") if _curve_wanted(job) else None
+    trainer = Trainer(loaded, task, config, Path(work.name) if work else None, {}, progress=False)
+    result = trainer.train()
+    test = trainer.evaluate("test", text_metrics=True)
+    curve = train_losses(Path(work.name), digits=5) if work else []
+    if work is not None:
+        work.cleanup()
+    if texts:
+        row["lambda_trained"] = lambda_stats(
+            loaded.model, loaded.tokenizer, texts, settings["max_length"]
         )
-        config = TrainConfig(
-            lr=job["lr"],
-            batch_size=settings["batch_size"],
-            eval_batch_size=256,
-            epochs=settings["epochs"],
-            max_length=settings["max_length"],
-            seed=job["seed"],
-            precision=settings["precision"],
-            log_every=settings["log_every"],
-            max_train_examples=settings["max_train_examples"],
-            max_eval_examples=settings["max_eval_examples"],
-            eval_every=max(1, steps_per_epoch // settings["evals_per_epoch"]),
-        )
-        set_seed(job["seed"])  # as experiment.build: the new head's initialisation follows the seed
-        loaded = load_model(settings["model"], task.kind, task.num_labels)
-        base = sum(p.numel() for p in loaded.model.parameters())
-        if job["config"].startswith("peft-"):
-            loaded.model, count, head, summary = _attach_peft(loaded, job["config"], job["budget"])
-        else:
-            configs, count, summary = _configs_for(loaded, job["config"], job["budget"])
-            inducer.attach(loaded.model, configs, train_head=True)
-            if settings.get("attention_path", "fused") != "fused":  # fused is attach's default
-                inducer.set_attention_path(loaded.model, settings["attention_path"])
-            head = inducer.count_parameters(loaded.model).head
-        trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
-        device = torch.device(settings["device"])
-        loaded.model.to(device)
-        texts = list(task.split("validation")["text"][:LAMBDA_SENTENCES]) if job.get("record_lam") else []
-        if texts:
-            row["lambda_init"] = lambda_stats(loaded.model, loaded.tokenizer, texts, settings["max_length"])
-        trainer = _curve_trainer()(loaded, task, config, None, {}, progress=False)
-        result = trainer.train()
-        test = trainer.evaluate("test", text_metrics=True)
-        if texts:
-            row["lambda_trained"] = lambda_stats(
-                loaded.model, loaded.tokenizer, texts, settings["max_length"]
-            )
-        select = result.select_metric
-        row.update(
-            summary=summary,
-            parameters=count,
-            percent_of_base=100.0 * count / base,
-            base_parameters=base,
-            head_parameters=head,
-            trainable_parameters=trainable,
-            select_metric=select,
-            dev=result.best_metric,
-            test=test.get(select),
-            test_metrics=test,
-            best_step=result.best_step,
-            steps=result.steps,
-            train_seconds=round(result.train_seconds, 2),
-            dev_history=[[h["step"], h.get(select)] for h in result.history],
-            loss_curve=trainer.curve,
-        )
-    except Exception as err:  # noqa: BLE001  (a failed job is a result: e.g. a learning rate too high)
-        row.update(error=f"{type(err).__name__}: {err}"[:2000], traceback=traceback.format_exc()[-3000:])
-    row["seconds"] = round(time.perf_counter() - started, 2)
+    select = result.select_metric
+    row.update(
+        summary=summary,
+        parameters=count,
+        percent_of_base=100.0 * count / base,
+        base_parameters=base,
+        head_parameters=head,
+        trainable_parameters=trainable,
+        select_metric=select,
+        dev=result.best_metric,
+        test=test.get(select),
+        test_metrics=test,
+        best_step=result.best_step,
+        steps=result.steps,
+        train_seconds=round(result.train_seconds, 2),
+        dev_history=[[h["step"], h.get(select)] for h in result.history],
+        loss_curve=curve,
+    )
     return row
 
 
@@ -409,7 +393,12 @@ class Plan:
         self.ready.sort(key=lambda item: item[0])
 
     def pop(self) -> dict | None:
+        """The most important ready job, or None."""
         return self.ready.pop(0)[1] if self.ready else None
+
+    def waiting(self) -> list[dict]:
+        """The ready jobs not started yet."""
+        return [job for _, job in self.ready]
 
     def _select(self, key, lr: float, all_seeds: bool = False) -> None:
         config, budget = key
@@ -456,15 +445,13 @@ def select_lr(runs: list[dict]) -> float | None:
     return max(sorted(ok, key=lambda r: r["lr"]), key=lambda r: _score(r["dev"]))["lr"]
 
 
-# --- workers ------------------------------------------------------------------------------------------
-
-
-def _worker_main(index: int, jobs, results, settings: dict) -> None:
+def quiet_process(threads: int) -> None:
+    """Set up a process that runs jobs: its torch threads, and no logging or progress bars."""
     import logging
 
     import torch
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(threads)
     logging.disable(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
@@ -474,87 +461,9 @@ def _worker_main(index: int, jobs, results, settings: dict) -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    while True:
-        job = jobs.get()
-        if job is None:
-            return
-        results.put(("done", index, run_job(job, settings)))
-
-
-class Pool:
-    """``n`` spawned worker processes, each with its own job queue (so we know who runs what)."""
-
-    def __init__(self, n: int, settings: dict):
-        import multiprocessing
-
-        self.ctx = multiprocessing.get_context("spawn")
-        self.settings = settings
-        self.results = self.ctx.Queue()
-        self.workers: list = [None] * n
-        self.running: dict[int, tuple[dict, float]] = {}
-        for i in range(n):
-            self._start(i)
-
-    def _start(self, i: int) -> None:
-        jobs = self.ctx.Queue()
-        process = self.ctx.Process(
-            target=_worker_main, args=(i, jobs, self.results, self.settings), daemon=True
-        )
-        process.start()
-        self.workers[i] = (process, jobs)
-
-    def idle(self) -> list[int]:
-        return [i for i, w in enumerate(self.workers) if w is not None and i not in self.running]
-
-    def submit(self, i: int, job: dict) -> None:
-        self.running[i] = (job, time.time())
-        self.workers[i][1].put(job)
-
-    def poll(self, timeout: float) -> list[dict]:
-        """Finished rows (and failure rows for workers that died)."""
-        rows = []
-        try:
-            _, i, row = self.results.get(timeout=timeout)
-            self.running.pop(i, None)
-            rows.append(row)
-        except queue.Empty:
-            pass
-        for i, (job, since) in list(self.running.items()):
-            process = self.workers[i][0]
-            if not process.is_alive():
-                self.running.pop(i)
-                rows.append(
-                    {
-                        **job,
-                        "error": f"worker process died (exit code {process.exitcode})",
-                        "seconds": round(time.time() - since, 2),
-                    }
-                )
-                self._start(i)
-        return rows
-
-    def stop(self) -> list[dict]:
-        """Stop every worker; the jobs still running are returned."""
-        unfinished = [job for job, _ in self.running.values()]
-        for process, _ in self.workers:
-            if process.is_alive():
-                process.terminate()
-        for process, jobs in self.workers:
-            process.join(timeout=5)
-            jobs.close()
-        self.results.close()
-        self.running.clear()
-        return unfinished
 
 
 # --- aggregation and reports -------------------------------------------------------------------------
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def aggregate(runs: list[dict], seeds: list[int]) -> dict:
@@ -591,8 +500,8 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
             }
             for s, r in sorted(seeds_rows.items())
         ]
-        test_mean, test_std = _mean_std([p["test"] for p in per_seed if not p["error"]])
-        dev_mean, dev_std = _mean_std([p["dev"] for p in per_seed if not p["error"]])
+        test_mean, test_std = mean_std([p["test"] for p in per_seed if not p["error"]])
+        dev_mean, dev_std = mean_std([p["dev"] for p in per_seed if not p["error"]])
         any_row = next((r for r in rows if "parameters" in r), rows[0])
         grid = grid_of(base_config(config))
         table.append(
@@ -617,7 +526,7 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
                 "test_std": test_std,
                 "dev_mean": dev_mean,
                 "dev_std": dev_std,
-                "train_seconds_mean": _mean_std([p["train_seconds"] for p in per_seed if p["train_seconds"]])[
+                "train_seconds_mean": mean_std([p["train_seconds"] for p in per_seed if p["train_seconds"]])[
                     0
                 ],
             }
@@ -625,12 +534,7 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
     order = {c: i for i, c in enumerate(CONFIGS + list(INIT_VARIANTS) + list(ABLATIONS))}
     table.sort(key=lambda t: (t["budget"] != BUDGET, order.get(t["config"], 99)))
     curves = {}
-    for name, source in (
-        ("prefix-random", "prefix"),
-        ("prefix-zero", "prefix-zero"),
-        ("prefix-tokens", "prefix-tokens"),
-        ("inducer", "inducer"),
-    ):
+    for name, source in CURVES.items():
         row = next((t for t in table if t["config"] == source and t["budget"] == BUDGET), None)
         if row is None or row["chosen_lr"] is None:
             continue
@@ -654,10 +558,8 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
     return {"rows": table, "loss_curves": curves, "lambda": lam}
 
 
-def _fmt(mean, std=None, scale=1.0) -> str:
-    if mean is None:
-        return "-"
-    return f"{scale * mean:.2f}" + (f" ± {scale * std:.2f}" if std is not None else "")
+def _fmt(mean, std=None) -> str:
+    return pm(mean, std, missing="-")
 
 
 def _loss_at(curves: dict, step: int) -> float | None:
@@ -868,32 +770,20 @@ def plot(data: dict, out: Path) -> list[Path]:
 
 
 def _environment(args, workers: int) -> dict:
+    """The shared stamp, plus the keys this script's reports read (local date, device name)."""
     import torch
-    import transformers
 
-    try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:
-        peft_version = None
-    device_name = platform.processor() or platform.machine()
+    env = environment()
+    device_name = env["processor"]
     if args.device == "cuda":
         device_name = torch.cuda.get_device_name(0)
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "device": args.device,
-        "device_name": device_name,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft_version,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "workers": workers,
-    }
+    env.update(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        device=args.device,
+        device_name=device_name,
+        workers=workers,
+    )
+    return env
 
 
 def _check_data() -> None:
@@ -1039,6 +929,11 @@ def parse_args(argv=None):
         "--grace-seconds", type=float, default=40.0, help="stop running jobs this long after the deadline"
     )
     p.add_argument("--out", default="benchmarks/results/quality_nlu")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep --out's runs.jsonl and skip the jobs it holds without an error (same protocol)",
+    )
     p.add_argument("--quick", action="store_true", help="CPU smoke on a tiny random BERT (< 2 min)")
     p.add_argument("--plot", action="store_true", help="also write PNGs (needs matplotlib)")
     p.add_argument("--from-json", default=None, help="redraw md/png from a quality_nlu.json (or runs.jsonl)")
@@ -1052,6 +947,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
+    start = time.perf_counter()
     args = parse_args(argv)
     if args.from_json and args.merge_runs:
         merge(Path(args.from_json), [Path(f) for f in args.merge_runs], Path(args.out), args.plot)
@@ -1059,7 +955,6 @@ def main(argv=None) -> None:
     if args.from_json:
         from_json(Path(args.from_json), args.plot)
         return
-    start = time.time()
     if args.quick:
         args.device = args.device or "cpu"
         args.max_train_examples = args.max_train_examples or 48
@@ -1092,7 +987,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in (
-        "runs.jsonl",
+        *(() if args.resume else ("runs.jsonl",)),
         "quality_nlu.json",
         "quality_nlu.md",
         "quality_nlu_lambda.png",
@@ -1138,51 +1033,34 @@ def main(argv=None) -> None:
         "deadline_seconds": args.deadline_seconds,
         "threads_per_worker": threads,
     }
+    deadline = Deadline(args.deadline_seconds, args.grace_seconds, start=start)
     plan = Plan(stages, seeds, configs, small)
     runs: list[dict] = []
-    unfinished: list[dict] = []
-    durations: list[float] = []
 
     def record(row: dict) -> None:
         runs.append(row)
-        plan.finish(row)
-        if "error" not in row:
-            durations.append(row["seconds"])
-        with open(out / "runs.jsonl", "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
         status = (
             "FAILED " + row["error"][:160]
             if "error" in row
             else f"dev {_fmt(row.get('dev'))} test {_fmt(row.get('test'))}"
         )
-        print(f"[{time.time() - start:6.0f}s] {row['id']}: {status} ({row['seconds']:.0f} s)", flush=True)
+        print(f"[{deadline.elapsed():6.0f}s] {row['id']}: {status} ({row['seconds']:.0f} s)", flush=True)
         write()
 
-    def write(final: bool = False) -> None:
-        env["wall_seconds"] = round(time.time() - start, 1)
-        waiting = [job for _, job in plan.ready]
+    def write(unfinished: list[str] | None = None) -> None:
+        env["wall_seconds"] = round(deadline.elapsed(), 1)
+        final = unfinished is not None
         data = {
             "environment": env,
             "protocol": protocol,
-            "status": (
-                "complete"
-                if not waiting and not unfinished
-                else f"{len(waiting) + len(unfinished)} job(s) not finished (deadline)"
-            )
+            "status": ("complete" if not unfinished else f"{len(unfinished)} job(s) not finished (deadline)")
             if final
             else f"in progress: {len(runs)} job(s) finished",
             "results": aggregate(runs, seeds),
             "failed_jobs": [{"id": r["id"], "error": r["error"]} for r in runs if "error" in r],
-            "unfinished_jobs": [j["id"] for j in unfinished + waiting] if final else [],
+            "unfinished_jobs": unfinished or [],
         }
         _write(out, data, args.plot and final)
-
-    def may_start() -> bool:
-        now = time.time() - start
-        if now >= args.deadline_seconds:
-            return False
-        expected = statistics.median(durations) if durations else 0.0
-        return now + expected <= args.deadline_seconds + args.grace_seconds
 
     print(
         f"quality_nlu: {len(plan.ready)} stage-1 job(s) queued (more follow from the choices); device "
@@ -1190,44 +1068,30 @@ def main(argv=None) -> None:
         flush=True,
     )
     write()
+    unfinished: list[str] = []
     try:
-        if workers == 1:
-            import logging
-
-            torch.set_num_threads(threads)
-            logging.disable(logging.WARNING)
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-            import datasets
-
-            datasets.disable_progress_bars()
-            while plan.ready and may_start():
-                record(run_job(plan.pop(), settings))
-        else:
-            pool = Pool(workers, settings)
-            try:
-                while True:
-                    while plan.ready and pool.idle() and may_start():
-                        pool.submit(pool.idle()[0], plan.pop())
-                    if not pool.running and (not plan.ready or not may_start()):
-                        break
-                    if time.time() - start > args.deadline_seconds + args.grace_seconds:
-                        break
-                    for row in pool.poll(timeout=1.0):
-                        record(row)
-            finally:
-                unfinished.extend(pool.stop())
+        outcome = run_jobs(
+            plan,
+            functools.partial(run_job, settings=settings),
+            log=out / "runs.jsonl",
+            deadline=deadline,
+            workers=workers,
+            setup=functools.partial(quiet_process, threads),
+            on_row=record,
+        )
+        unfinished = outcome.unfinished
+        if outcome.resumed:
+            print(f"quality_nlu: {outcome.resumed} job(s) taken from {out / 'runs.jsonl'} (--resume)")
     except KeyboardInterrupt:
         print("interrupted: writing what finished", file=sys.stderr)
-    write(final=True)
+        unfinished = [job["id"] for job in plan.waiting()]
+    write(unfinished)
     if tmpdir is not None:
         tmpdir.cleanup()
     done = sum(1 for r in runs if "error" not in r)
     print(
         f"quality_nlu: {done} job(s) finished, {len(runs) - done} failed, "
-        f"{len(unfinished) + len(plan.ready)} not finished; {time.time() - start:.0f} s; wrote {out}",
+        f"{len(unfinished)} not finished; {deadline.elapsed():.0f} s; wrote {out}",
         flush=True,
     )
 

@@ -16,6 +16,7 @@ error (their rows are handed to the plan as if they had just finished) and runs 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import multiprocessing
@@ -90,13 +91,14 @@ class Outcome:
 
 
 def safe_call(job_fn: Callable[[dict], dict], job: dict) -> dict:
-    """``job_fn(job)`` with its wall time; an exception becomes the row's ``error``."""
-    started = time.perf_counter()
+    """``job_fn(job)`` with its start and wall time; an exception becomes the row's ``error``."""
+    started, date = time.perf_counter(), datetime.datetime.now().isoformat(timespec="seconds")
     try:
         row = job_fn(job)
     except Exception as err:  # noqa: BLE001  (a failed job is a result, e.g. a learning rate too high)
         error = f"{type(err).__name__}: {err}"[:2000]
         row = {**job, "error": error, "traceback": traceback.format_exc()[-3000:]}
+    row.setdefault("started", date)
     row.setdefault("seconds", round(time.perf_counter() - started, 2))
     return row
 
@@ -180,7 +182,7 @@ def run_jobs(
     module-level functions); ``setup`` runs once per process before its first job (in this process
     for one worker). No job starts after the deadline, nor one whose expected time (the median of
     the finished jobs') would end after the deadline plus its grace; jobs still running at the end
-    of the grace are stopped. ``on_row`` sees each new row after it is logged and planned.
+    of the grace are stopped. ``on_row`` sees every row (resumed ones too) after the plan has.
     """
     deadline = deadline or Deadline()
     outcome, durations = Outcome(), []
@@ -196,7 +198,7 @@ def run_jobs(
             if "error" not in row:
                 durations.append(row["seconds"])
         plan.finish(row)
-        if on_row is not None and not resumed:
+        if on_row is not None:
             on_row(row)
 
     def next_job() -> dict | None:

@@ -1,0 +1,102 @@
+"""The benchmarks use the library only through its public API: no private names, no patching."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(BENCHMARKS.rglob("*.py"))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _root(node: ast.expr) -> tuple[str | None, list[str]]:
+    """The name an attribute chain starts from, and the attribute names along it."""
+    attrs = []
+    while isinstance(node, ast.Attribute):
+        attrs.append(node.attr)
+        node = node.value
+    return (node.id if isinstance(node, ast.Name) else None), attrs[::-1]
+
+
+def violations(source: str) -> list[str]:
+    """Every private import from ``inducer``, private attribute of a name bound to ``inducer``,
+    assignment to an attribute of one, and private method override of a class from ``inducer``."""
+    tree = ast.parse(source)
+    bound: set[str] = set()  # names bound to inducer modules or objects imported from them
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "inducer":
+                    if any(_private(part) for part in alias.name.split(".")):
+                        found.append(f"line {node.lineno}: import {alias.name}")
+                    bound.add(alias.asname or "inducer")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "inducer":
+            for alias in node.names:
+                if any(_private(part) for part in [*node.module.split("."), alias.name]):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                bound.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            root, attrs = _root(node)
+            if root in bound and _private(node.attr):
+                found.append(f"line {node.lineno}: {root}.{'.'.join(attrs)}")
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Attribute) and _root(target)[0] in bound:
+                found.append(f"line {node.lineno}: assigns {_root(target)[0]}.{'.'.join(_root(target)[1])}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
+            if node.args and _root(node.args[0])[0] in bound:
+                found.append(f"line {node.lineno}: setattr on {_root(node.args[0])[0]}")
+        if isinstance(node, ast.ClassDef) and any(_root(b)[0] in bound for b in node.bases):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and _private(item.name):
+                    found.append(f"line {item.lineno}: {node.name} overrides {item.name}")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: str(p.relative_to(BENCHMARKS)))
+def test_benchmark_uses_only_public_inducer_names(path):
+    problems = violations(path.read_text())
+    assert not problems, f"{path.relative_to(BENCHMARKS.parent)} reaches into inducer's internals: {problems}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from inducer.presets import _Counter",
+        "from inducer import _private_module",
+        "import inducer._hidden",
+        "from inducer import base_models as models\nmodels._smollm_folder()",
+        "import inducer\ninducer.training._log",
+        "from inducer import training\ntraining.encode_split = lambda: None",
+        "import inducer.training\ninducer.training.encode_split = None",
+        "from inducer import training\nsetattr(training, 'encode_split', None)",
+        "from inducer.training import Trainer\nclass T(Trainer):\n    def _log(self, r):\n        pass",
+    ],
+)
+def test_checker_catches(source):
+    assert violations(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import inducer\ninducer.attach\ninducer.__version__",
+        "from inducer.compare import pick_lr, LR_GRIDS",
+        "import torch\ntorch._C\nconfig._attn_implementation = 'sdpa'",
+        "from inducer.training import Trainer\nclass T(Trainer):\n    def __init__(self):\n        pass",
+    ],
+)
+def test_checker_allows(source):
+    assert not violations(source)
