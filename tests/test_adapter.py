@@ -239,3 +239,17 @@ def test_unadapted_modules_run_the_models_own_attention(family, attn):
     implementations = {getattr(m.config, "_attn_implementation", None)
                        for m in model.modules() if hasattr(m, "config")}
     assert implementations == {attn}
+
+
+def test_import_inducer_is_lazy_and_every_public_name_resolves():
+    import subprocess
+    import sys
+
+    code = ("import sys, inducer, inducer.cli; print(inducer.__version__); "
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert all(getattr(inducer, name) is not None for name in inducer.__all__)
+    assert set(inducer.__all__) <= set(dir(inducer))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        inducer.nope  # noqa: B018

@@ -98,3 +98,34 @@ def test_explicit_sizes_replace_the_paper_settings():
         inducer.preset("inducer", model, sizes={"rank": 3})
     with pytest.raises(ValueError, match="not both"):
         inducer.preset("inducer", model, budget=1000, sizes={"r_k": 1})
+
+
+def test_a_preset_choice_is_frozen_and_attaches_itself_or_its_configs():
+    import dataclasses
+
+    from .conftest import make_model
+
+    model = make_model("bert")
+    choice = inducer.preset("inducer+lora", model, sizes={"r_k": 0})
+    assert isinstance(choice, inducer.PresetChoice)
+    assert choice.sizes == {"r_k": 0, "r_v": 4, "r": 4} and choice.knobs is choice.sizes
+    assert [c.method for c in choice] == ["inducer", "lora"] and len(choice) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        choice.count = 0
+    for configs in (choice, choice.configs):
+        inducer.attach(model, configs)
+        assert inducer.count_parameters(model).budget == choice.count
+        inducer.detach(model)
+
+
+def test_every_preset_is_declared_by_a_method_module():
+    from inducer.methods import PRESETS, PresetSpec
+
+    assert list(inducer.PRESETS) == ["full", "bitfit", "prefix", "lora", "adapter", "parallel-adapter",
+                                     "mam", "kernel-mix", "inducer", "inducer+lora", "inducer+mam"]
+    assert inducer.PRESETS is PRESETS
+    assert all(isinstance(spec, PresetSpec) and spec.name == name for name, spec in PRESETS.items())
+    # The count jump at r_k=0 (no key MLP) is declared by the inducer presets, not found by name.
+    assert {n for n, s in PRESETS.items() if s.removed_at_zero} == {"inducer", "inducer+lora", "inducer+mam"}
+    with pytest.raises(ValueError, match="need 0 in their range"):
+        PresetSpec("x", "x", lambda r: [], {"r": 1}, {"r": range(1, 3)}, removed_at_zero=("r",))

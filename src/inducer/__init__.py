@@ -4,51 +4,62 @@
     model = inducer.attach(model, inducer.InducerConfig(r_k=2, r_v=4))
     print(inducer.count_parameters(model))
     inducer.save_adapter(model, "out/")
+
+Names are imported on first use (PEP 562), so ``import inducer`` (and the CLI's start) does not
+import torch or transformers.
 """
 
-from .adapter import ParameterCount, attach, count_parameters, detach, merge, unmerge
-from .adapter_format import AdapterFormatError, fingerprint, load_adapter, save_adapter
-from .attention import attention_path, set_attention_path
-from .families import UnsupportedModelError
-from .methods import ConflictError
-from .methods.adapters import AdapterConfig
-from .methods.bitfit import BitFitConfig
-from .methods.full import FullFineTuneConfig
-from .methods.inducer_tuning import InducerConfig
-from .methods.kernel_mix import KernelMixConfig
-from .methods.lora import LoRAConfig
-from .methods.mam import MAMConfig
-from .methods.prefix_tuning import PrefixConfig
-from .peft_interop import export_peft, import_peft
-from .presets import PRESETS, preset
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdapterConfig",
-    "AdapterFormatError",
-    "BitFitConfig",
-    "ConflictError",
-    "FullFineTuneConfig",
-    "InducerConfig",
-    "KernelMixConfig",
-    "LoRAConfig",
-    "MAMConfig",
-    "ParameterCount",
-    "PrefixConfig",
-    "UnsupportedModelError",
-    "attach",
-    "attention_path",
-    "count_parameters",
-    "detach",
-    "export_peft",
-    "fingerprint",
-    "import_peft",
-    "load_adapter",
-    "merge",
-    "preset",
-    "PRESETS",
-    "save_adapter",
-    "unmerge",
-    "set_attention_path",
-]
+# Public name -> the submodule defining it.
+_EXPORTS: dict[str, str] = {
+    "AdapterConfig": "methods.adapters",
+    "AdapterFormatError": "adapter_format",
+    "AttentionExtension": "methods.extension",
+    "BitFitConfig": "methods.bitfit",
+    "ConflictError": "methods.base",
+    "FullFineTuneConfig": "methods.full",
+    "InducerConfig": "methods.inducer_tuning",
+    "KernelMixConfig": "methods.kernel_mix",
+    "LoRAConfig": "methods.lora",
+    "MAMConfig": "methods.mam",
+    "ParameterCount": "adapter",
+    "PeftInteropError": "methods.peft_conversion",
+    "PrefixConfig": "methods.prefix_tuning",
+    "PresetChoice": "presets",
+    "PresetSpec": "methods.base",
+    "PRESETS": "presets",
+    "UnsupportedModelError": "families",
+    "attach": "adapter",
+    "attention_path": "attention",
+    "count_parameters": "adapter",
+    "detach": "adapter",
+    "export_peft": "peft_interop",
+    "fingerprint": "adapter_format",
+    "import_peft": "peft_interop",
+    "load_adapter": "adapter_format",
+    "merge": "adapter",
+    "preset": "presets",
+    "save_adapter": "adapter_format",
+    "set_attention_path": "attention",
+    "unmerge": "adapter",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'inducer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
