@@ -295,9 +295,9 @@ def test_threads_option_sets_torch_threads():
 def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     import os
 
-    from inducer import cli
+    from inducer import demo
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for load, threads in ((1.2, 1), (0.1, 2), (7.0, 1)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        assert cli.auto_threads() == threads
+        assert demo.auto_threads() == threads

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from inducer.recipes import RECIPES_DIR, RecipeError, load_recipe
+from inducer.recipes import RecipeError, bundled, load_recipe
 
 from .tiny import run_cli, single_thread, task_dir, tiny_models  # noqa: F401
 
-RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+RECIPES = sorted(bundled())
 FAMILY = {"roberta-base": "roberta", "gpt2": "gpt2", "facebook/bart-large": "bart"}
 
 

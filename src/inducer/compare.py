@@ -4,7 +4,11 @@ For each method: the learning rate is the one given (``--lr``, the recipe, or ``
 on the validation split from a small grid (one training run per grid value, first seed); then one run
 per seed, each selected on validation and scored on the test split(s). The results are written as
 ``results.json`` (everything, learning curves included), ``results.md`` (the table) and
-``results.png`` (test metric with error bars, and validation learning curves).
+``results.png`` (test metric with error bars, and validation learning curves). Each method's budget
+is searched once; every learning-rate trial and seed reuses the sizes found.
+
+Entry point: :func:`compare` with a :class:`inducer.runspec.RunSpec` (``inducer compare`` and
+``inducer demo`` build theirs with :func:`inducer.runspec.resolve`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ import statistics
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .experiment import TaskSource, check_method, train_run
+from .experiment import TaskSource, check_method, run_one
 from .metrics import better
 from .tasks import TaskData
-from .training import TrainConfig
+from .training_config import TrainConfig
+
+if TYPE_CHECKING:
+    from .runspec import RunSpec
 
 logger = logging.getLogger(__name__)
 # Small per-method grids: full fine-tuning wants far smaller steps than the small added modules.
@@ -44,11 +52,14 @@ def pick_lr(
     output_dir: Path | None,
     progress: bool,
     sizes: dict | None = None,
+    chosen: dict | None = None,
 ) -> tuple[float, list[dict]]:
-    """The grid value with the best validation score (first seed), and every trial's score."""
+    """The grid value with the best validation score (first seed), and every trial's score.
+
+    ``chosen``: the sizes already chosen per method (see :func:`inducer.experiment.build`)."""
     trials, best_lr, best = [], grid[0], None
     for lr in grid:
-        run = train_run(
+        run = run_one(
             model,
             source,
             method,
@@ -59,6 +70,7 @@ def pick_lr(
             task=task,
             test_splits=False,
             sizes=sizes,
+            chosen=chosen,
         )
         trials.append({"lr": lr, "validation": run["best_validation"], "select_metric": run["select_metric"]})
         logger.info("%s lr %g: validation %s %.4f", method, lr, run["select_metric"], run["best_validation"])
@@ -174,71 +186,65 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path, title: str) 
 
 
 def compare(
-    model: str,
-    source: TaskSource,
-    methods: list[str],
-    config: TrainConfig,
-    budget=None,
-    seeds: list[int] | None = None,
-    lrs: dict[str, float] | None = None,
-    method_configs: dict[str, TrainConfig] | None = None,
-    output_dir: str | Path | None = None,
-    title: str = "",
-    progress: bool = True,
+    spec: RunSpec,
     on_row: Callable[[list[dict]], None] | None = None,
     task: TaskData | None = None,
-    save_runs: bool = False,
-    sizes: dict[str, dict] | None = None,
 ) -> dict:
-    """Train and evaluate each of ``methods``; write and return the results.
+    """Train and evaluate each of ``spec.methods`` over ``spec.seeds``; write the results to
+    ``spec.output`` (results.json / .md / .png) if set, and return ``{"rows", "runs", "lr_trials"}``.
 
-    ``lrs`` fixes a method's learning rate; otherwise it is picked from ``LR_GRIDS`` on validation.
-    ``method_configs`` gives a method its own TrainConfig (recipes' per-method values); ``sizes``
-    gives a method explicit sizes instead of the budget. ``on_row`` is
-    called with the rows so far after each method (to print the table as it goes).
+    A method's learning rate is ``spec.lrs[method]`` if fixed, else the best on validation of its grid
+    (``spec.lr_grids``, else ``LR_GRIDS``; first seed). Its training options are
+    ``spec.config_for(method)``, its sizes ``spec.sizes_for(method)`` or the ones the budget search
+    picks, once per method. ``on_row`` is called with the rows so far after each method (to print
+    the table as it goes); ``task`` is ``spec.source``'s data if already loaded.
     """
-    for method in methods:
+    for method in spec.methods:
         check_method(method)
-    task = task or source.load()
-    seeds = seeds or [config.seed]
-    output = Path(output_dir) if output_dir else None
+    task = task or spec.source.load()
+    seeds = spec.seeds
+    output = Path(spec.output) if spec.output else None
     if output:
         output.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     all_runs: dict[str, list[dict]] = {}
     lr_trials: dict[str, list[dict]] = {}
+    chosen: dict = {}  # method -> its configs: the budget is searched once per method
     metric = task.spec.select
-    for method in methods:
-        base = (method_configs or {}).get(method, config)
-        lr = (lrs or {}).get(method)
+    for method in spec.methods:
+        base = spec.config_for(method)
+        sizes = spec.sizes_for(method)
+        lr = spec.lrs.get(method)
         if lr is None:
-            grid = LR_GRIDS.get(method, DEFAULT_GRID)
+            grid = spec.lr_grids.get(method) or LR_GRIDS.get(method, DEFAULT_GRID)
             lr, lr_trials[method] = pick_lr(
-                model,
-                source,
+                spec.model,
+                spec.source,
                 task,
                 method,
                 replace(base, seed=seeds[0]),
-                budget,
-                grid,
-                output / method / "lr-search" if output and save_runs else None,
-                progress,
-                (sizes or {}).get(method),
+                spec.budget_for(method),
+                tuple(grid),
+                output / method / "lr-search" if output and spec.save_runs else None,
+                spec.progress,
+                sizes,
+                chosen,
             )
         runs = []
         for seed in seeds:
-            run_dir = output / method / f"seed-{seed}" if output and save_runs else None
+            run_dir = output / method / f"seed-{seed}" if output and spec.save_runs else None
             runs.append(
-                train_run(
-                    model,
-                    source,
+                run_one(
+                    spec.model,
+                    spec.source,
                     method,
                     replace(base, lr=lr, seed=seed),
-                    budget,
+                    spec.budget_for(method),
                     run_dir,
-                    progress=progress,
+                    progress=spec.progress,
                     task=task,
-                    sizes=(sizes or {}).get(method),
+                    sizes=sizes,
+                    chosen=chosen,
                 )
             )
         all_runs[method] = runs
@@ -246,22 +252,12 @@ def compare(
         if on_row is not None:
             on_row(rows)
         if output:
-            _write(output, model, source, task, budget, seeds, rows, all_runs, lr_trials, title)
+            _write(output, spec, task, rows, all_runs, lr_trials)
     return {"rows": rows, "runs": all_runs, "lr_trials": lr_trials}
 
 
-def _write(
-    output: Path,
-    model: str,
-    source: TaskSource,
-    task: TaskData,
-    budget,
-    seeds,
-    rows,
-    runs,
-    lr_trials,
-    title: str,
-) -> None:
+def _write(output: Path, spec: RunSpec, task: TaskData, rows, runs, lr_trials) -> None:
+    model, source, budget, seeds, title = spec.model, spec.source, spec.budget, spec.seeds, spec.title
     header = title or f"{model} x {task.spec.name}"
     (output / "results.json").write_text(
         json.dumps(

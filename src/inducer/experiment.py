@@ -1,5 +1,10 @@
 """One experiment = base model x task x method (x budget): the glue between models, tasks, presets and
-the training loop, shared by ``inducer train`` / ``eval`` / ``generate`` / ``compare`` / ``demo``."""
+the training loop, shared by ``inducer train`` / ``eval`` / ``generate`` / ``compare`` / ``demo``.
+
+Application entry points (with :mod:`inducer.runspec`, :mod:`inducer.compare`): :func:`train_run`
+trains the one method of a ``RunSpec``; :func:`predict` runs a saved adapter on inputs;
+:func:`evaluate_adapter` scores one on a task split.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,7 +21,11 @@ from .adapter_format import load_adapter
 from .base_models import LoadedModel, load_model
 from .presets import PRESETS, preset
 from .tasks import Columns, TaskData, TaskError, load_files, load_task
-from .training import RUN_FILE, TrainConfig, Trainer, TrainResult, encode_options, evaluate, set_seed
+from .training import RUN_FILE, Trainer, TrainResult, encode_options, evaluate, set_seed
+from .training_config import TrainConfig
+
+if TYPE_CHECKING:
+    from .runspec import RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +83,6 @@ def check_method(method: str) -> None:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(PRESETS)}")
 
 
-def sized_preset(method: str, model, sizes: dict):
-    """The configs of ``method`` with explicit ``sizes`` (e.g. the paper's NLG ``r_k=10, r_v=15``):
-    :func:`inducer.preset` with ``sizes``."""
-    from .presets import preset
-
-    return preset(method, model, sizes=sizes)
-
-
 def build(
     model_name: str,
     task: TaskData,
@@ -89,18 +91,27 @@ def build(
     seed: int = 42,
     train_head: bool = True,
     sizes: dict | None = None,
+    chosen: dict | None = None,
 ):
-    """Load ``model_name`` with the head ``task`` needs and attach ``method`` at ``budget`` (or with
-    explicit ``sizes``, which take precedence).
+    """Load ``model_name`` with the head ``task`` needs and attach ``method`` at ``budget`` or with
+    explicit ``sizes`` (both: an error).
 
-    Returns ``(loaded model, configs)``; ``configs.summary`` says which sizes were chosen.
+    ``chosen`` (method -> its configs), shared by the runs of one comparison, keeps the configs of the
+    first run of each method: later runs reuse them instead of searching the budget again (the search
+    depends only on the base model's structure). Returns ``(loaded model, configs)``;
+    ``configs.summary`` says which sizes were chosen.
     """
     import inducer
 
     check_method(method)
     set_seed(seed)  # a new task head's initialisation follows the seed
     loaded = load_model(model_name, task.kind, task.num_labels)
-    configs = sized_preset(method, loaded.model, sizes) if sizes else preset(method, loaded.model, budget)
+    if chosen is not None and method in chosen:
+        configs = chosen[method]
+    else:
+        configs = preset(method, loaded.model, budget, sizes=sizes or None)
+        if chosen is not None:
+            chosen[method] = configs
     inducer.attach(loaded.model, list(configs), train_head=train_head)
     return loaded, configs
 
@@ -132,7 +143,32 @@ def run_info(
     }
 
 
-def train_run(
+def train_run(spec: RunSpec, task: TaskData | None = None, on_eval=None) -> dict:
+    """Train the one method of ``spec`` on its task, evaluate it on the test split(s) and return the
+    summary :func:`run_one` returns (written to ``spec.output``/results.json when an output is set).
+
+    ``task``: the already loaded data of ``spec.source`` (loaded here if None); ``on_eval`` is called
+    with each validation record.
+    """
+    if len(spec.methods) != 1:
+        raise ValueError(f"train_run trains one method, got {spec.methods}; use compare() for several")
+    method = spec.methods[0]
+    return run_one(
+        spec.model,
+        spec.source,
+        method,
+        spec.config_for(method),
+        spec.budget_for(method),
+        spec.output,
+        resume=spec.resume,
+        progress=spec.progress,
+        task=task,
+        on_eval=on_eval,
+        sizes=spec.sizes_for(method),
+    )
+
+
+def run_one(
     model_name: str,
     source: TaskSource,
     method: str,
@@ -145,13 +181,14 @@ def train_run(
     on_eval=None,
     test_splits: bool = True,
     sizes: dict | None = None,
+    chosen: dict | None = None,
 ) -> dict:
     """Train one method and evaluate it: returns counts, validation history and test metrics.
 
-    ``sizes`` gives the method explicit sizes instead of ``budget``.
+    ``sizes`` gives the method explicit sizes instead of ``budget``; ``chosen`` is :func:`build`'s.
     """
     task = task or source.load()
-    loaded, configs = build(model_name, task, method, budget, config.seed, config.train_head, sizes)
+    loaded, configs = build(model_name, task, method, budget, config.seed, config.train_head, sizes, chosen)
     logger.info(configs.summary)
     info = run_info(model_name, source, task, method, budget, configs, config, loaded)
     main = is_main_process()
@@ -231,8 +268,7 @@ def evaluate_adapter(
         source = TaskSource.from_dict(info["task"])
     task = source.load()
     loaded, _ = load_trained(model_name, adapter_dir, task.kind, task.num_labels)
-    saved = info.get("train", {})
-    config = config or TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.field_names()})
+    config = config or saved_config(adapter_dir)
     options = encode_options(task, loaded, config)
     with torch.no_grad():
         return evaluate(
@@ -248,3 +284,59 @@ def evaluate_adapter(
             config.max_new_tokens,
             progress,
         )
+
+
+def saved_config(adapter_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """The training options saved with an adapter (defaults where none were), then ``overrides``."""
+    saved = read_run_info(adapter_dir).get("train", {})
+    known = {k: v for k, v in saved.items() if k in TrainConfig.field_names()}
+    return TrainConfig(**{**known, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+
+
+def predict(
+    adapter_dir: str | Path,
+    inputs: list[str],
+    model_name: str | None = None,
+    num_beams: int = 1,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
+) -> list[str]:
+    """One output per input with the adapter in ``adapter_dir``: generated text for a generation
+    adapter (KV-cached greedy or beam search), else the predicted label (or regression value).
+
+    Pair inputs of classification are ``first<TAB>second``. The saved length limits (``max_length``
+    replaces the input limit) are fitted to the model's positions, as in evaluation.
+    """
+    import datasets
+
+    from .encoding import EncodeOptions, encode_classification, fit_to_model
+    from .training import generate_texts, predict_labels
+
+    if not inputs:
+        raise ValueError("give inputs with --input TEXT (repeatable) or --file FILE")
+    loaded, info = load_trained(model_name, adapter_dir)
+    kind = info.get("kind")
+    limit = {"max_length": max_length} if max_length else {}
+    options = EncodeOptions(**{**info.get("encode", {}), **limit})
+    options = fit_to_model(options, loaded.max_positions, kind == "generation" and not loaded.is_seq2seq)
+    with torch.no_grad():
+        if kind == "generation":
+            new_tokens = max_new_tokens or info.get("train", {}).get("max_new_tokens")
+            return generate_texts(
+                loaded.model,
+                loaded.tokenizer,
+                inputs,
+                options,
+                loaded.is_seq2seq,
+                num_beams=num_beams,
+                max_new_tokens=new_tokens or info.get("max_new_tokens") or 40,
+            )
+        pairs = [text.split("\t", 1) for text in inputs]
+        rows = datasets.Dataset.from_list(
+            [{"text": p[0], "text_pair": p[1] if len(p) > 1 else None, "label": 0} for p in pairs]
+        )
+        encoded = encode_classification(rows, loaded.tokenizer, options.max_length, "inputs")
+        regression = kind == "regression"
+        predictions = predict_labels(loaded.model, encoded, loaded.tokenizer, 32, regression)
+    names = info.get("label_names")
+    return [f"{p:.4f}" if regression else (names[p] if names else str(p)) for p in predictions]

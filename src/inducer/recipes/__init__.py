@@ -11,17 +11,24 @@
     method_training: {full: {lr: 1.0e-5}}            # per-method overrides
     method_sizes: {inducer: {r_k: 10, r_v: 15}}      # explicit sizes (instead of the budget)
 
-Unknown keys anywhere are an error naming them and the allowed ones. Command-line options override
-recipe values.
+Unknown keys anywhere are an error naming them and the allowed ones. Methods with ``method_sizes``
+use them, the others the ``budget``. Command-line options override recipe values
+(:func:`inducer.runspec.resolve`).
+The bundled recipes are this package's data files (``inducer/recipes/*.yaml``), found with
+``importlib.resources`` so that an installed wheel has them too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .presets import PRESETS
-from .training import TrainConfig
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+from ..training_config import TrainConfig
 
 TOP_KEYS = {
     "description",
@@ -36,7 +43,6 @@ TOP_KEYS = {
     "method_sizes",
     "notes",
 }
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class RecipeError(ValueError):
@@ -82,21 +88,29 @@ def _check_training(section, where: str) -> dict:
     return dict(section)
 
 
-def resolve_path(name: str | Path) -> Path:
-    """A recipe file path, or the name of a bundled recipe (``roberta-sst2`` -> recipes/roberta-sst2.yaml)."""
+def bundled() -> dict[str, Traversable]:
+    """The bundled recipes by name (``roberta-sst2`` -> its file in this package)."""
+    files = resources.files(__name__)
+    return {f.name.removesuffix(".yaml"): f for f in files.iterdir() if f.name.endswith(".yaml")}
+
+
+def resolve_path(name: str | Path) -> Path | Traversable:
+    """A recipe file path, or the name of a bundled recipe (``roberta-sst2``)."""
     path = Path(name)
     if path.is_file():
         return path
-    bundled = RECIPES_DIR / f"{name}.yaml"
-    if bundled.is_file():
-        return bundled
-    available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-    raise RecipeError(f"recipe {str(name)!r} not found (bundled recipes: {', '.join(available) or 'none'})")
+    recipes = bundled()
+    if str(name) in recipes:
+        return recipes[str(name)]
+    names = ", ".join(sorted(recipes)) or "none"
+    raise RecipeError(f"recipe {str(name)!r} not found (bundled recipes: {names})")
 
 
 def load_recipe(name: str | Path) -> Recipe:
     """Read and validate a recipe file (or a bundled recipe's name)."""
     import yaml
+
+    from ..presets import PRESETS
 
     path = resolve_path(name)
     try:

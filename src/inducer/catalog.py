@@ -1,0 +1,105 @@
+"""What ``inducer info`` shows, as data: what is available, and what methods cost on a model.
+
+The command line only prints these (``inducer.cli``); the heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OWN_FILE_KINDS = ("classification", "regression", "generation")
+
+
+@dataclass
+class MethodCount:
+    """A method's chosen sizes and parameter counts on one model.
+
+    Attributes:
+        method: the method's name.
+        sizes: the chosen sizes, e.g. ``"r_k=6, r_v=4"`` (``"layers=top N"`` when layers are dropped).
+        parameters: kept at inference (what budgets match; task head excluded).
+        percent_of_base: ``parameters`` as a percentage of the base model.
+        trained: updated in training (prefix-tuning's MLP and the task head included).
+        head: the task head's parameters.
+        summary: the preset's one-line account of what it chose and why.
+    """
+
+    method: str
+    sizes: str
+    parameters: int
+    percent_of_base: float
+    trained: int
+    head: int
+    summary: str
+
+
+def available() -> dict[str, list[tuple[str, ...]]]:
+    """Rows of what the options accept: ``methods`` (name, description), ``tasks`` (name, kind,
+    source, description), ``shortcuts`` (name, what) and ``recipes`` (name,)."""
+    from .base_models import SHORTCUTS
+    from .presets import PRESETS
+    from .recipes import bundled
+    from .tasks import all_tasks
+
+    tasks = []
+    for name, spec in all_tasks().items():
+        where = (
+            spec.hub[0] + (f" ({spec.hub[1]})" if spec.hub[1] else "") if spec.hub else "offline, built in"
+        )
+        tasks.append((name, spec.kind, where, spec.description))
+    tasks.append((" / ".join(OWN_FILE_KINDS), "", "--train-file ...", "your own files"))
+    return {
+        "methods": [(name, spec.description) for name, spec in PRESETS.items()],
+        "tasks": tasks,
+        "shortcuts": list(SHORTCUTS.items()),
+        "recipes": [(name,) for name in sorted(bundled())],
+    }
+
+
+def method_counts(
+    model_name: str,
+    methods: list[str] | None = None,
+    budget: str | int | None = None,
+    task: str | None = None,
+    num_labels: int = 2,
+) -> list[MethodCount]:
+    """Each method's sizes and counts on ``model_name`` at ``budget`` (None: the paper's settings).
+
+    ``methods``: default all. ``task`` decides the head: a built-in task's, or one of
+    classification / regression / generation (default classification with ``num_labels``).
+    """
+    import inducer
+
+    from .base_models import load_model
+    from .experiment import check_method
+    from .presets import PRESETS
+    from .tasks import get_task
+
+    kind, labels = "classification", num_labels
+    if task in OWN_FILE_KINDS:
+        kind = task
+    elif task:
+        spec = get_task(task)
+        kind, labels = spec.kind, spec.num_labels or num_labels
+    names = methods or list(PRESETS)
+    for name in names:
+        check_method(name)
+    counts = []
+    for name in names:
+        loaded = load_model(model_name, kind, labels)  # fresh: each method attaches to its own copy
+        configs = inducer.preset(name, loaded.model, budget)
+        inducer.attach(loaded.model, list(configs))
+        count = inducer.count_parameters(loaded.model)
+        sizes = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in configs.knobs.items())
+        counts.append(
+            MethodCount(
+                name,
+                sizes or "-",
+                configs.count,
+                100 * configs.count / count.base,
+                count.trainable,
+                count.head,
+                configs.summary,
+            )
+        )
+    return counts
