@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from inducer.checkpoint import STATE_FILE, load_train_state
 from inducer.training import shard
 
 from .tiny import make_model, make_tokenizer, task_dir
@@ -97,8 +98,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(bert_folder, tmp_pat
     # Only the main process wrote: one log line per event, and the checkpoint has both RNG streams.
     logged = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["split"] == "validation"] == [5]
-    state = torch.load(two / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert state["processes"] == 2 and len(state["rng"]) == 2
+    state = load_train_state(two / "checkpoint")
+    assert state.processes == 2 and len(state.rng) == 2
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
@@ -114,15 +115,15 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     command = [sys.executable, "-m", "inducer", *_train_args(model, crashed, "inducer", *extra)]
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoint = crashed / "checkpoint" / "trainer_state.pt"
+    checkpoint = crashed / "checkpoint" / STATE_FILE  # written last: the checkpoint is complete
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = torch.load(checkpoint, weights_only=False)
-    assert 0 < saved["step"] < 120 and saved["batch"] > 0  # killed mid-run, checkpoint mid-epoch
+    saved = load_train_state(checkpoint.parent)
+    assert 0 < saved.step < 120 and saved.batch > 0  # killed mid-run, checkpoint mid-epoch
     assert not (crashed / "last").exists()
 
     _run([*command, "--resume"])

@@ -17,13 +17,14 @@ from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _trainer(tiny_models, out, method="inducer+lora", **overrides):
+def _trainer(tiny_models, out, method="inducer+lora", on_eval=None, callbacks=(), **overrides):
     task = TaskSource("sst2", data_dir=task_dir("sst2")).load()
     loaded, _ = build(str(tiny_models["bert"]), task, method, seed=3)
+    given = {k: overrides.pop(k) for k in ("options", "train_rows", "eval_rows") if k in overrides}
     config = TrainConfig(
         **{"lr": 5e-3, "batch_size": 8, "max_length": 32, "max_steps": 8, "eval_every": 4, **overrides}
     )
-    return Trainer(loaded, task, config, out, progress=False)
+    return Trainer(loaded, task, config, out, progress=False, on_eval=on_eval, callbacks=callbacks, **given)
 
 
 def _trained(trainer) -> dict[str, torch.Tensor]:
@@ -171,3 +172,58 @@ def test_a_wrapped_model_still_saves_a_complete_adapter(tiny_models, tmp_path, m
     fresh, _ = build(str(tiny_models["bert"]), trainer.task, "inducer", seed=3)
     inducer.detach(fresh.model)
     inducer.load_adapter(fresh.model, tmp_path / "last")  # the base check passes, every tensor loads
+
+
+def test_evaluate_works_before_train(tiny_models, tmp_path):
+    trainer = _trainer(tiny_models, tmp_path)
+    before = trainer.evaluate()
+    assert "loss" not in before or before["loss"] >= 0
+    assert trainer.select in before
+    assert trainer.train().steps == 8  # preparing first changes nothing for training
+
+
+def test_callbacks_see_every_step_log_and_evaluation(tiny_models):
+    from inducer.training import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.steps, self.logged, self.evals = [], [], []
+
+        def on_step(self, step, loss, lr):
+            self.steps.append((step, loss, lr))
+
+        def on_log(self, step, record):
+            self.logged.append((step, record["split"]))
+
+        def on_eval(self, step, metrics):
+            self.evals.append(step)
+
+    recorder, plain = Recorder(), []
+    trainer = _trainer(
+        tiny_models, None, log_every=3, callbacks=[recorder], on_eval=lambda step, m: plain.append(step)
+    )
+    result = trainer.train()
+    assert [s for s, _, _ in recorder.steps] == list(range(1, 9))
+    assert all(loss > 0 and lr >= 0 for _, loss, lr in recorder.steps)  # (decays to 0 at the end)
+    # Logged without an output folder too: the training loss every 3 steps, each evaluation.
+    assert recorder.logged == [(3, "train"), (4, "validation"), (6, "train"), (8, "validation")]
+    assert recorder.evals == plain == [r["step"] for r in result.history] == [4, 8]
+
+
+def test_given_options_and_rows_are_used_as_they_are(tiny_models, tmp_path):
+    from inducer.encoding import encode_split
+
+    first = _trainer(tiny_models, tmp_path / "a", max_steps=2)
+    first.prepare()
+    trainer = _trainer(
+        tiny_models,
+        tmp_path / "b",
+        max_steps=2,
+        options=first.options,
+        train_rows=first.train_rows.select(range(8)),
+        eval_rows=first.eval_rows,
+    )
+    assert trainer.options is first.options
+    trainer.prepare()
+    assert len(trainer.train_rows) == 8 and trainer.steps_per_epoch == 1
+    assert len(encode_split(trainer.task, "train", trainer.loaded, trainer.options)) > 8
