@@ -253,3 +253,16 @@ def test_import_inducer_is_lazy_and_every_public_name_resolves():
     assert set(inducer.__all__) <= set(dir(inducer))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         inducer.nope  # noqa: B018
+
+
+def test_each_family_is_one_record_and_unknown_modules_get_the_generic_one():
+    from inducer.families import FAMILIES, GENERIC, attention_family, find_attention_sites, layer_family
+
+    classes = [cls for family in FAMILIES for cls in family.attention_classes + family.layer_classes]
+    assert len(classes) == len(set(classes))  # no class claimed by two records
+    model = make_model("gpt2")
+    site = find_attention_sites(model)[0]
+    record = attention_family(site.module)
+    assert record.name == "GPT2" and site.projection_name.endswith(record.output_projection[0])
+    assert layer_family(model.transformer.h[0]) is record
+    assert attention_family(torch.nn.Linear(2, 2)) is None and GENERIC.roles and GENERIC.output_projection

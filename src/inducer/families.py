@@ -1,8 +1,10 @@
 """Per-family facts about attention modules, kept as data (no copied forward code).
 
 transformers 5 routes attention of every supported family through one registry; what differs is
-small: where the module's output projection lives, which modules are cross-attention, and the
-attribute names of the head geometry. Those facts are here and nowhere else.
+small: where the module's output projection lives, which modules are cross-attention, the
+attribute names of the head geometry, where the feed-forward block is. Those facts are here and
+nowhere else: one :class:`Family` record per family (:data:`FAMILIES`), a :data:`GENERIC` record
+for other models, and lookups that read them.
 """
 
 from __future__ import annotations
@@ -13,42 +15,6 @@ import re
 from dataclasses import dataclass
 
 from torch import nn
-
-# Class name of the module transformers passes to its attention function -> path of its output
-# projection, relative to that module ("../" climbs to the parent).
-OUTPUT_PROJECTION: dict[str, str] = {
-    "BertSelfAttention": "../output.dense",
-    "BertCrossAttention": "../output.dense",
-    "RobertaSelfAttention": "../output.dense",
-    "RobertaCrossAttention": "../output.dense",
-    "GPT2Attention": "c_proj",
-    "LlamaAttention": "o_proj",
-    "MistralAttention": "o_proj",
-    "Qwen2Attention": "o_proj",
-    "Qwen3Attention": "o_proj",
-    "BartAttention": "out_proj",
-    "MBartAttention": "out_proj",
-    "T5Attention": "o",
-}
-# Families above are tested; other modules that call the attention registry are tried with these
-# projection names, in order, when the path resolves to a linear layer of the right width.
-FALLBACK_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "o", "dense", "../output.dense")
-
-# Linear layers by role, relative to the attention module. "name[i/n]" is the i-th of n equal
-# output slices of a fused projection (GPT-2's c_attn holds q, k and v side by side).
-ATTENTION_ROLES: dict[str, dict[str, str]] = {
-    "BertSelfAttention": {"q": "query", "k": "key", "v": "value"},
-    "BertCrossAttention": {"q": "query", "k": "key", "v": "value"},
-    "RobertaSelfAttention": {"q": "query", "k": "key", "v": "value"},
-    "RobertaCrossAttention": {"q": "query", "k": "key", "v": "value"},
-    "GPT2Attention": {"q": "c_attn[0/3]", "k": "c_attn[1/3]", "v": "c_attn[2/3]"},
-    "T5Attention": {"q": "q", "k": "k", "v": "v"},
-}
-# GPT-2's cross-attention keeps its query projection apart from a fused key/value projection.
-CROSS_ATTENTION_ROLES: dict[str, dict[str, str]] = {
-    "GPT2Attention": {"q": "q_attn", "k": "c_attn[0/2]", "v": "c_attn[1/2]"},
-}
-FALLBACK_ROLES = {"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k"), "v": ("v_proj", "value", "v")}
 
 
 @dataclass(frozen=True)
@@ -66,31 +32,92 @@ class FeedForwardFacts:
     last: str
 
 
+def _roles(q: str, k: str, v: str) -> dict[str, tuple[str, ...]]:
+    return {"q": (q,), "k": (k,), "v": (v,)}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything inducer needs to know about one model family, as data.
+
+    Attributes:
+        name: the family, for messages.
+        attention_classes: class names of the modules transformers passes to its attention function.
+        output_projection: paths of the attention's output projection relative to that module
+            ("../" climbs to the parent), tried in order.
+        roles: linear layers by role ("q", "k", "v"), relative to the attention module, each a tuple
+            of paths tried in order; "name[i/n]" is the i-th of n equal output slices of a fused
+            projection (GPT-2's c_attn holds q, k and v side by side). None: the generic record's.
+        cross_roles: the roles in a cross-attention module, where they differ (GPT-2 keeps its
+            query projection apart from a fused key/value projection); None: ``roles``.
+        cross_attention_classes: attention classes that are always cross-attention.
+        layer_classes: class names of the modules holding a feed-forward block.
+        feed_forward: where that block starts and ends (None: the family has none inducer knows).
+    """
+
+    name: str
+    attention_classes: tuple[str, ...] = ()
+    output_projection: tuple[str, ...] = ()
+    roles: dict[str, tuple[str, ...]] | None = None
+    cross_roles: dict[str, tuple[str, ...]] | None = None
+    cross_attention_classes: tuple[str, ...] = ()
+    layer_classes: tuple[str, ...] = ()
+    feed_forward: FeedForwardFacts | None = None
+
+
 _BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
 _GATED_FFN = FeedForwardFacts("mlp", "mlp", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
-_BART_FFN = FeedForwardFacts("fc1", "fc2", ("fc1",), "fc2")
-FEED_FORWARD: dict[str, FeedForwardFacts] = {
-    "BertLayer": _BERT_FFN,
-    "RobertaLayer": _BERT_FFN,
-    "GPT2Block": FeedForwardFacts("mlp", "mlp", ("mlp.c_fc",), "mlp.c_proj"),
-    "LlamaDecoderLayer": _GATED_FFN,
-    "MistralDecoderLayer": _GATED_FFN,
-    "Qwen2DecoderLayer": _GATED_FFN,
-    "Qwen3DecoderLayer": _GATED_FFN,
-    "BartEncoderLayer": _BART_FFN,
-    "BartDecoderLayer": _BART_FFN,
-    "MBartEncoderLayer": _BART_FFN,
-    "MBartDecoderLayer": _BART_FFN,
-    "T5LayerFF": FeedForwardFacts("DenseReluDense", "DenseReluDense",
-                                  ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
-                                  "DenseReluDense.wo"),
-}
 
-CROSS_ATTENTION_CLASSES = {"BertCrossAttention", "RobertaCrossAttention"}
+# The tested families. Other modules that call the attention registry are tried with GENERIC.
+FAMILIES: tuple[Family, ...] = tuple(
+    Family(name, (f"{name}SelfAttention", f"{name}CrossAttention"), ("../output.dense",),
+           _roles("query", "key", "value"), None, (f"{name}CrossAttention",), (f"{name}Layer",), _BERT_FFN)
+    for name in ("Bert", "Roberta")
+) + (
+    Family("GPT2", ("GPT2Attention",), ("c_proj",), _roles("c_attn[0/3]", "c_attn[1/3]", "c_attn[2/3]"),
+           _roles("q_attn", "c_attn[0/2]", "c_attn[1/2]"), (), ("GPT2Block",),
+           FeedForwardFacts("mlp", "mlp", ("mlp.c_fc",), "mlp.c_proj")),
+) + tuple(
+    Family(name, (f"{name}Attention",), ("o_proj",), layer_classes=(f"{name}DecoderLayer",),
+           feed_forward=_GATED_FFN)
+    for name in ("Llama", "Mistral", "Qwen2", "Qwen3")
+) + tuple(
+    Family(name, (f"{name}Attention",), ("out_proj",),
+           layer_classes=(f"{name}EncoderLayer", f"{name}DecoderLayer"),
+           feed_forward=FeedForwardFacts("fc1", "fc2", ("fc1",), "fc2"))
+    for name in ("Bart", "MBart")
+) + (
+    Family("T5", ("T5Attention",), ("o",), _roles("q", "k", "v"), layer_classes=("T5LayerFF",),
+           feed_forward=FeedForwardFacts("DenseReluDense", "DenseReluDense",
+                                         ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
+                                         "DenseReluDense.wo")),
+)
+
+# What is tried for an attention module of no known family: projections used when the path
+# resolves to a linear layer of the right width, roles by the common names.
+GENERIC = Family(
+    "generic",
+    output_projection=("o_proj", "out_proj", "c_proj", "o", "dense", "../output.dense"),
+    roles={"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k"), "v": ("v_proj", "value", "v")},
+)
+# Facts every family shares: the module names of cross-attention, the head-geometry attributes.
 CROSS_ATTENTION_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "cross_attn"}
-
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim")
+
+_BY_ATTENTION = {cls: family for family in FAMILIES for cls in family.attention_classes}
+_BY_LAYER = {cls: family for family in FAMILIES for cls in family.layer_classes if family.feed_forward}
+
+
+def attention_family(module: nn.Module) -> Family | None:
+    """The family record of an attention module (None when its class is of no known family)."""
+    return _BY_ATTENTION.get(type(module).__name__)
+
+
+def layer_family(module: nn.Module) -> Family | None:
+    """The family record of a module holding a feed-forward block (None when none is known)."""
+    return _BY_LAYER.get(type(module).__name__)
+
 
 SUPPORTED = "BERT, RoBERTa, GPT-2, Llama/Mistral/Qwen, BART/mBART, T5, EncoderDecoderModel"
 
@@ -167,13 +194,14 @@ def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
     sites = []
     for name, module in modules.items():
         cls = type(module).__name__
-        known = cls in OUTPUT_PROJECTION
+        family = attention_family(module)
+        known = family is not None
         if not known and not _calls_attention_registry(module):
             continue
         config = getattr(module, "config", None)
         heads = _first_attr(module, HEAD_COUNT_ATTRS) or getattr(config, "num_attention_heads", None)
         head_dim = _first_attr(module, HEAD_DIM_ATTRS)
-        candidates = (OUTPUT_PROJECTION[cls],) if known else FALLBACK_PROJECTIONS
+        candidates = (family or GENERIC).output_projection
         found = None
         for relative in candidates:
             proj_name, proj = _resolve(modules, name, relative)
@@ -188,7 +216,7 @@ def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
         proj_name, proj, (in_features, width) = found
         head_dim = head_dim or in_features // heads
         is_cross = (
-            cls in CROSS_ATTENTION_CLASSES
+            (known and cls in family.cross_attention_classes)
             or bool(getattr(module, "is_cross_attention", False))
             or any(part in CROSS_ATTENTION_NAMES for part in name.split("."))
         )
@@ -240,8 +268,9 @@ def attention_role_targets(modules: dict[str, nn.Module], site: AttentionSite, r
     if role == "o":
         return linear_target(modules, site.projection_name, "o")
     cls = type(site.module).__name__
-    table = (CROSS_ATTENTION_ROLES if site.is_cross else {}).get(cls) or ATTENTION_ROLES.get(cls)
-    candidates = (table[role],) if table else FALLBACK_ROLES[role]
+    family = attention_family(site.module) or GENERIC
+    table = (family.cross_roles if site.is_cross else None) or family.roles or GENERIC.roles
+    candidates = table[role]
     for relative in candidates:
         full = f"{site.name}.{relative}" if site.name else relative
         target = linear_target(modules, full, role)
@@ -270,9 +299,10 @@ def find_feed_forward_sites(model: nn.Module) -> list[FeedForwardSite]:
     modules = dict(model.named_modules())
     sites = []
     for name, module in modules.items():
-        facts = FEED_FORWARD.get(type(module).__name__)
-        if facts is None:
+        family = layer_family(module)
+        if family is None:
             continue
+        facts = family.feed_forward
         prefix = f"{name}." if name else ""
         first = tuple(prefix + f for f in facts.first if prefix + f in modules)
         last = prefix + facts.last
@@ -282,6 +312,6 @@ def find_feed_forward_sites(model: nn.Module) -> list[FeedForwardSite]:
     if not sites:
         raise UnsupportedModelError(
             f"{type(model).__name__}: no feed-forward block of a known family was found "
-            f"(known layer classes: {sorted(FEED_FORWARD)}). Supported families: {SUPPORTED}."
+            f"(known layer classes: {sorted(_BY_LAYER)}). Supported families: {SUPPORTED}."
         )
     return sites
