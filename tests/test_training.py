@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inducer.experiment import TaskSource, build
-from inducer.training import TrainConfig, Trainer, compute_loss
+from inducer.training import TrainConfig, Trainer
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -89,23 +89,6 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_models, tmp_path):
     # Equal batches only when the epoch order lines up: both read rows in the same permutation.
     for name in big:
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_generation_loss_is_on_target_tokens_only(tiny_models):
-    task = TaskSource("e2e", data_dir=task_dir("e2e")).load()
-    loaded, _ = build(str(tiny_models["gpt2"]), task, "lora")
-    batch = {
-        "input_ids": torch.tensor([[7, 8, 9, 10, 11]]),
-        "attention_mask": torch.ones(1, 5, dtype=torch.long),
-        "labels": torch.tensor([[-100, -100, -100, 10, 11]]),
-    }
-    loss, count = compute_loss(loaded.model, batch, "generation", seq2seq=False)
-    assert count == 2
-    logits = loaded.model(input_ids=batch["input_ids"]).logits[0]
-    expected = torch.nn.functional.cross_entropy(logits[2:4], torch.tensor([10, 11]))
-    torch.testing.assert_close(loss, expected)
-    smoothed, _ = compute_loss(loaded.model, batch, "generation", seq2seq=False, label_smoothing=0.1)
-    assert not torch.allclose(smoothed, loss)
 
 
 def test_bad_train_config_names_the_field():

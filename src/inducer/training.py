@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,13 @@ from .checkpoint import (
     load_train_state,
     restore_train_state,
     save_train_state,
+)
+from .data_parallel import (  # noqa: F401  (launched_processes: re-exported)
+    cpu_processes,
+    launched_processes,
+    make_accelerator,
+    shard,
+    weight_by_share,
 )
 from .encoding import Collator, EncodeOptions, encode_options, encode_split
 from .evaluation import (  # noqa: F401  (generate_texts, predict_labels, evaluation_loss: re-exported)
@@ -93,13 +99,6 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def shard(indices: list[int], rank: int, processes: int) -> list[int]:
-    """Process ``rank``'s contiguous share of one global batch (sizes differ by at most one)."""
-    size, extra = divmod(len(indices), processes)
-    start = rank * size + min(rank, extra)
-    return indices[start : start + size + (rank < extra)]
-
-
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     # A pure function of (seed, epoch): resuming recomputes the same order and skips what was seen.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -112,22 +111,6 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def launched_processes() -> int:
-    """How many processes the launcher (``accelerate launch``, ``torchrun``) started; 1 without one."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def cpu_processes() -> bool:
-    """True when several processes were launched (``accelerate launch --multi_gpu --num_processes P``
-    or ``torchrun``) on a machine without a GPU.
-
-    Without a GPU, accelerate would make each of them a separate single-process run (all writing the
-    same files) unless told to use the CPU, which selects the gloo backend: pass this as ``cpu=`` to
-    the first ``Accelerator`` / ``PartialState``.
-    """
-    return launched_processes() > 1 and not torch.cuda.is_available()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -162,30 +145,11 @@ class Trainer:
         train_rows=None,
         eval_rows=None,
     ):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedType
-
         self.loaded, self.task, self.config = loaded, task, config
         self.output_dir = Path(output_dir) if output_dir else None
         self.run_info = run_info or {}
-        precision = config.precision
-        if precision == "fp16" and not torch.cuda.is_available():
-            logger.warning("precision fp16 needs a CUDA GPU; training in float32 on this machine")
-            precision = "no"
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu_processes())
-        launched = launched_processes()
-        if launched != self.accelerator.num_processes:
-            raise RuntimeError(
-                f"{launched} processes were launched but accelerate set up {self.accelerator.num_processes}: "
-                "each would train alone and overwrite the others' files. Check the accelerate config "
-                "(`accelerate env`); on CPUs launch with `accelerate launch --multi_gpu --num_processes N`."
-            )
+        self.accelerator, self.sharded = make_accelerator(config.precision)
         self.is_main = self.accelerator.is_main_process
-        # Parameters split across processes: adapters are gathered before saving; no trainer checkpoint.
-        self.sharded = self.accelerator.distributed_type == DistributedType.FSDP or (
-            self.accelerator.distributed_type == DistributedType.DEEPSPEED
-            and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        )
         self.progress = progress and self.is_main  # one progress bar, not one per process
         # Only the main process writes the log; the metrics file first, so a failing callback loses none.
         self.metrics_log = MetricsLog(self.output_dir) if self.output_dir and self.is_main else None
@@ -333,7 +297,7 @@ class Trainer:
                 self.model, batch, self.kind, self.seq2seq, self.config.label_smoothing
             )
         if processes > 1:
-            loss, global_loss = self._weight_by_share(loss, items if mine else 0)
+            loss, global_loss = weight_by_share(self.accelerator, loss, items if mine else 0)
         else:
             global_loss = loss.detach()
         if not torch.isfinite(global_loss).all():
@@ -391,16 +355,6 @@ class Trainer:
         )
         model.train()
         return result
-
-    def _weight_by_share(self, loss: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data parallelism: this process's mean ``loss`` over ``count`` items, re-weighted so that the
-        all-reduce (a mean over processes) of its gradient is the gradient of the global batch's mean;
-        also returns that global mean loss (the same on every process)."""
-        processes = self.accelerator.num_processes
-        totals = torch.stack([loss.detach().float() * count, torch.tensor(float(count), device=loss.device)])
-        totals = self.accelerator.reduce(totals, reduction="sum")
-        items = totals[1].clamp(min=1.0)
-        return loss * (count * processes / items), totals[0] / items
 
     def _evaluate_and_select(self, state: TrainState) -> bool:
         """Evaluate on validation, keep the best parameters; returns whether to stop early."""
