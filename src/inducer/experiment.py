@@ -19,6 +19,7 @@ import torch
 from .adapter import count_parameters
 from .adapter_format import load_adapter
 from .base_models import LoadedModel, load_model
+from .encoding import EncodeOptions
 from .presets import PRESETS, preset
 from .tasks import Columns, TaskData, TaskError, load_files, load_task
 from .training import RUN_FILE, Trainer, TrainResult, encode_options, evaluate, set_seed
@@ -195,7 +196,8 @@ def run_one(
     if output_dir is not None and main:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "config.json").write_text(json.dumps(info, indent=2))
-    trainer = Trainer(loaded, task, config, output_dir, info, progress=progress, on_eval=on_eval)
+    options = EncodeOptions(**info["encode"])  # fitted to the model once, by run_info
+    trainer = Trainer(loaded, task, config, output_dir, info, progress, on_eval, options=options)
     result: TrainResult = trainer.train(resume=resume)
     count = count_parameters(loaded.model)
     tests = {}
