@@ -76,6 +76,20 @@ def test_generate_predicts_labels_for_classification(sst2_run):
     assert result.output.count("positive") + result.output.count("negative") == 2
 
 
+def test_generate_fits_the_input_limit_to_the_models_positions(sst2_run):
+    out, _ = sst2_run
+    long_input = " ".join(["wonderful"] * 400)  # longer than the tiny BERT's 128 positions
+    args = ["--input", long_input, "--max-length", "1000", "-q"]
+    result = run_cli("generate", "--adapter", out / "best", *args)
+    assert result.output.count("positive") + result.output.count("negative") == 1
+
+
+def test_sizes_with_budget_is_refused(tiny_models, tmp_path):
+    args = ["train", "--model", tiny_models["bert"], "--task", "sst2", "--method", "inducer"]
+    result = run_cli(*args, "--budget", "1%", "--sizes", "r_k=2", "--output", tmp_path, expect=2)
+    assert "--budget and --sizes cannot be combined" in " ".join(result.output.split())
+
+
 def test_resume_continues_from_the_checkpoint(tiny_models, tmp_path):
     args = [
         "train",

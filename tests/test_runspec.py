@@ -93,11 +93,13 @@ def test_compare_searches_each_methods_budget_once(tiny_models, tmp_path, monkey
     result = compare.compare(spec)
     assert calls == ["inducer", "lora"]  # 2 grid runs + 2 seeds each, one search per method
     runs = result["runs"]["inducer"]
-    assert runs[0]["knobs"] == runs[1]["knobs"] and [r["method"] for r in result["rows"]] == ["inducer", "lora"]
+    assert runs[0]["knobs"] == runs[1]["knobs"]
+    assert [r["method"] for r in result["rows"]] == ["inducer", "lora"]
 
 
 def test_runspec_defaults():
     from inducer.experiment import TaskSource
 
     spec = RunSpec("m", TaskSource("sst2"), ["lora"], budget="1%")
-    assert spec.seeds == [42] and spec.title == "m x sst2, budget 1%" and spec.config_for("lora") is spec.config
+    assert spec.seeds == [42] and spec.title == "m x sst2, budget 1%"
+    assert spec.config_for("lora") is spec.config

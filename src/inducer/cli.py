@@ -18,22 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_options import (
-    COMPARE_OPTIONS,
-    DATA_OPTIONS,
-    EVAL_OPTIONS,
-    GENERATE_OPTIONS,
-    TRAIN_OPTIONS,
-    Adapter,
-    Budget,
-    Method,
-    Model,
-    Quiet,
-    Recipe,
-    Task,
-    setup_logging,
-    with_options,
-)
+from . import cli_options as opt
 from .demo import DEMO_METHODS
 
 app = typer.Typer(
@@ -120,26 +105,23 @@ def _results_table(rows: list[dict], title: str) -> Table:
 
 
 @app.command()
-@with_options("data", DATA_OPTIONS)
-@with_options("training", TRAIN_OPTIONS)
+@opt.with_options("data", opt.DATA_OPTIONS)
+@opt.with_options("training", opt.TRAIN_OPTIONS)
 def train(
-    model: Model = None,
-    task: Task = None,
-    method: Method = None,
-    budget: Budget = None,
-    recipe: Recipe = None,
+    model: opt.Model = None,
+    task: opt.Task = None,
+    method: opt.Method = None,
+    budget: opt.Budget = None,
+    recipe: opt.Recipe = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="output folder")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from OUTPUT/checkpoint")] = False,
-    sizes: Annotated[
-        str | None,
-        typer.Option("--sizes", help="explicit method sizes instead of a budget, e.g. 'r_k=10,r_v=15'"),
-    ] = None,
-    quiet: Quiet = False,
+    sizes: opt.Sizes = None,
+    quiet: opt.Quiet = False,
     data: dict | None = None,
     training: dict | None = None,
 ) -> None:
     """Train one method; save best/ and last/ adapters, config.json, metrics.jsonl and TensorBoard logs."""
-    setup_logging(quiet)
+    opt.setup_logging(quiet)
 
     def body():
         from .experiment import is_main_process, train_run
@@ -166,22 +148,20 @@ def train(
 
 
 @app.command("eval")
-@with_options("data", DATA_OPTIONS)
-@with_options("training", EVAL_OPTIONS)
+@opt.with_options("data", opt.DATA_OPTIONS)
+@opt.with_options("training", opt.EVAL_OPTIONS)
 def eval_command(
-    adapter: Adapter,
-    model: Model = None,
-    task: Task = None,
-    split: Annotated[
-        str, typer.Option("--split", help="train / validation / test (/ test_mismatched)")
-    ] = "test",
+    adapter: opt.Adapter,
+    model: opt.Model = None,
+    task: opt.Task = None,
+    split: opt.Split = "test",
     output: Annotated[str | None, typer.Option("--output", "-o", help="write the metrics JSON here")] = None,
-    quiet: Quiet = False,
+    quiet: opt.Quiet = False,
     data: dict | None = None,
     training: dict | None = None,
 ) -> None:
     """Evaluate a saved adapter on a task split (by default the task it was trained on)."""
-    setup_logging(quiet)
+    opt.setup_logging(quiet)
 
     def body():
         from .experiment import evaluate_adapter, saved_config
@@ -200,16 +180,14 @@ def eval_command(
 
 
 @app.command()
-@with_options("training", GENERATE_OPTIONS)
+@opt.with_options("training", opt.GENERATE_OPTIONS)
 def generate(
-    adapter: Adapter,
-    model: Model = None,
-    input_text: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="input text (repeatable)")
-    ] = None,
+    adapter: opt.Adapter,
+    model: opt.Model = None,
+    input_text: opt.Inputs = None,
     file: Annotated[str | None, typer.Option("--file", "-f", help="one input per line ('-' = stdin)")] = None,
     num_beams: Annotated[int, typer.Option("--num-beams", help="1 = greedy")] = 1,
-    quiet: Quiet = False,
+    quiet: opt.Quiet = False,
     training: dict | None = None,
 ) -> None:
     """Generate from inputs with a saved adapter (KV-cached greedy or beam search).
@@ -217,7 +195,7 @@ def generate(
     For a classification or regression adapter, prints each input's prediction instead; pair inputs
     are given as ``first<TAB>second``.
     """
-    setup_logging(quiet)
+    opt.setup_logging(quiet)
 
     def body():
         from rich.markup import escape
@@ -237,27 +215,23 @@ def generate(
 
 
 @app.command()
-@with_options("data", DATA_OPTIONS)
-@with_options("training", COMPARE_OPTIONS)
+@opt.with_options("data", opt.DATA_OPTIONS)
+@opt.with_options("training", opt.COMPARE_OPTIONS)
 def compare(
-    model: Model = None,
-    task: Task = None,
+    model: opt.Model = None,
+    task: opt.Task = None,
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated method names")] = None,
-    budget: Budget = None,
+    budget: opt.Budget = None,
     seeds: Annotated[int, typer.Option("--seeds", help="runs per method (seeds 42, 43, ...)")] = 1,
-    recipe: Recipe = None,
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="folder for results.{json,md,png}")
-    ] = None,
-    save_runs: Annotated[
-        bool, typer.Option("--save-runs", help="also keep every run's adapters and logs")
-    ] = False,
-    quiet: Quiet = False,
+    recipe: opt.Recipe = None,
+    output: opt.ResultsFolder = None,
+    save_runs: opt.SaveRuns = False,
+    quiet: opt.Quiet = False,
     data: dict | None = None,
     training: dict | None = None,
 ) -> None:
     """Train several methods at a matched budget, over seeds; write results.json, results.md, results.png."""
-    setup_logging(quiet)
+    opt.setup_logging(quiet)
 
     def body():
         from . import compare as comparison
@@ -274,16 +248,14 @@ def compare(
 
 @app.command()
 def info(
-    model: Model = None,
-    method: Method = None,
-    budget: Budget = None,
-    task: Annotated[
-        str | None, typer.Option("--task", "-t", help="decides the model head (default: classification)")
-    ] = None,
+    model: opt.Model = None,
+    method: opt.Method = None,
+    budget: opt.Budget = None,
+    task: opt.HeadTask = None,
     num_labels: Annotated[int, typer.Option("--num-labels")] = 2,
 ) -> None:
     """Parameter counts and chosen sizes of methods on a model; without --model, what is available."""
-    setup_logging(quiet=True)
+    opt.setup_logging(quiet=True)
 
     def body():
         from .catalog import available, method_counts
@@ -327,11 +299,11 @@ def demo(
     eval_examples: Annotated[int, typer.Option("--eval-examples", help="validation / test rows used")] = 1100,
     epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
     max_length: Annotated[int, typer.Option("--max-length")] = 64,
-    quiet: Quiet = False,
+    quiet: opt.Quiet = False,
 ) -> None:
     """The main job: full fine-tuning, prefix-tuning, LoRA, inducer and inducer+LoRA at a matched ~0.5%
     budget on MiniLM x vader-movies, printing the table as it goes; writes OUTPUT/results.{md,json,png}."""
-    setup_logging(quiet)
+    opt.setup_logging(quiet)
 
     def body():
         import torch

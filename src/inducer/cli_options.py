@@ -39,6 +39,17 @@ Budget = Annotated[
 Recipe = Annotated[str | None, typer.Option("--recipe", help="recipe YAML file or bundled recipe name")]
 Adapter = Annotated[str, typer.Option("--adapter", "-a", help="adapter folder written by inducer train")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars, warnings only")]
+Sizes = Annotated[
+    str | None,
+    typer.Option("--sizes", help="explicit method sizes instead of a budget, e.g. 'r_k=10,r_v=15'"),
+]
+ResultsFolder = Annotated[str | None, typer.Option("--output", "-o", help="folder for results.{json,md,png}")]
+SaveRuns = Annotated[bool, typer.Option("--save-runs", help="also keep every run's adapters and logs")]
+Inputs = Annotated[list[str] | None, typer.Option("--input", "-i", help="input text (repeatable)")]
+Split = Annotated[str, typer.Option("--split", help="train / validation / test (/ test_mismatched)")]
+HeadTask = Annotated[
+    str | None, typer.Option("--task", "-t", help="decides the model head (default: classification)")
+]
 
 
 def _param(name: str, annotation, default=None) -> inspect.Parameter:
