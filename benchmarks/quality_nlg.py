@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from lib.formatting import number
-from lib.runs import train_losses
+from lib.runs import LossCurve
 from lib.stamp import environment as stamp
 from lib.stamp import package_version
 
@@ -146,8 +146,8 @@ def _test_inputs(task, limit: int | None) -> tuple[list[str], list[list[str]]]:
 
 def _score(model, loaded, task, options, sources, references, args) -> tuple[dict, list[str], float]:
     """Greedy generations for the test inputs and their metrics (missing metrics are left out)."""
+    from inducer.evaluation import generate_texts
     from inducer.metrics import generation_metrics
-    from inducer.training import generate_texts
 
     started = time.perf_counter()
     texts = generate_texts(
@@ -171,8 +171,10 @@ def run_method(method: str, args, model_name: str, task) -> dict:
 
     from inducer.adapter import count_parameters
     from inducer.base_models import load_model
+    from inducer.encoding import encode_options, encode_split
+    from inducer.evaluation import evaluation_loss
     from inducer.experiment import build, run_info
-    from inducer.training import TrainConfig, Trainer, encode_options, encode_split, evaluation_loss, set_seed
+    from inducer.training import TrainConfig, Trainer, set_seed
 
     config = TrainConfig(
         lr=args.method_lrs.get(method, args.lr),
@@ -223,7 +225,8 @@ def run_method(method: str, args, model_name: str, task) -> dict:
         out_dir = Path(args.work_dir) / method.replace("+", "_") if args.work_dir else None
         if out_dir is not None and out_dir.exists():
             shutil.rmtree(out_dir)  # a fresh run, never a stale checkpoint
-        trainer = Trainer(loaded, task, config, out_dir, info, progress=args.progress)
+        curve = LossCurve()
+        trainer = Trainer(loaded, task, config, out_dir, info, progress=args.progress, callbacks=[curve])
         result = trainer.train()
         count = count_parameters(loaded.model)
         validation = result.history[-1] if result.history else {}
@@ -240,7 +243,7 @@ def run_method(method: str, args, model_name: str, task) -> dict:
             train_seconds=result.train_seconds,
             seconds_per_step=result.train_seconds / max(result.steps, 1),
             validation={k: validation.get(k) for k in ("loss", "perplexity")},
-            train_loss_log=train_losses(out_dir),
+            train_loss_log=curve.points,
         )
         options = trainer.options
     model = loaded.model

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from lib.formatting import mean_std, pm
 from lib.jobs import Deadline, run_jobs
-from lib.runs import train_losses
+from lib.runs import LossCurve
 from lib.stamp import environment
 
 TASK = "vader-movies"
@@ -106,13 +106,6 @@ INIT_TEXT = (
 )
 LAMBDA_SENTENCES = 64
 STAGES = ("1", "2", "3", "3b", "3c")
-# The loss curves compared in stage 3: curve name -> the config whose runs give it.
-CURVES = {
-    "prefix-random": "prefix",
-    "prefix-zero": "prefix-zero",
-    "prefix-tokens": "prefix-tokens",
-    "inducer": "inducer",
-}
 
 
 def grid_of(config: str) -> list[float]:
@@ -234,9 +227,22 @@ def _configs_for(loaded, config: str, budget: str):
     return list(configs), count, summary
 
 
-def _curve_wanted(job: dict) -> bool:
-    """Whether the job's training-loss curve is reported (stage 3: prefix inits vs inducer)."""
-    return job["budget"] == BUDGET and job["config"] in CURVES.values()
+def _encoded(task, loaded, config):
+    """The encoding options and tokenised train / validation rows, made once per process: every job
+    of this script uses the same tokenizer, task and lengths, and ``datasets`` spends ~0.7 s per
+    split hashing the tokenizer alone. Handed to the Trainer through its public arguments."""
+    from inducer.encoding import encode_options, encode_split
+
+    key = ("encoded", getattr(loaded.tokenizer, "name_or_path", None), config.max_length,
+           config.max_train_examples, config.max_eval_examples)
+    if key not in _CACHE:
+        options = encode_options(task, loaded, config)
+        _CACHE[key] = (
+            options,
+            encode_split(task, "train", loaded, options, config.max_train_examples),
+            encode_split(task, "validation", loaded, options, config.max_eval_examples),
+        )
+    return _CACHE[key]
 
 
 def lambda_stats(model, tokenizer, texts: list[str], max_length: int) -> list[list[float]]:
@@ -315,15 +321,12 @@ def run_job(job: dict, settings: dict) -> dict:
     texts = list(task.split("validation")["text"][:LAMBDA_SENTENCES]) if job.get("record_lam") else []
     if texts:
         row["lambda_init"] = lambda_stats(loaded.model, loaded.tokenizer, texts, settings["max_length"])
-    # The loss curve is read from the run's metrics.jsonl, so only the jobs whose curve is
-    # reported get an output folder (it also holds their small adapters; PEFT rows never do).
-    work = tempfile.TemporaryDirectory(prefix="quality_nlu_job_") if _curve_wanted(job) else None
-    trainer = Trainer(loaded, task, config, Path(work.name) if work else None, {}, progress=False)
+    curve = LossCurve(digits=5)
+    options, train_rows, eval_rows = _encoded(task, loaded, config)
+    trainer = Trainer(loaded, task, config, None, {}, progress=False, callbacks=[curve], options=options,
+                      train_rows=train_rows, eval_rows=eval_rows)
     result = trainer.train()
     test = trainer.evaluate("test", text_metrics=True)
-    curve = train_losses(Path(work.name), digits=5) if work else []
-    if work is not None:
-        work.cleanup()
     if texts:
         row["lambda_trained"] = lambda_stats(
             loaded.model, loaded.tokenizer, texts, settings["max_length"]
@@ -534,7 +537,12 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
     order = {c: i for i, c in enumerate(CONFIGS + list(INIT_VARIANTS) + list(ABLATIONS))}
     table.sort(key=lambda t: (t["budget"] != BUDGET, order.get(t["config"], 99)))
     curves = {}
-    for name, source in CURVES.items():
+    for name, source in (
+        ("prefix-random", "prefix"),
+        ("prefix-zero", "prefix-zero"),
+        ("prefix-tokens", "prefix-tokens"),
+        ("inducer", "inducer"),
+    ):
         row = next((t for t in table if t["config"] == source and t["budget"] == BUDGET), None)
         if row is None or row["chosen_lr"] is None:
             continue

@@ -1,15 +1,18 @@
-"""Reading what a training run wrote to its output folder."""
+"""Recording what a training run does, through the trainer's public callbacks."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from inducer.callbacks import TrainerCallback
 
 
-def train_losses(out_dir: Path | None, digits: int = 4) -> list[list[float]]:
-    """(step, training loss) pairs from a run's ``metrics.jsonl`` (one every ``log_every`` steps);
-    empty where the run wrote no folder."""
-    if out_dir is None or not (out_dir / "metrics.jsonl").is_file():
-        return []
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [[r["step"], round(float(r["loss"]), digits)] for r in rows if r.get("split") == "train"]
+class LossCurve(TrainerCallback):
+    """Keeps the (step, training loss) pairs the trainer logs (one every ``log_every`` steps)."""
+
+    def __init__(self, digits: int = 4):
+        self.digits = digits
+        self.points: list[list[float]] = []
+
+    def on_log(self, step: int, record: dict) -> None:
+        """Keep training records; validation records are the run's history already."""
+        if record.get("split") == "train":
+            self.points.append([step, round(float(record["loss"]), self.digits)])
