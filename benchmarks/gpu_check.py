@@ -154,7 +154,9 @@ def _reloaded_predictions(model_dir: Path, adapter: Path) -> tuple[torch.Tensor,
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     from safetensors.torch import load_file
 
-    tensors = load_file(adapter / "adapter.safetensors")
+    from inducer.adapter_format import weights_path
+
+    tensors = load_file(weights_path(adapter))
     return logits, {"tensors": len(tensors), "empty": [n for n, t in tensors.items() if t.numel() == 0]}
 
 

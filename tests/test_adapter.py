@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import inducer
+from inducer.adapter_format import weights_path
 from inducer.methods.inducer_tuning import InducerModule
 
 from .conftest import (
@@ -149,7 +150,7 @@ def test_save_load_roundtrip_and_detach_is_bit_identical(family, tmp_path):
     out_adapted = logits_of(model, batch)
     inducer.save_adapter(model, tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
-        "adapter.safetensors", "adapter_config.json"]
+        weights_path(tmp_path / "adapter").name, "adapter_config.json"]
 
     detached = inducer.detach(model)
     assert detached is base

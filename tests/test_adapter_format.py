@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import inducer
-from inducer.adapter_format import FORMAT_VERSION
+from inducer.adapter_format import FORMAT_VERSION, weights_path
 
 from .conftest import make_batch, make_model
 
@@ -30,7 +30,7 @@ def test_written_files_hold_configs_fingerprint_and_tensors(saved):
     assert config["methods"] == [inducer.InducerConfig(r_k=2, r_v=3, layers=[1]).to_dict()]
     assert config["base_model"]["architecture"] == "BertForSequenceClassification"
     assert config["head_tensors"] == ["classifier.weight", "classifier.bias"]
-    tensors = load_file(directory / "adapter.safetensors")
+    tensors = load_file(weights_path(directory))
     inducer_names = {n for n in tensors if ".inducer." in n}
     assert inducer_names == {f"bert.encoder.layer.1.attention.self.inducer.{t}" for t in (
         "key_a", "key_a_bias", "key_b", "key_b_bias", "value_a", "value_a_bias", "value_b", "value_b_bias")}
@@ -59,7 +59,7 @@ def test_other_base_model_is_refused(saved):
 
 def test_truncated_or_altered_weights_are_refused(saved):
     _, directory = saved
-    weights = directory / "adapter.safetensors"
+    weights = weights_path(directory)
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(inducer.AdapterFormatError, match="truncated or altered"):
@@ -82,8 +82,8 @@ def test_missing_files_are_refused(saved, tmp_path):
     _, directory = saved
     with pytest.raises(inducer.AdapterFormatError, match="does not exist"):
         inducer.load_adapter(make_model("bert"), tmp_path / "nowhere")
-    (directory / "adapter.safetensors").unlink()
-    with pytest.raises(inducer.AdapterFormatError, match="adapter.safetensors is missing"):
+    weights_path(directory).unlink()
+    with pytest.raises(inducer.AdapterFormatError, match=r"adapter-[0-9a-f]{16}.safetensors is missing"):
         inducer.load_adapter(make_model("bert"), directory)
     (directory / "adapter_config.json").unlink()
     with pytest.raises(inducer.AdapterFormatError, match="adapter_config.json is missing"):
@@ -131,7 +131,8 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(saved, monkeypatch, fa
     with pytest.raises(OSError, match="No space left"):
         inducer.save_adapter(model, directory)
     monkeypatch.undo()
-    assert sorted(p.name for p in directory.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == [weights_path(directory).name, "adapter_config.json"]
     assert torch.equal(inducer.load_adapter(make_model("bert"), directory)(**batch).logits, expected)
 
 
@@ -147,6 +148,56 @@ def test_sharded_parameters_are_gathered_or_refused(saved, tmp_path):
         inducer.save_adapter(model, tmp_path / "empty")
     gathered = inducer.save_adapter(model, tmp_path / "gathered", state_dict=full)
     parameter.data = whole
-    assert torch.equal(load_file(gathered / "adapter.safetensors")[name], whole)
+    assert torch.equal(load_file(weights_path(gathered))[name], whole)
     with pytest.raises(ValueError, match="state_dict lacks"):
         inducer.save_adapter(model, tmp_path / "partial", state_dict={})
+
+
+def test_a_crash_at_any_step_of_a_save_leaves_the_old_or_the_new_adapter(saved, tmp_path, monkeypatch):
+    """Copy the folder after every file operation of a save (what a crash at that moment leaves) and
+    check each copy loads as exactly the old adapter or exactly the new one."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import inducer.adapter_format as adapter_format
+
+    model, directory = saved
+    batch = make_batch("bert")
+    old = inducer.load_adapter(make_model("bert"), directory)(**batch).logits
+    (directory / ".adapter-weights.stale.tmp").write_bytes(b"left by a crashed save")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    new = model(**batch).logits
+    moments: list[Path] = []
+
+    def snapshot():
+        moments.append(Path(shutil.copytree(directory, tmp_path / f"moment{len(moments)}")))
+
+    def after(fn):
+        def wrapped(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            snapshot()
+            return result
+        return wrapped
+
+    monkeypatch.setattr(os, "replace", after(os.replace))
+    monkeypatch.setattr(os, "remove", after(os.remove))
+    monkeypatch.setattr(Path, "unlink", after(Path.unlink))
+    monkeypatch.setattr(Path, "write_text", after(Path.write_text))
+    monkeypatch.setattr(adapter_format, "save_file", after(adapter_format.save_file))
+    snapshot()
+    inducer.save_adapter(model, directory)
+    monkeypatch.undo()
+    assert len(moments) >= 6
+    outcomes = []
+    for moment in moments:
+        logits = inducer.load_adapter(make_model("bert"), moment)(**batch).logits
+        assert torch.equal(logits, old) or torch.equal(logits, new), moment.name
+        outcomes.append("new" if torch.equal(logits, new) else "old")
+    assert outcomes[0] == "old" and outcomes[-1] == "new"
+    assert outcomes == sorted(outcomes, key=["old", "new"].index)  # one switch, never back
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == [weights_path(directory).name, "adapter_config.json"]  # stale temporaries gone

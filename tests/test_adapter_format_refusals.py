@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import inducer
+from inducer.adapter_format import weights_path
 
 from .conftest import make_batch, make_model
 
@@ -35,12 +36,15 @@ def resign(directory: Path, tensors: dict | None = None, **config_edits) -> None
     """Rewrite an adapter folder as a careful attacker would: new tensors and config edits, with the
     checksum recomputed, so the deeper checks (not the checksum) must refuse it."""
     config_path = directory / "adapter_config.json"
+    weights = weights_path(directory)
     config = json.loads(config_path.read_text())
-    weights = directory / "adapter.safetensors"
     if tensors is not None:
         save_file(tensors, str(weights), metadata={"format": "inducer"})
     config.update(config_edits)
-    config["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    renamed = weights.with_name(f"adapter-{digest[:16]}.safetensors")
+    weights.rename(renamed)
+    config["weights_sha256"], config["weights_file"] = digest, renamed.name
     config_path.write_text(json.dumps(config))
 
 
@@ -69,7 +73,7 @@ def refuse(directory: Path, match: str, **load_options) -> None:
 
 
 def test_an_inducer_adapter_cannot_overwrite_base_embeddings(inducer_adapter):
-    tensors = load_file(inducer_adapter / "adapter.safetensors")
+    tensors = load_file(weights_path(inducer_adapter))
     name = "bert.embeddings.word_embeddings.weight"
     tensors[name] = torch.zeros_like(make_model("bert").state_dict()[name])
     resign(inducer_adapter, tensors, base_tensors=[name])
@@ -77,7 +81,7 @@ def test_an_inducer_adapter_cannot_overwrite_base_embeddings(inducer_adapter):
 
 
 def test_a_head_tensor_naming_no_module_is_refused_before_the_head_changes(inducer_adapter):
-    tensors = load_file(inducer_adapter / "adapter.safetensors")
+    tensors = load_file(weights_path(inducer_adapter))
     tensors["nowhere.weight"] = torch.zeros(3)
     config = json.loads((inducer_adapter / "adapter_config.json").read_text())
     resign(inducer_adapter, tensors, head_tensors=config["head_tensors"] + ["nowhere.weight"])
@@ -85,7 +89,7 @@ def test_a_head_tensor_naming_no_module_is_refused_before_the_head_changes(induc
 
 
 def test_a_bitfit_adapter_with_one_bad_shape_changes_no_bias(bitfit_adapter):
-    tensors = load_file(bitfit_adapter / "adapter.safetensors")
+    tensors = load_file(weights_path(bitfit_adapter))
     last = sorted(tensors)[-1]
     tensors[last] = torch.zeros(tensors[last].numel() + 1)
     resign(bitfit_adapter, tensors)
@@ -94,7 +98,7 @@ def test_a_bitfit_adapter_with_one_bad_shape_changes_no_bias(bitfit_adapter):
 
 def test_a_bitfit_adapter_loads_its_biases(bitfit_adapter):
     model = inducer.load_adapter(make_model("bert"), bitfit_adapter)
-    saved = load_file(bitfit_adapter / "adapter.safetensors")
+    saved = load_file(weights_path(bitfit_adapter))
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
 
 
@@ -121,14 +125,14 @@ def test_the_checksum_opt_out_loads_a_hand_made_adapter(inducer_adapter):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int64, torch.bool])
 def test_tensors_of_another_dtype_are_refused(inducer_adapter, dtype):
-    tensors = {n: t.to(dtype) for n, t in load_file(inducer_adapter / "adapter.safetensors").items()}
+    tensors = {n: t.to(dtype) for n, t in load_file(weights_path(inducer_adapter)).items()}
     resign(inducer_adapter, tensors)
     refuse(inducer_adapter, "dtype|is torch")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_values_are_refused(inducer_adapter, value):
-    tensors = load_file(inducer_adapter / "adapter.safetensors")
+    tensors = load_file(weights_path(inducer_adapter))
     name = sorted(tensors)[0]
     tensors[name].view(-1)[0] = value
     resign(inducer_adapter, tensors)
@@ -188,7 +192,7 @@ def test_fuzzed_adapters_are_refused_or_load_exactly(inducer_adapter, kind, edit
     batch = make_batch("bert")
     clean = inducer.load_adapter(make_model("bert"), inducer_adapter)
     expected = {n: t.clone() for n, t in clean.state_dict().items()}
-    config_path, weights = inducer_adapter / "adapter_config.json", inducer_adapter / "adapter.safetensors"
+    config_path, weights = inducer_adapter / "adapter_config.json", weights_path(inducer_adapter)
     if kind == "json":
         key, value = edit
         config = json.loads(config_path.read_text())

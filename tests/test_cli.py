@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from inducer.adapter_format import weights_path
+
 from .tiny import FIXTURES, run_cli, single_thread, task_dir, tiny_models  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -47,7 +49,7 @@ def sst2_run(tiny_models, tmp_path_factory):
 def test_train_writes_adapters_logs_and_results(sst2_run):
     out, output = sst2_run
     for name in ("best", "last"):
-        assert (out / name / "adapter.safetensors").is_file()
+        assert weights_path(out / name).is_file()
         assert (out / name / "inducer_run.json").is_file()
     assert (out / "config.json").is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

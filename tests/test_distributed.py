@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from inducer.adapter_format import weights_path
 from inducer.checkpoint import STATE_FILE, load_train_state
 from inducer.training import shard
 
@@ -66,7 +67,7 @@ def _run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def _adapter(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "adapter.safetensors")
+    return load_file(weights_path(folder))
 
 
 @pytest.mark.parametrize("method", ["inducer", "full"])

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from inducer.adapter_format import weights_path
 from inducer.experiment import TaskSource, build
 from inducer.training import TrainConfig, Trainer
 
@@ -150,7 +151,7 @@ def test_a_wrapped_model_still_saves_a_complete_adapter(tiny_models, tmp_path, m
     expected = {n for n, p in trainer.loaded.model.named_parameters() if p.requires_grad}
     from safetensors.torch import load_file
 
-    assert set(load_file(tmp_path / "last" / "adapter.safetensors")) == expected
+    assert set(load_file(weights_path(tmp_path / "last"))) == expected
     assert saved["base_model"] == inducer.fingerprint(trainer.loaded.model)
     fresh, _ = build(str(tiny_models["bert"]), trainer.task, "inducer", seed=3)
     inducer.detach(fresh.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import re
 from pathlib import Path
 
 import torch
@@ -14,12 +14,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import adapter_state, added_parameter_names, attach, detach
+from .atomic import atomic_write, fsync_path, remove_stale_temporaries, sha256_file, write_temporary
 from .meta import meta_twin
 from .methods import METHOD_CONFIGS, MethodConfig
 
-FORMAT_VERSION = 1
+# Version 2 names the weights file by its content (``adapter-<sha256[:16]>.safetensors``) so that
+# replacing ``adapter_config.json`` is the one step that switches a folder from the old adapter to the
+# new; version 1 (one fixed ``adapter.safetensors``) is still read.
+FORMAT_VERSION = 2
 CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
+WEIGHTS_FILE = "adapter.safetensors"  # format version 1's fixed name
+WEIGHTS_PATTERN = re.compile(r"adapter-([0-9a-f]{16})\.safetensors")
+__all__ = ["AdapterFormatError", "atomic_write", "fingerprint", "load_adapter", "save_adapter",
+           "weights_path"]
 
 
 class AdapterFormatError(ValueError):
@@ -40,45 +47,18 @@ def fingerprint(model: nn.Module) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_temporary(path: Path, write) -> str:
-    """Write a file through ``write(tmp_path)`` to a temporary name beside ``path``; return it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared adapters unreadable
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return tmp
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` atomically: a temporary file, then a rename."""
-    os.replace(_write_temporary(path, write), path)
-
-
 def save_adapter(
     model: nn.Module,
     directory: str | os.PathLike,
     state_dict: dict[str, torch.Tensor] | None = None,
     base_model: dict | None = None,
 ) -> Path:
-    """Write ``adapter_config.json`` and ``adapter.safetensors`` (the trained tensors) to a folder.
+    """Write ``adapter_config.json`` and ``adapter-<hash>.safetensors`` (the trained tensors) to a folder.
 
-    The format is documented in ``docs/format.md``. Both files are written to temporary names
-    first, then renamed into place: a failed save (a full disk) leaves the previous adapter as it
-    was, and a torn one is refused on load by the checksum.
+    The format is documented in ``docs/format.md``. A save is one atomic step: the weights go to a
+    new file named by their content, then the config that names them replaces the old config in one
+    rename, then the superseded weights are removed. A crash or a full disk at any point leaves a
+    folder that loads as the previous adapter or as the new one, never neither.
 
     ``state_dict``: the model's full tensors by name, to save instead of its own parameters, which
     under FSDP or DeepSpeed ZeRO-3 are shards (gather them with accelerate's
@@ -119,12 +99,6 @@ def save_adapter(
         raise RuntimeError(f"save_adapter: inference tensors {sorted(set(derived) & set(tensors))[:5]} "
                            "clash with trained tensors")
     tensors.update({name: t.detach().cpu().contiguous() for name, t in derived.items()})
-    weights = directory / WEIGHTS_FILE
-    # Both files are written under temporary names before either replaces its predecessor, so a
-    # failure while writing (a full disk) leaves the previous adapter whole.
-    weights_tmp = _write_temporary(
-        weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"})
-    )
     config = {
         "format": "inducer-adapter",
         "format_version": FORMAT_VERSION,
@@ -135,16 +109,8 @@ def save_adapter(
         "base_tensors": [n for n in names if n in state.unfrozen],
         "inference_tensors": sorted(derived),
         "base_model": base_model or fingerprint(model),
-        "weights_sha256": _sha256(Path(weights_tmp)),
     }
-    text = json.dumps(config, indent=2)
-    try:
-        config_tmp = _write_temporary(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
-    except BaseException:
-        os.remove(weights_tmp)
-        raise
-    os.replace(weights_tmp, weights)
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    _commit(directory, tensors, config)
     return directory
 
 
@@ -154,10 +120,59 @@ def save_adapter(
 CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "format": (str,), "format_version": (int,), "library_version": (str,), "methods": (list,),
     "train_head": (bool,), "head_tensors": (list,), "base_tensors": (list,), "inference_tensors": (list,),
-    "base_model": (dict,), "weights_sha256": (str,),
+    "base_model": (dict,), "weights_sha256": (str,), "weights_file": (str,),
 }
 REQUIRED_KEYS = ("format", "format_version", "methods", "train_head", "base_model")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _commit(directory: Path, tensors: dict[str, torch.Tensor], config: dict) -> None:
+    """Write ``tensors`` and ``config`` into ``directory`` so that a crash at any step leaves the old
+    adapter or the new one (see :func:`save_adapter`)."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "adapter-weights"):
+        remove_stale_temporaries(directory, name)  # left by an earlier save that crashed
+    staged = write_temporary(directory / "adapter-weights",
+                             lambda tmp: save_file(tensors, tmp, metadata={"format": "inducer"}))
+    digest = sha256_file(staged)
+    weights_file = f"adapter-{digest[:16]}.safetensors"
+    try:
+        committed = weights_path(directory).name
+    except AdapterFormatError:
+        committed = None  # no adapter here yet (or an unreadable one, which this save replaces)
+    try:
+        os.replace(staged, directory / weights_file)  # a new name: the old config's weights stay
+        config = {**config, "weights_file": weights_file, "weights_sha256": digest}
+        text = json.dumps(config, indent=2)
+        atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    except BaseException:
+        for leftover in (Path(staged), directory / weights_file):
+            if leftover.name != committed and leftover.exists():
+                leftover.unlink()
+        raise
+    # The commit point has passed: weights no config names any more are garbage.
+    superseded = [directory / WEIGHTS_FILE, *directory.glob("adapter-*.safetensors")]
+    for old in superseded:
+        ours = old.name == WEIGHTS_FILE or WEIGHTS_PATTERN.fullmatch(old.name)
+        if ours and old.name != weights_file and old.exists():
+            old.unlink()
+    fsync_path(directory)
+
+
+def weights_path(directory: str | os.PathLike) -> Path:
+    """The weights file of the adapter in ``directory``, as its config names it (format 1: the fixed
+    ``adapter.safetensors``; format 2: ``adapter-<sha256[:16]>.safetensors``)."""
+    directory = Path(directory)
+    config = _read_config(directory)
+    if config["format_version"] == 1:
+        return directory / WEIGHTS_FILE
+    name = config.get("weights_file")
+    match = WEIGHTS_PATTERN.fullmatch(name) if isinstance(name, str) else None
+    recorded = config.get("weights_sha256")
+    if match is None or (isinstance(recorded, str) and match.group(1) != recorded[:16]):
+        raise AdapterFormatError(f"{directory / CONFIG_FILE}: 'weights_file' must be "
+                                 "adapter-<first 16 hex digits of weights_sha256>.safetensors, got "
+                                 f"{name!r}. Re-save the adapter.")
+    return directory / name
 
 
 def _read_config(directory: Path) -> dict:
@@ -239,7 +254,7 @@ def _read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[st
                 f"{weights.parent / CONFIG_FILE} has no weights_sha256, so the weights cannot be verified. "
                 "Re-save the adapter with inducer.save_adapter, or, for an adapter you made by hand and "
                 "trust, pass verify_checksum=False.")
-        if recorded != _sha256(weights):
+        if recorded != sha256_file(weights):
             raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file "
                                      "is truncated or altered. Re-save or re-download the adapter.")
     try:
@@ -309,7 +324,7 @@ def load_adapter(
     config = _read_config(directory)
     if adapter_state(model) is not None:
         raise ValueError("load_adapter: the model is already adapted; pass the plain base model")
-    weights = directory / WEIGHTS_FILE
+    weights = weights_path(directory)
     tensors = _read_tensors(weights, config, verify_checksum)
     _check_base(config["base_model"], fingerprint(model), directory)
     methods = _method_configs(config, directory)

@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import adapter_state, attach, detach
-from .adapter_format import AdapterFormatError, atomic_write
+from .adapter_format import AdapterFormatError
+from .atomic import atomic_write
 from .methods.peft_conversion import BY_METHOD, BY_PEFT_TYPE, PeftInteropError
 
 PEFT_CONFIG_FILE = "adapter_config.json"

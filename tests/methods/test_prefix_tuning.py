@@ -11,6 +11,7 @@ from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import inducer
+from inducer.adapter_format import weights_path
 from inducer.methods.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixModule, inference_parameters
 
 from ..conftest import (
@@ -263,7 +264,7 @@ def test_inference_tensors_are_stored_next_to_the_trained_ones(tmp_path):
     model = _prefixed("gpt2", reparam=4)
     directory = inducer.save_adapter(model, tmp_path / "adapter")
     config = json.loads((directory / "adapter_config.json").read_text())
-    tensors = load_file(directory / "adapter.safetensors")
+    tensors = load_file(weights_path(directory))
     flat = [f"transformer.h.{i}.attn.prefix.{t}" for i in (0, 1) for t in ("key", "value")]
     assert config["inference_tensors"] == sorted(flat)
     assert {n for n in tensors if n not in flat} == {
