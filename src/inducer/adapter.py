@@ -5,12 +5,13 @@ Saving and loading adapters lives in :mod:`inducer.adapter_format`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from torch import nn
 
 from . import attention
-from .families import find_attention_sites
+from .families import SkippedAttentionWarning, find_attention_sites
 from .methods import METHOD_CONFIGS, MethodConfig
 from .methods.base import remove_method_hooks
 
@@ -94,7 +95,7 @@ def _as_list(configs) -> list[MethodConfig]:
     return configs
 
 
-def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
+def attach(model: nn.Module, configs, train_head: bool = True, strict: bool = False) -> nn.Module:
     """Adapt ``model`` in place with one method config, a list of them or a preset's choice
     (``inducer.preset(...)``), and return it.
 
@@ -102,10 +103,19 @@ def attach(model: nn.Module, configs, train_head: bool = True) -> nn.Module:
     head that a classification-style model adds on top of its backbone (``train_head=False``
     freezes it). The model's attention implementation is switched to inducer's wrapper of it.
     If a method fails (bad config for this model, conflicting methods), the model is left as it was.
+    An attention module left unadapted is named in a :class:`~inducer.families.SkippedAttentionWarning`
+    (``strict=True``: raised as an error instead, and the model is left as it was).
     """
     if adapter_state(model) is not None:
         raise ValueError("attach: this model is already adapted; call inducer.detach(model) first")
     configs = _as_list(configs)
+    with warnings.catch_warnings():
+        if strict:
+            warnings.simplefilter("error", SkippedAttentionWarning)
+        return _attach(model, configs, train_head)
+
+
+def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool) -> nn.Module:
     sites = find_attention_sites(model)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     implementations = attention.set_implementation(model, attention.wrapped_name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 
 from torch import nn
@@ -30,6 +31,21 @@ class FeedForwardFacts:
     output: str
     first: tuple[str, ...]
     last: str
+
+
+@dataclass(frozen=True)
+class FusedQKV:
+    """One linear layer computing queries, keys and values together, and how its outputs are laid out.
+
+    ``layout``: ``"grouped"`` is [all queries | all keys | all values] (Phi-3's ``qkv_proj``, with
+    grouped-query sizes H·p, KV·p, KV·p; ModernBERT's ``Wqkv``); ``"per_group"`` is, for each of the
+    KV key/value heads, [its H/KV query heads | its key head | its value head] (GPT-NeoX's and
+    Bloom's ``query_key_value`` with KV = H: per head [q | k | v]; GPT-BigCode's multi-query
+    ``c_attn`` and Falcon's with KV = 1: [q | k | v]).
+    """
+
+    path: str
+    layout: str
 
 
 def _roles(q: str, k: str, v: str) -> dict[str, tuple[str, ...]]:
@@ -53,6 +69,8 @@ class Family:
         cross_attention_classes: attention classes that are always cross-attention.
         layer_classes: class names of the modules holding a feed-forward block.
         feed_forward: where that block starts and ends (None: the family has none inducer knows).
+        fused_qkv: the fused query/key/value projection and its layout (roles "q", "k", "v" are
+            then slices of it, found from the module's head geometry).
     """
 
     name: str
@@ -63,6 +81,7 @@ class Family:
     cross_attention_classes: tuple[str, ...] = ()
     layer_classes: tuple[str, ...] = ()
     feed_forward: FeedForwardFacts | None = None
+    fused_qkv: FusedQKV | None = None
 
 
 _BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
@@ -91,19 +110,31 @@ FAMILIES: tuple[Family, ...] = tuple(
            feed_forward=FeedForwardFacts("DenseReluDense", "DenseReluDense",
                                          ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
                                          "DenseReluDense.wo")),
+    # Families whose attention differs from the generic names (tried by the sweep, tests/sweep).
+    Family("DistilBert", ("DistilBertSelfAttention",), ("out_lin",), _roles("q_lin", "k_lin", "v_lin")),
+    Family("ModernBert", ("ModernBertAttention",), ("Wo",), fused_qkv=FusedQKV("Wqkv", "grouped")),
+    Family("DebertaV2", ("DisentangledSelfAttention",), ("../output.dense",),
+           _roles("query_proj", "key_proj", "value_proj")),
+    Family("Phi3", ("Phi3Attention",), ("o_proj",), fused_qkv=FusedQKV("qkv_proj", "grouped")),
+) + tuple(
+    Family(name, (f"{name}Attention",), ("dense",), fused_qkv=FusedQKV("query_key_value", "per_group"))
+    for name in ("GPTNeoX", "Bloom", "Falcon")
+) + (
+    Family("GPTBigCode", ("GPTBigCodeAttention",), ("c_proj",), fused_qkv=FusedQKV("c_attn", "per_group")),
 )
 
 # What is tried for an attention module of no known family: projections used when the path
 # resolves to a linear layer of the right width, roles by the common names.
 GENERIC = Family(
     "generic",
-    output_projection=("o_proj", "out_proj", "c_proj", "o", "dense", "../output.dense"),
+    output_projection=("o_proj", "out_proj", "c_proj", "o", "dense", "out_lin", "Wo", "../output.dense"),
     roles={"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k"), "v": ("v_proj", "value", "v")},
 )
 # Facts every family shares: the module names of cross-attention, the head-geometry attributes.
 CROSS_ATTENTION_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "cross_attn"}
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
-HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim")
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
+KV_HEAD_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads")
 
 _BY_ATTENTION = {cls: family for family in FAMILIES for cls in family.attention_classes}
 _BY_LAYER = {cls: family for family in FAMILIES for cls in family.layer_classes if family.feed_forward}
@@ -139,6 +170,21 @@ class AttentionSite:
     width: int
     layer: int | None
     is_cross: bool
+    # Whether the module calls transformers' attention registry, so that inducer's attention
+    # function runs for it: methods acting inside attention (inducers, prefixes) need that; methods
+    # on its linear layers (LoRA, adapters) do not.
+    routed: bool = True
+
+
+class SkippedAttentionWarning(UserWarning):
+    """An attention-like module of the model is left unadapted (``attach(..., strict=True)``
+    raises it as an error instead)."""
+
+
+def _looks_like_attention(module: nn.Module) -> bool:
+    # Attention modules that do not call the registry (DeBERTa-v2, MPNet, GPT-Neo, Bloom, Falcon,
+    # LongT5's local attention) still hold their head count; wrappers around them do not.
+    return "Attention" in type(module).__name__ and _first_attr(module, HEAD_COUNT_ATTRS) is not None
 
 
 def _calls_attention_registry(module: nn.Module) -> bool:
@@ -184,70 +230,134 @@ def _layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
-    """Every attention module of ``model`` that calls transformers' attention registry.
+def _site(modules: dict[str, nn.Module], name: str, module: nn.Module, routed: bool) -> AttentionSite | str:
+    """The site of one attention-like module, or why it cannot be one."""
+    cls = type(module).__name__
+    family = attention_family(module)
+    config = getattr(module, "config", None)
+    heads = _first_attr(module, HEAD_COUNT_ATTRS) or getattr(config, "num_attention_heads", None)
+    head_dim = _first_attr(module, HEAD_DIM_ATTRS)
+    candidates = (family or GENERIC).output_projection
+    for relative in candidates:
+        proj_name, proj = _resolve(modules, name, relative)
+        shape = _width(proj) if proj is not None else None
+        if shape is not None and (head_dim is None or heads is None or shape[0] == heads * head_dim):
+            break
+    else:
+        return f"no output projection of the right width among {list(candidates)}"
+    if heads is None:
+        return f"no head count (looked for {list(HEAD_COUNT_ATTRS)})"
+    in_features, width = shape
+    is_cross = (
+        (family is not None and cls in family.cross_attention_classes)
+        or bool(getattr(module, "is_cross_attention", False))
+        or any(part in CROSS_ATTENTION_NAMES for part in name.split("."))
+    )
+    return AttentionSite(name, module, proj_name, proj, heads, head_dim or in_features // heads, width,
+                         _layer_index(name), is_cross, routed)
 
-    Raises :class:`UnsupportedModelError` naming the supported families when there is none, or
-    when an attention module's output projection or head geometry cannot be found.
+
+def scan_attention(model: nn.Module) -> tuple[list[AttentionSite], dict[str, str]]:
+    """Every attention-like module of ``model``: the sites found, and why each other one was skipped.
+
+    A module is attention-like when it calls transformers' attention registry, is of a known
+    family, or is named ``*Attention*`` and holds a head count. Sites of the latter kind that do
+    not call the registry have ``routed=False``.
     """
     modules = dict(model.named_modules())
-    sites = []
+    sites, skipped = [], {}
     for name, module in modules.items():
-        cls = type(module).__name__
-        family = attention_family(module)
-        known = family is not None
-        if not known and not _calls_attention_registry(module):
+        routed = _calls_attention_registry(module)
+        known = attention_family(module) is not None
+        if not (routed or known or _looks_like_attention(module)):
             continue
-        config = getattr(module, "config", None)
-        heads = _first_attr(module, HEAD_COUNT_ATTRS) or getattr(config, "num_attention_heads", None)
-        head_dim = _first_attr(module, HEAD_DIM_ATTRS)
-        candidates = (family or GENERIC).output_projection
-        found = None
-        for relative in candidates:
-            proj_name, proj = _resolve(modules, name, relative)
-            shape = _width(proj) if proj is not None else None
-            if shape is not None and (head_dim is None or heads is None or shape[0] == heads * head_dim):
-                found = proj_name, proj, shape
-                break
-        if found is None or heads is None:
-            if known:
-                raise UnsupportedModelError(f"{cls} at {name!r}: output projection or head count not found")
-            continue  # a module that mentions the registry but is not an attention module we know
-        proj_name, proj, (in_features, width) = found
-        head_dim = head_dim or in_features // heads
-        is_cross = (
-            (known and cls in family.cross_attention_classes)
-            or bool(getattr(module, "is_cross_attention", False))
-            or any(part in CROSS_ATTENTION_NAMES for part in name.split("."))
-        )
-        sites.append(AttentionSite(name, module, proj_name, proj, heads, head_dim, width,
-                                   _layer_index(name), is_cross))
+        site = _site(modules, name, module, routed or known)
+        if isinstance(site, AttentionSite):
+            sites.append(site)
+        elif known:
+            raise UnsupportedModelError(f"{type(module).__name__} at {name!r}: {site}")
+        elif routed:
+            skipped[name] = f"{type(module).__name__}: {site}"
+    return sites, skipped
+
+
+def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
+    """Every attention module of ``model`` (see :func:`scan_attention`), warning about skipped ones.
+
+    Modules that call the registry but whose output projection or head count cannot be found are
+    left out with a :class:`SkippedAttentionWarning` naming them. Raises
+    :class:`UnsupportedModelError` naming the supported families when there is no attention module.
+    """
+    sites, skipped = scan_attention(model)
+    if skipped:
+        warnings.warn(f"inducer: attention modules left unadapted: {_describe(skipped)}",
+                      SkippedAttentionWarning, stacklevel=2)
     if not sites:
         raise UnsupportedModelError(
-            f"{type(model).__name__}: no attention module routed through transformers' attention "
-            f"registry was found. Supported families: {SUPPORTED} (and other transformers 5 models "
-            "whose attention calls ALL_ATTENTION_FUNCTIONS)."
+            f"{type(model).__name__}: no attention module was found. Supported families: {SUPPORTED} "
+            "(and other transformers 5 models whose attention calls ALL_ATTENTION_FUNCTIONS)."
         )
     return sites
 
 
+def _describe(skipped: dict[str, str]) -> str:
+    """``Class: reason (at a, b)`` per distinct reason, for one-line messages."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(repr(name))
+    return "; ".join(f"{reason} (at {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                     for reason, names in by_reason.items())
+
+
+NOT_ROUTED = ("does not call transformers' attention registry, so inducer cannot change its attention; "
+              "use LoRA, adapters or BitFit on this model")
+
+
+def routed_sites(sites: list[AttentionSite], owner: str) -> list[AttentionSite]:
+    """The sites a method acting inside attention (``owner``) can adapt: those that call the registry.
+
+    Raises :class:`UnsupportedModelError` naming the module classes when none does; warns with
+    :class:`SkippedAttentionWarning` naming the ones left out when only some do (LongT5's local
+    encoder attention).
+    """
+    left_out = {site.name: f"{type(site.module).__name__} {NOT_ROUTED}" for site in sites if not site.routed}
+    routed = [site for site in sites if site.routed]
+    if left_out and not routed:
+        raise UnsupportedModelError(f"{owner}: {_describe(left_out)}")
+    if left_out:
+        warnings.warn(f"{owner}: attention modules left unadapted: {_describe(left_out)}",
+                      SkippedAttentionWarning, stacklevel=3)
+    return routed
+
+
 @dataclass(frozen=True)
 class LinearTarget:
-    """A linear layer (nn.Linear or GPT-2's Conv1D) or an output slice of one, to be adapted."""
+    """A linear layer (nn.Linear or GPT-2's Conv1D) or some of its outputs, to be adapted.
+
+    The adapted outputs are ``[start, stop)``, or, when they are not contiguous (one role of a
+    fused q/k/v layer laid out per head), ``rows``; ``start`` and ``stop`` are then None so code
+    that only knows slices fails loudly instead of adapting the wrong outputs.
+    """
 
     name: str
     module: nn.Module
     in_features: int
     out_features: int  # of the whole layer
-    start: int  # the adapted output slice is [start, stop)
-    stop: int
+    start: int | None
+    stop: int | None
     role: str  # "q", "k", "v", "o", "ffn_in", "ffn_out", or "" for a name pattern
     layer: int | None
+    rows: tuple[int, ...] | None = None
 
     @property
     def is_conv1d(self) -> bool:
         """GPT-2's Conv1D stores its weight as (in, out), nn.Linear as (out, in)."""
         return type(self.module).__name__ == "Conv1D"
+
+    @property
+    def size(self) -> int:
+        """How many outputs are adapted."""
+        return len(self.rows) if self.rows is not None else self.stop - self.start
 
 
 def linear_target(modules: dict[str, nn.Module], name: str, role: str = "") -> LinearTarget | None:
@@ -263,12 +373,41 @@ def linear_target(modules: dict[str, nn.Module], name: str, role: str = "") -> L
                         _layer_index(path))
 
 
+def _fused_role_target(modules: dict[str, nn.Module], site: AttentionSite, fused: FusedQKV,
+                       role: str) -> LinearTarget:
+    """Role ``role`` of a fused q/k/v projection, from the module's head geometry and the layout."""
+    whole = linear_target(modules, f"{site.name}.{fused.path}" if site.name else fused.path, role)
+    cls = type(site.module).__name__
+    if whole is None:
+        raise UnsupportedModelError(f"{cls} at {site.name!r}: no fused projection {fused.path!r}")
+    heads, p = site.heads, site.head_dim
+    kv_heads = _first_attr(site.module, KV_HEAD_COUNT_ATTRS) or heads
+    if whole.out_features != (heads + 2 * kv_heads) * p or heads % kv_heads:
+        raise UnsupportedModelError(
+            f"{cls} at {site.name!r}: {fused.path} has {whole.out_features} outputs, not the "
+            f"({heads} + 2·{kv_heads})·{p} its {fused.layout!r} layout needs")
+    sizes = {"q": heads * p, "k": kv_heads * p, "v": kv_heads * p}
+    if fused.layout == "grouped" or kv_heads == 1:  # [Q | K | V]: one contiguous block per role
+        start = {"q": 0, "k": sizes["q"], "v": sizes["q"] + sizes["k"]}[role]
+        return LinearTarget(whole.name, whole.module, whole.in_features, whole.out_features,
+                            start, start + sizes[role], role, whole.layer)
+    # per_group: each key/value head's block is [its queries | its key | its value].
+    per_group = heads // kv_heads
+    block, offset = (per_group + 2) * p, {"q": 0, "k": per_group * p, "v": (per_group + 1) * p}[role]
+    length = sizes[role] // kv_heads
+    rows = tuple(g * block + offset + i for g in range(kv_heads) for i in range(length))
+    return LinearTarget(whole.name, whole.module, whole.in_features, whole.out_features,
+                        None, None, role, whole.layer, rows)
+
+
 def attention_role_targets(modules: dict[str, nn.Module], site: AttentionSite, role: str) -> LinearTarget:
     """The linear layer playing ``role`` ("q", "k", "v" or "o") in the attention module ``site``."""
     if role == "o":
         return linear_target(modules, site.projection_name, "o")
     cls = type(site.module).__name__
     family = attention_family(site.module) or GENERIC
+    if family.fused_qkv is not None and not site.is_cross:
+        return _fused_role_target(modules, site, family.fused_qkv, role)
     table = (family.cross_roles if site.is_cross else None) or family.roles or GENERIC.roles
     candidates = table[role]
     for relative in candidates:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..families import AttentionSite
+from ..families import AttentionSite, routed_sites
 
 # Method configs by the "method" tag stored in adapter_config.json.
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
@@ -115,9 +115,10 @@ def check_layers(owner: str, layers) -> list[int] | None:
 def select_sites(sites: list[AttentionSite], layers: list[int] | None, attention: str,
                  owner: str) -> list[AttentionSite]:
     """The attention modules a config with ``layers`` and ``attention`` ("all", "self", "cross")
-    adapts; a ``ValueError`` naming ``owner`` and what the model has when there are none."""
+    adapts, among those calling the attention registry (:func:`~inducer.families.routed_sites`);
+    a ``ValueError`` naming ``owner`` and what the model has when there are none."""
     chosen = [
-        site for site in sites
+        site for site in routed_sites(sites, owner)
         if not (attention == "self" and site.is_cross) and not (attention == "cross" and not site.is_cross)
         and (layers is None or site.layer in layers)
     ]
