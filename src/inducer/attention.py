@@ -6,11 +6,25 @@ unchanged. For a module with some, the extensions first extend its keys, values 
 then attention runs, yielding each query's log-sum-exp when an extension needs it (inducers), then
 the extensions compose the output (see :mod:`inducer.methods.extension` for how several combine):
 
-* ``inducer_eager`` runs :func:`~inducer.kernels.reference_attention` (materialised scores);
-* ``inducer_sdpa`` runs :func:`~inducer.kernels.fused_attention` (LSE from the fused kernel), or
+* the reference path runs :func:`~inducer.kernels.reference_attention` (materialised scores);
+* the fused path runs :func:`~inducer.kernels.fused_attention` (LSE from the fused kernel), or
   torch's ``scaled_dot_product_attention`` when no extension needs the LSE.
 
-A matching mask function is registered for each name, as transformers requires.
+Each wrapper name says both the path and the base (``inducer_eager``: reference over eager,
+``inducer_sdpa``: fused over sdpa, ``inducer_fused_over_eager``, ``inducer_reference_over_sdpa``).
+Modules without extensions run the base exactly, with the base's masks, so no backend the model
+does not support is forced on it (a model with ``_supports_sdpa = False``, Gemma-2 or gpt-oss,
+keeps eager under either path).
+
+Two softmax features of some families are implemented exactly, in the spec's sense (λ's
+normaliser is the model's own, so it includes them):
+
+* logit soft-capping (Gemma-2, ``softcap``: scores become ``tanh(s / c) · c`` before the mask)
+  needs the materialised scores: modules with extensions and soft-capping always use the
+  reference path, whatever :func:`set_attention_path` chose;
+* attention sinks (gpt-oss, ``s_aux``: one extra per-head logit in every softmax denominator)
+  fit both paths: the fused path combines the kernel's LSE with the sink logit
+  (:func:`~inducer.kernels.add_sink`).
 """
 
 from __future__ import annotations
@@ -25,24 +39,40 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .kernels import additive_mask, fused_attention, reference_attention, repeat_kv
+from .kernels import add_sink, additive_mask, fused_attention, reference_attention, repeat_kv
 from .methods.extension import attention_extensions
 
-PREFIX = "inducer_"
-# The base implementations we wrap, and which of our two paths serves them. Flash-attention and
-# flex bases use the fused path with sdpa's masks.
-PATHS = {"eager": "reference", "sdpa": "fused"}
-# Attention features of some families (Gemma-2's logit soft-capping, gpt-oss's attention sinks)
-# that change the softmax itself: refused for modules with attention extensions.
-UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+# Every wrapper name: (the path modules with extensions use, the base the others run).
+# Flash-attention and flex bases are served by sdpa (eager where the model has no sdpa).
+NAMES = {
+    "inducer_eager": ("reference", "eager"),
+    "inducer_sdpa": ("fused", "sdpa"),
+    "inducer_fused_over_eager": ("fused", "eager"),
+    "inducer_reference_over_sdpa": ("reference", "sdpa"),
+}
+# Keyword arguments that change the softmax in ways inducer has not verified (other models'
+# sink conventions): refused for modules with attention extensions rather than ignored.
+UNSUPPORTED_KWARGS = ("sinks",)
+
+
+def implementation_name(path: str, base: str) -> str:
+    """The wrapper serving ``path`` ("reference" / "fused") over ``base`` ("eager" / "sdpa")."""
+    return next(name for name, pair in NAMES.items() if pair == (path, base))
+
+
+def _base_of(implementation: str | None) -> str:
+    """The base ("eager" or "sdpa") that an implementation name runs for plain modules."""
+    if implementation in NAMES:
+        return NAMES[implementation][1]
+    return "eager" if implementation in (None, "eager") else "sdpa"
 
 
 def wrapped_name(base: str | None) -> str:
-    """``inducer_eager`` for eager attention, ``inducer_sdpa`` for everything fused."""
-    base = base or "eager"
-    if base.startswith(PREFIX):
+    """The wrapper of a model's implementation: reference over eager, fused over everything else."""
+    if base in NAMES:
         return base
-    return PREFIX + ("eager" if base == "eager" else "sdpa")
+    base = _base_of(base)
+    return implementation_name("reference" if base == "eager" else "fused", base)
 
 
 def _base_function(base: str, module: nn.Module) -> Callable:
@@ -60,9 +90,7 @@ def _is_causal(module: nn.Module, query: torch.Tensor, attention_mask, is_causal
     return bool(query.shape[2] > 1 and attention_mask is None and flag)
 
 
-def _make_attention_function(base: str) -> Callable:
-    path = PATHS[base]
-
+def _make_attention_function(path: str, base: str) -> Callable:
     def inducer_attention(
         module: nn.Module,
         query: torch.Tensor,
@@ -85,6 +113,7 @@ def _make_attention_function(base: str) -> Callable:
                 "attention (inducers, prefixes) does not implement; ignoring it would give wrong results. "
                 "Use LoRA or adapters on this model."
             )
+        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         for extension in extensions:
@@ -96,9 +125,12 @@ def _make_attention_function(base: str) -> Callable:
         if causal and key.shape[2] > query.shape[2]:
             # sdpa's causal flag is top-left aligned: only the first N keys exist (empty static cache).
             key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
-        # Eager, or a trainable mask (T5 relative bias under full fine-tuning), which the fused
-        # kernels cannot differentiate, use the reference path.
-        use_fused = path == "fused" and not (position_bias is not None and position_bias.requires_grad)
+        # Eager, a trainable mask (T5 relative bias under full fine-tuning), which the fused kernels
+        # cannot differentiate, or soft-capping, which they cannot apply, use the reference path.
+        use_fused = path == "fused" and softcap is None and not (
+            position_bias is not None and position_bias.requires_grad)
+        # A sink changes every normaliser, so the output needs the LSE even without inducers.
+        needs_lse = needs_lse or (use_fused and sinks is not None)
         # The fused kernel may apply a plain causal pattern itself. Added keys (prefixes) would break
         # its top-left alignment, and a bias must be added anyway: then the mask holds the causal part.
         kernel_causal = use_fused and causal and position_bias is None and not extends_keys
@@ -117,25 +149,28 @@ def _make_attention_function(base: str) -> Callable:
                     dropout_p=dropout if training else 0.0, scale=scaling,
                 )
             else:
-                out, _, weights = reference_attention(query, key, value, mask, scaling, dropout, training)
+                out, _, weights = reference_attention(query, key, value, mask, scaling, dropout, training,
+                                                      softcap, sinks)
         elif use_fused:
             out, lse = fused_attention(query, key, value, mask, scaling, dropout, training, kernel_causal)
+            if sinks is not None:
+                out, lse = add_sink(out, lse, sinks)
         else:
-            out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, training)
+            out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, training,
+                                                    softcap, sinks)
         for extension in extensions:
             out = extension.compose(query, out, lse, scaling, dropout, training)
         return out.transpose(1, 2).contiguous(), weights
 
-    inducer_attention.__name__ = f"inducer_{base}_attention"
+    inducer_attention.__name__ = f"inducer_{path}_over_{base}_attention"
     return inducer_attention
 
 
 def register() -> None:
-    """Register ``inducer_eager`` and ``inducer_sdpa`` (idempotent)."""
-    for base in PATHS:
-        name = PREFIX + base
+    """Register every wrapper of :data:`NAMES`, each with its base's mask function (idempotent)."""
+    for name, (path, base) in NAMES.items():
         if name not in ALL_ATTENTION_FUNCTIONS:
-            AttentionInterface.register(name, _make_attention_function(base))
+            AttentionInterface.register(name, _make_attention_function(path, base))
             AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
 
 
@@ -158,14 +193,26 @@ def current_implementations(model: nn.Module) -> dict[int, str | None]:
     return {id(config): config._attn_implementation for config in _configs(model)}
 
 
+def _supports_sdpa(model: nn.Module, config) -> bool:
+    # The flag is on the pretrained model class owning the config (False: Gemma-2, gpt-oss).
+    owners = [m for m in model.modules() if getattr(m, "config", None) is config]
+    return all(getattr(owner, "_supports_sdpa", True) is not False for owner in owners)
+
+
 def set_implementation(model: nn.Module, choose: Callable[[str | None], str]) -> dict[int, str | None]:
-    """Set every config's implementation to ``choose(current)``; returns the previous ones."""
+    """Set every config's implementation to ``choose(current)``; returns the previous ones.
+
+    A wrapper over sdpa chosen for a model without sdpa support becomes the same path over eager.
+    """
     register()
     # Read everything first: setting a composite config (EncoderDecoderConfig) also sets its parts.
     configs = list(_configs(model))
     before = {id(config): config._attn_implementation for config in configs}
     for config in configs:
-        config._attn_implementation = choose(before[id(config)])
+        name = choose(before[id(config)])
+        if NAMES.get(name, (None, None))[1] == "sdpa" and not _supports_sdpa(model, config):
+            name = implementation_name(NAMES[name][0], "eager")
+        config._attn_implementation = name
     return before
 
 
@@ -177,17 +224,17 @@ def restore_implementation(model: nn.Module, before: dict[int, str | None]) -> N
 
 
 def set_attention_path(model: nn.Module, path: str) -> None:
-    """Choose how inducers compute attention: ``"reference"`` (materialised scores, eager masks)
-    or ``"fused"`` (fused kernels, sdpa masks). Both give the same results up to rounding."""
+    """Choose how inducers and prefixes compute attention: ``"reference"`` (materialised scores)
+    or ``"fused"`` (fused kernels). Both give the same results up to rounding. Modules without
+    them keep running the model's own implementation; soft-capped modules always use the reference."""
     if path not in ("reference", "fused"):
         raise ValueError(f"path must be 'reference' or 'fused', got {path!r}")
-    name = PREFIX + ("eager" if path == "reference" else "sdpa")
-    set_implementation(model, lambda _current: name)
+    set_implementation(model, lambda current: implementation_name(path, _base_of(current)))
 
 
 def attention_path(model: nn.Module) -> str | None:
     """The path the model's inducers currently use, or None if none is set."""
     for impl in current_implementations(model).values():
-        if impl and impl.startswith(PREFIX):
-            return PATHS[impl[len(PREFIX):]]
+        if impl in NAMES:
+            return NAMES[impl][0]
     return None

@@ -24,6 +24,16 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
+def common_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The widest dtype of ``tensors`` (None skipped): under autocast, rotary embeddings hand
+    attention float32 queries and keys next to half-precision values, and the kernels want one dtype."""
+    dtypes = [t.dtype for t in tensors if t is not None]
+    result = dtypes[0]
+    for dtype in dtypes[1:]:
+        result = torch.promote_types(result, dtype)
+    return result
+
+
 def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
     """Repeat key/value heads so each query head of a grouped-query model sees its group's keys."""
     if groups == 1:
@@ -75,21 +85,43 @@ def reference_attention(
     scaling: float,
     dropout: float,
     training: bool,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plain softmax attention with materialised scores; the definition the fused path must match.
 
-    ``mask`` is the additive mask from :func:`additive_mask`. Returns ``(out, lse, probs)``.
+    ``mask`` is the additive mask from :func:`additive_mask`. ``softcap`` c (Gemma-2) turns the
+    scores s into ``tanh(s / c) · c`` before the mask; ``sinks`` (H,) (gpt-oss) adds one logit per
+    head to every softmax denominator, which ``lse`` then includes. Returns ``(out, lse, probs)``.
     """
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
         scores = scores + mask
     scores = scores.to(compute_dtype(scores))
+    if sinks is not None:
+        sink = sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        scores = torch.cat([scores, sink], dim=-1)
     lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.softmax(scores, dim=-1).to(query.dtype)
-    probs = F.dropout(probs, p=dropout, training=training)
+    probs = torch.softmax(scores, dim=-1)
+    if sinks is not None:  # the sink takes probability mass but has no value
+        probs = probs[..., :-1]
+    probs = F.dropout(probs.to(query.dtype), p=dropout, training=training)
     return torch.matmul(probs, value), lse, probs
+
+
+def add_sink(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the keys plus one per-head sink logit, from attention over the keys alone.
+
+    With LSE' = log(exp(LSE) + exp(sink)), every probability shrinks by exp(LSE - LSE'), so the
+    output does too. ``out`` (B, H, N, p), ``lse`` (B, H, N), ``sinks`` (H,): ``(out', LSE')``.
+    """
+    sink = sinks.to(lse.dtype).reshape(1, -1, 1)
+    total = torch.logaddexp(lse, sink)
+    return (out * torch.exp(lse - total)[..., None].to(out.dtype)), total
 
 
 def _pad_channels(x: torch.Tensor, extra: int, fill: float = 0.0) -> torch.Tensor:
@@ -208,8 +240,13 @@ def fused_attention(
     """Fused attention returning ``(out, lse)``; same semantics as :func:`reference_attention`.
 
     ``mask`` must already include the causal pattern unless ``is_causal`` is passed (then it is
-    None and the kernel applies a top-left aligned causal mask, as sdpa does).
+    None and the kernel applies a top-left aligned causal mask, as sdpa does). Inputs of mixed
+    dtypes (autocast: float32 rotary queries and keys, half values) run in the widest of them, as
+    the kernels take one dtype; half-precision inputs run as they are on the CPU kernel.
     """
+    dtype = common_dtype(query, key, value)
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    mask = None if mask is None else mask.to(dtype)
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     dropout = dropout if training else 0.0

@@ -31,6 +31,7 @@ from .base import (
     Applied,
     MethodConfig,
     PresetSpec,
+    adapter_dtype,
     add_child,
     check_choice,
     check_int,
@@ -71,7 +72,7 @@ def resolve_targets(
                                  f"(roles: {ATTENTION_ROLES + FFN_ROLES})")
         for t in matches:
             if layers is None or t.layer in layers:
-                found[(t.name, t.start)] = t
+                found[(t.name, t.start, t.rows)] = t
     if not found:
         raise ValueError(f"{owner}(targets={targets}, layers={layers}) matches no linear layer")
     return list(found.values())
@@ -117,8 +118,8 @@ class LoRAConfig(MethodConfig):
         """Give every target layer a ``lora`` child and a hook adding its update."""
         applied = Applied()
         for target in resolve_targets(model, sites, self.targets, self.layers, self.attention, "LoRAConfig"):
-            weight = target.module.weight
-            module = LoRAModule(target, self.r, self.alpha, self.dropout, dtype=weight.dtype)
+            # Created in float32 for half-precision or quantized layers (QLoRA), cast at use.
+            module = LoRAModule(target, self.r, self.alpha, self.dropout, dtype=adapter_dtype(target.module))
             name = child_name("lora", target)
             applied.modules.append(add_child(model, target.name, name, module, "LoRAConfig"))
             AddLowRankUpdate(module).register(target.module)
@@ -142,13 +143,15 @@ class LoRAModule(nn.Module):
     def __init__(self, target: LinearTarget, r: int, alpha: float, dropout: float, dtype=None):
         super().__init__()
         self.start, self.stop, self.out_features = target.start, target.stop, target.out_features
+        # Non-contiguous outputs (a role of a per-head fused q/k/v layer): their indices, else None.
+        self.rows = target.rows
         self.is_conv1d = target.is_conv1d
         self.scale = alpha / r
         self.dropout = dropout
         a = torch.empty(r, target.in_features, dtype=dtype)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # PEFT's init of lora_A.weight [r, in]
         self.a = nn.Parameter(a.t().contiguous())
-        self.b = nn.Parameter(torch.zeros(r, target.stop - target.start, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(r, target.size, dtype=dtype))
         self.merged = False
 
     def delta_weight(self) -> torch.Tensor:
@@ -159,25 +162,37 @@ class LoRAModule(nn.Module):
         """The layer's output change for input ``x``, padded to the layer's full output width."""
         x = F.dropout(x, p=self.dropout, training=self.training)
         delta = (x.to(self.a.dtype) @ self.a @ self.b) * self.scale
-        return F.pad(delta, (self.start, self.out_features - self.stop))
+        if self.rows is None:
+            return F.pad(delta, (self.start, self.out_features - self.stop))
+        full = delta.new_zeros(*delta.shape[:-1], self.out_features)
+        return full.index_copy(-1, self.row_index(delta.device), delta)
 
-    def _weight_slice(self, layer: nn.Module) -> torch.Tensor:
-        if self.is_conv1d:
-            return layer.weight[:, self.start:self.stop]
-        return layer.weight[self.start:self.stop].T
+    def row_index(self, device=None) -> torch.Tensor:
+        """Indices of the layer outputs this update changes."""
+        if self.rows is None:
+            return torch.arange(self.start, self.stop, device=device)
+        return torch.tensor(self.rows, device=device)
+
+    def _add_to_weight(self, layer: nn.Module, sign: float) -> None:
+        delta = sign * self.delta_weight().to(layer.weight.dtype)  # [in, out_slice]
+        index = self.row_index(layer.weight.device)
+        if self.is_conv1d:  # weight [in, out]
+            layer.weight.index_add_(1, index, delta)
+        else:  # weight [out, in]
+            layer.weight.index_add_(0, index, delta.T)
 
     @torch.no_grad()
     def merge(self, layer: nn.Module) -> None:
         """Add the update to ``layer``'s weight (the hook then skips it)."""
         if not self.merged:
-            self._weight_slice(layer).add_(self.delta_weight().to(layer.weight.dtype))
+            self._add_to_weight(layer, 1.0)
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self, layer: nn.Module) -> None:
         """Subtract the update again (equal to the original weight up to rounding)."""
         if self.merged:
-            self._weight_slice(layer).sub_(self.delta_weight().to(layer.weight.dtype))
+            self._add_to_weight(layer, -1.0)
             self.merged = False
 
 
@@ -207,7 +222,7 @@ def to_peft(model: nn.Module, config: LoRAConfig) -> tuple[dict, dict[str, torch
         b = torch.zeros(modules[0].out_features, a.shape[0], dtype=a.dtype)
         offset = 0
         for m in modules:
-            b[m.start:m.stop, offset:offset + m.b.shape[0]] = m.b.detach().T
+            b[m.row_index(), offset:offset + m.b.shape[0]] = m.b.detach().T
             offset += m.b.shape[0]
         tensors[f"{PEFT_NAME_PREFIX}{layer}.lora_A.weight"] = a
         tensors[f"{PEFT_NAME_PREFIX}{layer}.lora_B.weight"] = b
