@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,12 +33,44 @@ logger = logging.getLogger(__name__)
 # Small per-method grids: full fine-tuning wants far smaller steps than the small added modules.
 LR_GRIDS = {"full": (2e-5, 5e-5, 1e-4), "prefix": (1e-4, 3e-4, 1e-3), "bitfit": (5e-4, 1e-3, 3e-3)}
 DEFAULT_GRID = (3e-4, 1e-3, 3e-3)
+# When the best value sits at an edge of the grid, the grid grows that way (same ratio as its last
+# step) until the best is interior, at most this many values per direction: a score that keeps
+# improving towards ever smaller (or larger) rates would otherwise never stop.
+MAX_GRID_EXTENSIONS = 3
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def next_lr(scores: dict[float, float], grid: Sequence[float], metric: str,
+            max_extensions: int = MAX_GRID_EXTENSIONS) -> float | None:
+    """The learning rate to try next when the best of ``scores`` (lr -> validation score, every
+    value tried so far) is at an edge of them; None when the best is interior, or when the grid
+    already grew ``max_extensions`` values beyond ``grid`` in that direction.
+
+    The new value continues the geometric step at that edge (3e-4 after 1e-3, 3e-3 goes to 9e-5),
+    rounded to one significant digit. A best value tied with its neighbour does not count as at
+    the edge (the neighbour is as good, and no direction is indicated)."""
+    tried = sorted(scores)
+    if len(tried) < 2:
+        return None
+    best = tried[0]
+    for lr in tried[1:]:
+        if better(metric, scores[lr], scores[best]):
+            best = lr
+    for edge, neighbour, beyond in ((tried[0], tried[1], min(grid)), (tried[-1], tried[-2], max(grid))):
+        if best != edge or not better(metric, scores[edge], scores[neighbour]):
+            continue
+        grown = sum(1 for lr in tried if (lr < beyond if edge == tried[0] else lr > beyond))
+        if grown >= max_extensions:
+            return None
+        value = edge * edge / neighbour
+        rounded = float(f"{value:.0e}")
+        return value if rounded in scores else rounded
+    return None
 
 
 def pick_lr(
@@ -56,9 +88,14 @@ def pick_lr(
 ) -> tuple[float, list[dict]]:
     """The grid value with the best validation score (first seed), and every trial's score.
 
-    ``chosen``: the sizes already chosen per method (see :func:`inducer.experiment.build`)."""
+    The grid grows past an edge holding the best value (:func:`next_lr`); trials added so have
+    ``"extension": True``. ``chosen``: the sizes already chosen per method (see
+    :func:`inducer.experiment.build`)."""
     trials, best_lr, best = [], grid[0], None
-    for lr in grid:
+    scores: dict[float, float] = {}
+    todo = list(grid)
+    while todo:
+        lr = todo.pop(0)
         run = run_one(
             model,
             source,
@@ -72,10 +109,18 @@ def pick_lr(
             sizes=sizes,
             chosen=chosen,
         )
-        trials.append({"lr": lr, "validation": run["best_validation"], "select_metric": run["select_metric"]})
-        logger.info("%s lr %g: validation %s %.4f", method, lr, run["select_metric"], run["best_validation"])
-        if better(run["select_metric"], run["best_validation"], best):
+        metric = run["select_metric"]
+        trial = {"lr": lr, "validation": run["best_validation"], "select_metric": metric}
+        trials.append(trial if lr in grid else {**trial, "extension": True})
+        logger.info("%s lr %g: validation %s %.4f", method, lr, metric, run["best_validation"])
+        scores[lr] = run["best_validation"]
+        if better(metric, run["best_validation"], best):
             best, best_lr = run["best_validation"], lr
+        if not todo:
+            extra = next_lr(scores, grid, metric)
+            if extra is not None:
+                logger.info("%s: best lr %g at the grid's edge, trying %g", method, best_lr, extra)
+                todo.append(extra)
     return best_lr, trials
 
 
