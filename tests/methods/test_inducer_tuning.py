@@ -120,6 +120,57 @@ def test_initialisation_is_near_identity_with_large_lambda():
     assert ind.key_a.requires_grad and not model.transformer.wte.weight.requires_grad
 
 
+def test_paper_init_draws_exactly_as_before_the_option():
+    """init="paper" (the default) consumes the random stream as the code before ``init`` existed."""
+    torch.manual_seed(3)
+    model = make_model("gpt2")
+    inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4, init="paper"))
+    ind = model.transformer.h[0].attn.inducer
+    torch.manual_seed(3)
+    make_model("gpt2")
+    expected = []
+    for shape in [(4, 8, 4), (4, 4), (4, 4, 8), (4, 8), (4, 8, 4), (4, 4), (4, 4, 32), (32,)]:
+        tensor = torch.empty(shape)
+        torch.nn.init.trunc_normal_(tensor, std=0.01, a=-0.02, b=0.02)
+        expected.append(tensor)
+    names = ["key_a", "key_a_bias", "key_b", "key_b_bias",
+             "value_a", "value_a_bias", "value_b", "value_b_bias"]
+    for name, tensor in zip(names, expected, strict=True):
+        torch.testing.assert_close(getattr(ind, name).detach(), tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("init", "lora_paths"),
+    [("lora", {"key", "value"}), ("lora-value", {"value"}), ("lora-key", {"key"})],
+)
+@pytest.mark.parametrize("variant", ["extended", "not-extended", "shared"])
+def test_lora_style_init_starts_at_the_pretrained_function_with_a_live_b(init, lora_paths, variant):
+    """A uniform in +-1/sqrt(p), B and biases zero on the chosen paths: P_k = Q and E = 0 exactly,
+    and B's gradient at step 0 is not small (the paper's init makes it ~ |A| ~ 0.01)."""
+    extra = {"not-extended": dict(value_extension=False),
+             "shared": dict(shared_value_basis=True)}.get(variant, {})
+    torch.manual_seed(0)
+    model = make_model("gpt2")
+    reference = make_model("gpt2")
+    reference.load_state_dict(model.state_dict())
+    inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4, init=init, **extra))
+    ind = model.transformer.h[0].attn.inducer
+    bound = 1 / math.sqrt(ind.head_dim)
+    for path in ("key", "value"):
+        a, rest = getattr(ind, f"{path}_a"), [getattr(ind, f"{path}_{n}") for n in ("a_bias", "b", "b_bias")]
+        if path in lora_paths:
+            assert a.abs().max() <= bound and a.std() > bound / 3  # uniform: std = bound / sqrt(3)
+            assert all(torch.count_nonzero(t) == 0 for t in rest)
+        else:
+            assert a.abs().max() <= 0.02 + 1e-7 and all(t.abs().max() <= 0.02 + 1e-7 for t in rest)
+    ids = torch.randint(0, 50, (2, 6))
+    if "value" in lora_paths:  # E = 0: the model is exactly the pretrained one
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+    model(ids).logits.square().mean().backward()
+    if "value" in lora_paths:
+        assert ind.value_b.grad.abs().max() > 0 and torch.count_nonzero(ind.value_a.grad) == 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -132,6 +183,7 @@ def test_initialisation_is_near_identity_with_large_lambda():
         (dict(layers=[]), "layers"),
         (dict(layers=[-1]), "layers"),
         (dict(init_std=0), "init_std"),
+        (dict(init="kaiming"), "init"),
         (dict(value_extension=False, shared_value_basis=True), "shared_value_basis"),
         (dict(use_lambda=False, composition="gated"), "composition"),
     ],

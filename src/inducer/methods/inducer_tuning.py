@@ -15,6 +15,7 @@ model starts as the pretrained one).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -29,6 +30,7 @@ from .base import (
     MethodConfig,
     MethodHook,
     PresetSpec,
+    adapter_dtype,
     add_child,
     check_choice,
     check_int,
@@ -38,6 +40,8 @@ from .base import (
     select_sites,
 )
 from .extension import AttentionExtension
+
+INITS = ("paper", "lora", "lora-value", "lora-key")
 
 
 @register_method
@@ -54,7 +58,13 @@ class InducerConfig(MethodConfig):
             ``"gated"`` is exact prefix-tuning gating, ``(1 - lam) * Attn + lam * value``.
         shared_value_basis: one ``value_b`` for all heads (extended value only).
         use_lambda: False is the "no lambda" ablation (multi-head adapter): values weigh 1.
-        init_std: std of the truncated (at 2 std) normal initialisation of every inducer tensor.
+        init_std: std of the truncated (at 2 std) normal initialisation of every inducer tensor
+            that ``init`` leaves to the paper's scheme.
+        init: ``"paper"``: every tensor ~ N(0, init_std) truncated at 2 std (spec section 2).
+            ``"lora"``: LoRA-style, A (``key_a``, ``value_a``) uniform in +-1/sqrt(p) (LoRA's
+            Kaiming-uniform bound), every bias and B (``key_b``, ``value_b``) zero, so at step 0
+            P_k = Q and E = 0 exactly and B gets a full gradient. ``"lora-value"`` and ``"lora-key"``
+            apply it to that path only (the other path keeps the paper's init).
         layers: layer indices to adapt (None = all). The index is the first number in a module's
             qualified name, so in encoder-decoders ``[0]`` adapts layer 0 of both stacks.
         attention: ``"all"``, ``"self"`` or ``"cross"``: which attention modules to adapt.
@@ -67,6 +77,7 @@ class InducerConfig(MethodConfig):
     shared_value_basis: bool = False
     use_lambda: bool = True
     init_std: float = 0.01
+    init: Literal["paper", "lora", "lora-value", "lora-key"] = "paper"
     layers: list[int] | None = None
     attention: Literal["all", "self", "cross"] = "all"
     method: ClassVar[str] = "inducer"
@@ -79,6 +90,7 @@ class InducerConfig(MethodConfig):
                 raise ValueError(f"InducerConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
         check_choice("InducerConfig", "composition", self.composition, ("residual", "gated"))
         check_choice("InducerConfig", "attention", self.attention, ("all", "self", "cross"))
+        check_choice("InducerConfig", "init", self.init, INITS)
         if not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
             raise ValueError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
         self.layers = check_layers("InducerConfig", self.layers)
@@ -95,7 +107,7 @@ class InducerConfig(MethodConfig):
         chosen = select_sites(sites, self.layers, self.attention, "InducerConfig")
         applied = Applied()
         for site in chosen:
-            dtype = next(site.projection.parameters()).dtype
+            dtype = adapter_dtype(site.projection)  # float32 on a half-precision base, cast at use
             module = InducerModule(self, site.heads, site.head_dim, site.width, dtype=dtype)
             applied.modules.append(add_child(model, site.name, "inducer", module, "InducerConfig"))
             if self.value_extension:
@@ -125,22 +137,34 @@ class InducerModule(AttentionExtension):
         self.heads, self.head_dim, self.width = heads, head_dim, width
         H, p, d, r_k, r_v = heads, head_dim, width, config.r_k, config.r_v
 
-        def param(*shape: int) -> nn.Parameter:
+        lora_key = config.init in ("lora", "lora-key")
+        lora_value = config.init in ("lora", "lora-value")
+
+        def param(*shape: int, lora: str | None = None) -> nn.Parameter:
+            """A tensor at the paper's init, or (``lora`` = "a" / "zero") at the LoRA-style one."""
             tensor = torch.empty(*shape, dtype=dtype)
-            std = config.init_std
-            nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+            if lora == "a":  # LoRA's bound: Kaiming-uniform with a=sqrt(5) gives 1/sqrt(fan_in)
+                nn.init.uniform_(tensor, -1 / math.sqrt(p), 1 / math.sqrt(p))
+            elif lora == "zero":
+                nn.init.zeros_(tensor)
+            else:
+                std = config.init_std
+                nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
             return nn.Parameter(tensor)
 
+        # init="paper" makes the same draws in the same order as before the option existed.
+        key_a, zero_k = ("a", "zero") if lora_key else (None, None)
+        value_a, zero_v = ("a", "zero") if lora_value else (None, None)
         if config.use_lambda and r_k > 0:
-            self.key_a, self.key_a_bias = param(H, p, r_k), param(H, r_k)
-            self.key_b, self.key_b_bias = param(H, r_k, p), param(H, p)
-        self.value_a, self.value_a_bias = param(H, p, r_v), param(H, r_v)
+            self.key_a, self.key_a_bias = param(H, p, r_k, lora=key_a), param(H, r_k, lora=zero_k)
+            self.key_b, self.key_b_bias = param(H, r_k, p, lora=zero_k), param(H, p, lora=zero_k)
+        self.value_a, self.value_a_bias = param(H, p, r_v, lora=value_a), param(H, r_v, lora=zero_v)
         if not config.value_extension:
-            self.value_b, self.value_b_bias = param(H, r_v, p), param(H, p)
+            self.value_b, self.value_b_bias = param(H, r_v, p, lora=zero_v), param(H, p, lora=zero_v)
         elif config.shared_value_basis:
-            self.value_b, self.value_b_bias = param(r_v, d), param(d)
+            self.value_b, self.value_b_bias = param(r_v, d, lora=zero_v), param(d, lora=zero_v)
         else:
-            self.value_b, self.value_b_bias = param(H, r_v, d), param(d)
+            self.value_b, self.value_b_bias = param(H, r_v, d, lora=zero_v), param(d, lora=zero_v)
         # E waits here between the attention function and the output projection's hook. It is
         # set and consumed within one forward of the attention module, so gradient checkpointing
         # (which re-runs that forward) and cached decoding see a fresh value every time.
@@ -205,18 +229,22 @@ class InducerModule(AttentionExtension):
         if c.composition == "gated":
             attn_out = attn_out * (1.0 - lam)[..., None].to(attn_out.dtype)
 
-        z = torch.tanh(query @ self.value_a + self.value_a_bias[:, None, :])  # (B, H, N, r_v)
+        # Computed in float32 (or wider) whatever the activations' and the tensors' dtypes.
+        dtype = compute_dtype(query)
+        value_a, value_a_bias = self.value_a.to(dtype), self.value_a_bias.to(dtype)
+        value_b, value_b_bias = self.value_b.to(dtype), self.value_b_bias.to(dtype)
+        z = torch.tanh(query.to(dtype) @ value_a + value_a_bias[:, None, :])  # (B, H, N, r_v)
         weight = lam_dropped[..., None].to(z.dtype)
         weighted = z * weight
         if not c.value_extension:
-            value = weighted @ self.value_b + weight * self.value_b_bias[:, None, :]
+            value = weighted @ value_b + weight * value_b_bias[:, None, :]
             self._pending_value = None
             return attn_out + value.to(attn_out.dtype)
         if c.shared_value_basis:
-            extended = weighted.sum(1) @ self.value_b
+            extended = weighted.sum(1) @ value_b
         else:
-            extended = torch.einsum("bhnr,hrd->bnd", weighted, self.value_b)
-        self._pending_value = extended + self.value_b_bias
+            extended = torch.einsum("bhnr,hrd->bnd", weighted, value_b)
+        self._pending_value = extended + value_b_bias
         return attn_out
 
     def take_pending_value(self) -> torch.Tensor:
