@@ -93,7 +93,10 @@ def reference_attention(
     ``mask`` is the additive mask from :func:`additive_mask`. ``softcap`` c (Gemma-2) turns the
     scores s into ``tanh(s / c) · c`` before the mask; ``sinks`` (H,) (gpt-oss) adds one logit per
     head to every softmax denominator, which ``lse`` then includes. Returns ``(out, lse, probs)``.
+    Inputs of mixed dtypes (autocast) are computed in the widest of them.
     """
+    dtype = common_dtype(query, key, value)
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling

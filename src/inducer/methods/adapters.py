@@ -28,6 +28,7 @@ from .base import (
     MethodConfig,
     MethodHook,
     PresetSpec,
+    adapter_dtype,
     add_child,
     check_choice,
     check_int,
@@ -91,14 +92,14 @@ class AdapterConfig(MethodConfig):
         parallel = self.kind == "parallel"
         if self.where in ("attn", "both"):
             for site in (s for s in sites if chosen(s.layer)):
-                adapter = self._adapter(site.width, next(site.projection.parameters()).dtype)
+                adapter = self._adapter(site.width, adapter_dtype(site.projection))
                 applied.modules.append(add_child(model, site.name, "adapter_attn", adapter, "AdapterConfig"))
                 if parallel:
                     StashInput(adapter, keyword="hidden_states").register(site.module)
                 AddAdapterOutput(adapter, parallel).register(site.projection)
         if self.where in ("ffn", "both"):
             for ffn in (f for f in find_feed_forward_sites(model) if chosen(f.layer)):
-                adapter = self._adapter(ffn.width, next(ffn.output.parameters()).dtype)
+                adapter = self._adapter(ffn.width, adapter_dtype(ffn.output))
                 applied.modules.append(add_child(model, ffn.name, "adapter_ffn", adapter, "AdapterConfig"))
                 if parallel:
                     StashInput(adapter).register(ffn.input)

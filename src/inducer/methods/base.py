@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from ..families import AttentionSite, routed_sites
@@ -188,8 +189,37 @@ def remove_method_hooks(model: nn.Module) -> None:
                 with_kwargs.pop(key, None)
 
 
+def adapter_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype of the tensors a method creates for ``layer``: float32 when the layer's weights are
+    half precision or quantized (integer storage such as bitsandbytes' uint8/int8), as PEFT's
+    ``autocast_adapter_dtype`` does, so small updates are not lost to rounding; else the weights' own
+    (float32, float64). Methods cast their tensors to the activations' dtype at use."""
+    reference = next(layer.parameters(), None)
+    if reference is None:
+        return torch.get_default_dtype()
+    return torch.promote_types(reference.dtype, torch.float32)
+
+
+def execution_device(model: nn.Module, name: str) -> torch.device | None:
+    """Where module ``name`` of ``model`` runs: the execution device of an accelerate hook on it or
+    on a module above it (a layer offloaded to CPU or disk keeps its weights on ``meta`` between
+    forwards), else the device of its first parameter not on ``meta``; None when it has none."""
+    parts = name.split(".") if name else []
+    for depth in range(len(parts), -1, -1):
+        hook = getattr(model.get_submodule(".".join(parts[:depth])), "_hf_hook", None)
+        for one in getattr(hook, "hooks", None) or [hook]:  # accelerate's SequentialHook holds several
+            device = getattr(one, "execution_device", None)
+            if device is not None:
+                return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    for p in model.get_submodule(name).parameters():
+        if p.device.type != "meta":
+            return p.device
+    return None
+
+
 def add_child(model: nn.Module, parent_name: str, child: str, module: nn.Module, owner: str) -> str:
-    """Add ``module`` as ``parent.child`` (on the device/dtype of the parent's parameters).
+    """Add ``module`` as ``parent.child``, on the parent's execution device (:func:`execution_device`;
+    never ``meta``). Methods create ``module`` in :func:`adapter_dtype` of the layer it adapts.
 
     Raises :class:`ConflictError` if the slot is taken (two methods claiming it).
     """
@@ -199,8 +229,8 @@ def add_child(model: nn.Module, parent_name: str, child: str, module: nn.Module,
             f"{owner}: {parent_name or type(model).__name__}.{child} already exists; two methods in "
             "this attach claim the same slot. Keep one of them (or give them different targets/layers)."
         )
-    reference = next(parent.parameters(), None)
-    if reference is not None:
-        module = module.to(device=reference.device)
+    device = execution_device(model, parent_name)
+    if device is not None:
+        module = module.to(device=device)
     parent.add_module(child, module)
     return f"{parent_name}.{child}" if parent_name else child

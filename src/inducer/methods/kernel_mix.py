@@ -24,6 +24,7 @@ from .base import (
     Applied,
     MethodConfig,
     PresetSpec,
+    adapter_dtype,
     add_child,
     check_int,
     check_layers,
@@ -71,7 +72,7 @@ class KernelMixConfig(MethodConfig):
                     kv_heads = (target.stop - target.start) // site.head_dim  # grouped-query models
                 heads = kv_heads if role == "v" else site.heads
                 module = PerHeadLowRank(target, heads, site.head_dim, self.r, self.alpha, self.dropout,
-                                        output_side=role != "o", dtype=target.module.weight.dtype)
+                                        output_side=role != "o", dtype=adapter_dtype(target.module))
                 name = child_name("kernel_mix", target)
                 applied.modules.append(add_child(model, target.name, name, module, "KernelMixConfig"))
                 AddLowRankUpdate(module).register(target.module)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...families import AttentionSite
+from ..base import adapter_dtype
 from ..extension import AttentionExtension
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def init_from_tokens(model: nn.Module, modules: list[PrefixModule], tokens: list
 
 
 def site_dtype(site: AttentionSite) -> torch.dtype:
-    return next(site.projection.parameters()).dtype
+    """The dtype of a site's prefix tensors (float32 on a half-precision base; cast at use)."""
+    return adapter_dtype(site.projection)
 
 
 def key_value_heads(site: AttentionSite) -> int:
