@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "import_peft": "peft_interop",
     "load_adapter": "adapter_format",
     "merge": "adapter",
+    "merge_and_unload": "merging",
     "preset": "presets",
     "save_adapter": "adapter_format",
     "set_attention_path": "attention",
