@@ -13,6 +13,8 @@ Protocol (the numbers below are the defaults; ``quality_nlu.json`` records what 
 
 * Stage 1, learning rate: for every config, the same number (3) of learning rates, centred on a
   sensible value per method (``LR_GRIDS``), seed 0; the one with the best validation accuracy wins.
+  When it is the smallest or largest tried, the grid grows that way (``inducer compare``'s rule,
+  at most 3 values per direction) until the best is interior.
 * Stage 2, seeds 1 and 2 at the chosen rate; test accuracy mean +- std (sample std) over the 3
   seeds. Test is never used for selection; each run's test number is the model at its best
   validation evaluation (the Trainer restores it).
@@ -99,13 +101,22 @@ ABLATIONS = {
     "inducer-gated": {"composition": "gated"},
     "inducer-no-lambda": {"use_lambda": False},
 }
+# Stage 3d, inducer's initialisation (issue 16): the paper's N(0, 0.01) everywhere is the "inducer"
+# row; these are LoRA-style (A uniform in +-1/sqrt(p), B and biases zero) on both paths or on the
+# value path only (the key path's effect is their difference; init="lora-key" exists in InducerConfig
+# but was not affordable in the CPU study).
+INDUCER_INITS = {
+    "inducer-init-lora": {"init": "lora"},
+    "inducer-init-lora-value": {"init": "lora-value"},
+}
+INDUCER_VARIANTS = {**ABLATIONS, **INDUCER_INITS}
 # Real words for init="tokens" (Li & Liang initialise prefixes with task words), cycled to the length.
 INIT_TEXT = (
     "is the sentiment of this movie review positive or negative ? a good , great , moving film "
     "or a bad , dull , boring one"
 )
 LAMBDA_SENTENCES = 64
-STAGES = ("1", "2", "3", "3b", "3c")
+STAGES = ("1", "2", "3", "3b", "3c", "3d")
 
 
 def grid_of(config: str) -> list[float]:
@@ -116,7 +127,7 @@ def base_config(config: str) -> str:
     """The stage-1 config whose learning rate a stage-3 variant uses."""
     if config in INIT_VARIANTS:
         return "prefix"
-    if config in ABLATIONS:
+    if config in INDUCER_VARIANTS:
         return "inducer"
     return config
 
@@ -214,13 +225,13 @@ def _configs_for(loaded, config: str, budget: str):
     method = base_config(config)
     configs = preset(method, loaded.model, budget)
     summary, count = configs.summary, configs.count
-    if config in INIT_VARIANTS or config in ABLATIONS:
-        changes = dict(INIT_VARIANTS.get(config) or ABLATIONS[config])
+    if config in INIT_VARIANTS or config in INDUCER_VARIANTS:
+        changes = dict(INIT_VARIANTS.get(config) or INDUCER_VARIANTS[config])
         if changes.get("init") == "tokens":
             ids = loaded.tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"]
             changes["init_tokens"] = list(ids)
         configs = [dataclasses.replace(c, **changes) for c in configs]
-        count = None if config in ABLATIONS else count
+        count = None if config in INDUCER_VARIANTS else count
         summary = f"{summary}; variant {config}: " + ", ".join(
             f"{k}={v}" for k, v in changes.items() if k != "init_tokens"
         )
@@ -347,7 +358,7 @@ def run_job(job: dict, settings: dict) -> dict:
         steps=result.steps,
         train_seconds=round(result.train_seconds, 2),
         dev_history=[[h["step"], h.get(select)] for h in result.history],
-        loss_curve=curve,
+        loss_curve=curve.points,
     )
     return row
 
@@ -413,12 +424,15 @@ class Plan:
                 self._push((1 if budget == BUDGET else 3, i, order), self._job("2", config, budget, lr, seed))
         if budget != BUDGET:
             return
-        dependents = {"prefix": ("3", INIT_VARIANTS), "inducer": ("3b", ABLATIONS)}.get(config)
-        if dependents and dependents[0] in self.stages:
-            stage, variants = dependents
+        dependents = {"prefix": [("3", INIT_VARIANTS)], "inducer": [("3b", ABLATIONS), ("3d", INDUCER_INITS)]}
+        for stage, variants in dependents.get(config, []):
+            if stage not in self.stages:
+                continue
             for i, seed in enumerate(self.seeds):
                 for j, variant in enumerate(variants):
-                    self._push((2 if stage == "3" else 3, i, j), self._job(stage, variant, budget, lr, seed))
+                    # Init variants sit next to their base row's seed (the comparison is paired).
+                    priority = (1, i, 100 + j) if stage == "3d" else (2 if stage == "3" else 3, i, j)
+                    self._push(priority, self._job(stage, variant, budget, lr, seed))
 
     def finish(self, row: dict) -> None:
         self.done[row["id"]] = row
@@ -431,6 +445,12 @@ class Plan:
         waiting.discard(row["id"])
         if not waiting:
             runs = [r for r in self.done.values() if r["stage"] == "1" and (r["config"], r["budget"]) == key]
+            extra = grid_extension(runs, grid_of(key[0]))
+            if extra is not None:  # the best is at an edge: one more stage-1 run past it, then decide
+                job = self._job("1", key[0], key[1], extra, self.seeds[0])
+                waiting.add(job["id"])
+                self._push((0 if key[1] == BUDGET else 2, self.keys.index(key), len(runs)), job)
+                return
             best = select_lr(runs)
             if best is not None:
                 self._select(key, best)
@@ -446,6 +466,24 @@ def select_lr(runs: list[dict]) -> float | None:
     if not ok:
         return None
     return max(sorted(ok, key=lambda r: r["lr"]), key=lambda r: _score(r["dev"]))["lr"]
+
+
+def grid_extension(runs: list[dict], grid: list[float]) -> float | None:
+    """The learning rate to add to stage 1 when its best is at an edge of what was tried (the rule of
+    ``inducer compare``: :func:`inducer.compare.next_lr`); None when the best is interior."""
+    from inducer.compare import next_lr
+
+    scores = {r["lr"]: _score(r.get("dev")) for r in runs if "error" not in r}
+    return next_lr(scores, grid, "accuracy") if len(scores) == len(runs) else None
+
+
+def at_grid_edge(lr: float | None, stage1: list[dict]) -> bool:
+    """Whether the chosen rate is still at an edge of the rates stage 1 tried (the grid stopped
+    growing at its limit): the smallest or largest, and strictly better than its neighbour."""
+    from inducer.compare import next_lr
+
+    scores = {r["lr"]: _score(r.get("dev")) for r in stage1 if "error" not in r}
+    return lr is not None and next_lr(scores, list(scores), "accuracy", max_extensions=1) is not None
 
 
 def quiet_process(threads: int) -> None:
@@ -500,6 +538,7 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
                 "error": r.get("error"),
                 "train_seconds": r.get("train_seconds"),
                 "steps": r.get("steps"),
+                "dev_history": r.get("dev_history"),
             }
             for s, r in sorted(seeds_rows.items())
         ]
@@ -511,7 +550,8 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
             {
                 "config": config,
                 "budget": budget,
-                "stage": "3" if config in INIT_VARIANTS else "3b" if config in ABLATIONS else "1-2",
+                "stage": "3" if config in INIT_VARIANTS else "3b" if config in ABLATIONS
+                else "3d" if config in INDUCER_INITS else "1-2",
                 "summary": any_row.get("summary"),
                 "parameters": any_row.get("parameters"),
                 "percent_of_base": any_row.get("percent_of_base"),
@@ -522,7 +562,8 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
                 "lr_dev": {f"{r['lr']:g}": (None if "error" in r else r.get("dev")) for r in stage1},
                 "lr_errors": {f"{r['lr']:g}": r["error"] for r in stage1 if "error" in r},
                 "chosen_lr": lr,
-                "chosen_at_grid_edge": lr is not None and stage1 != [] and lr in (grid[0], grid[-1]),
+                "lr_tried": [r["lr"] for r in stage1],
+                "chosen_at_grid_edge": at_grid_edge(lr, stage1),
                 "per_seed": per_seed,
                 "n_seeds": sum(1 for p in per_seed if not p["error"]),
                 "test_mean": test_mean,
@@ -534,7 +575,7 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
                 ],
             }
         )
-    order = {c: i for i, c in enumerate(CONFIGS + list(INIT_VARIANTS) + list(ABLATIONS))}
+    order = {c: i for i, c in enumerate(CONFIGS + list(INIT_VARIANTS) + list(INDUCER_VARIANTS))}
     table.sort(key=lambda t: (t["budget"] != BUDGET, order.get(t["config"], 99)))
     curves = {}
     for name, source in (
@@ -542,6 +583,7 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
         ("prefix-zero", "prefix-zero"),
         ("prefix-tokens", "prefix-tokens"),
         ("inducer", "inducer"),
+        *((name, name) for name in INDUCER_INITS),
     ):
         row = next((t for t in table if t["config"] == source and t["budget"] == BUDGET), None)
         if row is None or row["chosen_lr"] is None:
@@ -563,7 +605,38 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
                 "init": r["lambda_init"],
                 "trained": r["lambda_trained"],
             }
-    return {"rows": table, "loss_curves": curves, "lambda": lam}
+    return {"rows": table, "loss_curves": curves, "lambda": lam, "comparisons": comparisons(table)}
+
+
+# The paired comparisons reported (a, b): inducer against each kind of baseline, and our baselines
+# against PEFT's; at each budget where both rows exist.
+COMPARISONS = [
+    ("inducer", "lora"), ("inducer", "prefix"), ("inducer", "full"), ("inducer", "peft-prefix"),
+    ("inducer", "peft-lora"), ("inducer+mam", "lora"), ("prefix", "peft-prefix"), ("lora", "peft-lora"),
+    *((name, "inducer") for name in INDUCER_INITS),
+]
+
+
+def comparisons(table: list[dict]) -> list[dict]:
+    """Paired (by seed) test and validation differences a - b for the pairs of ``COMPARISONS``."""
+    from lib.stats import paired, verdict
+
+    find = {(t["config"], t["budget"]): t for t in table}
+    out = []
+    for budget in (BUDGET, SMALL_BUDGET):
+        for a, b in COMPARISONS:
+            ra, rb = find.get((a, budget)), find.get((b, budget))
+            if ra is None or rb is None:
+                continue
+            entry = {"a": a, "b": b, "budget": budget}
+            for split in ("test", "dev"):
+                scores = [{p["seed"]: p[split] for p in r["per_seed"] if not p["error"]} for r in (ra, rb)]
+                result = paired(*scores)
+                entry[split] = None if result is None else result.to_dict()
+                entry[f"{split}_verdict"] = verdict(result)
+            if entry["test"] is not None:
+                out.append(entry)
+    return out
 
 
 def _fmt(mean, std=None) -> str:
@@ -692,6 +765,8 @@ def markdown(data: dict) -> str:
                 f"| {name} | {t['parameters'] or 0:,} | {_fmt(t['test_mean'], t['test_std'])} "
                 f"({t['n_seeds']}) | {'-' if delta is None else f'{delta:+.2f}'} |"
             )
+    lines.extend(comparison_section(agg.get("comparisons") or []))
+    lines.extend(init_section(rows, agg.get("loss_curves") or {}))
     lam = agg.get("lambda")
     if lam:
         lines.extend(
@@ -723,6 +798,76 @@ def markdown(data: dict) -> str:
             ]
         )
     return "\n".join(lines) + "\n"
+
+
+def comparison_section(entries: list[dict]) -> list[str]:
+    """The paired comparisons as a markdown section (empty without any)."""
+    from lib.stats import Paired, describe
+
+    if not entries:
+        return []
+    lines = [
+        "",
+        "## Paired comparisons (a − b per seed, accuracy points)",
+        "",
+        "Mean difference [95% paired-t interval], two-sided paired-t p-value (seeds where a > b); "
+        "the verdict is *wins* / *loses* when the interval excludes 0, else *ties*. Bootstrap "
+        "intervals over seeds are in quality_nlu.json (`results.comparisons`).",
+        "",
+        "| budget | a | b | test: a − b | verdict | validation: a − b |",
+        "|---|---|---|---:|---|---:|",
+    ]
+    for e in entries:
+        test, dev = (None if e[k] is None else Paired(**e[k]) for k in ("test", "dev"))
+        lines.append(f"| {e['budget']} | {e['a']} | {e['b']} | {describe(test)} | {e['test_verdict']} | "
+                     f"{describe(dev)} |")
+    return lines
+
+
+INIT_STEPS = (20, 40, 60, 100, 160)
+
+
+def _dev_at(per_seed: list[dict], step: int) -> float | None:
+    """Mean over seeds of the validation accuracy at the last evaluation at or before ``step``."""
+    values = []
+    for p in per_seed:
+        seen = [v for s, v in (p.get("dev_history") or []) if s <= step and v is not None]
+        if seen:
+            values.append(seen[-1])
+    return statistics.fmean(values) if values else None
+
+
+def init_section(rows: list[dict], curves: dict) -> list[str]:
+    """Stage 3d (inducer's initialisation): validation accuracy and training loss over the first
+    steps, and the final validation / test numbers, per init (empty when stage 3d did not run)."""
+    find = {t["config"]: t for t in rows if t["budget"] == BUDGET}
+    variants = [(name, find.get(name)) for name in ("inducer", *INDUCER_INITS)]
+    if not any(find.get(name) for name in INDUCER_INITS):
+        return []
+    lines = [
+        "",
+        "## Stage 3d: inducer's initialisation (0.5% sizes, inducer's LR)",
+        "",
+        "`inducer` is the paper's init (every tensor N(0, 0.01), truncated); `-init-lora` is LoRA-style "
+        "on both paths (A uniform in ±1/sqrt(p), B and biases 0), `-init-lora-value` on the value path "
+        "only. Validation accuracy @s: mean over seeds at the last evaluation up to step s.",
+        "",
+        "| init | seeds | " + " | ".join(f"val @{s}" for s in INIT_STEPS) + " | "
+        + " | ".join(f"loss @{s}" for s in (20, 50, 100, 150)) + " | best val | test |",
+        "|---|---:|" + "---:|" * (len(INIT_STEPS) + 4) + "---:|---:|",
+    ]
+    for name, t in variants:
+        if t is None:
+            continue
+        ok = [p for p in t["per_seed"] if not p["error"]]
+        dev = [_dev_at(ok, s) for s in INIT_STEPS]
+        loss = [_loss_at(curves.get(name, {}), s) for s in (20, 50, 100, 150)]
+        lines.append(
+            f"| {name} | {len(ok)} | " + " | ".join(_fmt(v) for v in dev) + " | "
+            + " | ".join("-" if v is None else f"{v:.3f}" for v in loss)
+            + f" | {_fmt(t['dev_mean'], t['dev_std'])} | {_fmt(t['test_mean'], t['test_std'])} |"
+        )
+    return lines
 
 
 def plot(data: dict, out: Path) -> list[Path]:
@@ -930,6 +1075,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="the first seeds stage 1; all are reported")
     p.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     p.add_argument("--configs", default=None, help="only these configs (names from both budgets' lists)")
+    p.add_argument("--budgets", default=f"{BUDGET},{SMALL_BUDGET}", help="only these budgets")
     p.add_argument(
         "--deadline-seconds", type=float, default=330.0, help="start no job after this (from start)"
     )
@@ -991,6 +1137,12 @@ def main(argv=None) -> None:
             sys.exit(f"quality_nlu: unknown config(s) {sorted(unknown)}; choose from {CONFIGS}")
         configs = [c for c in CONFIGS if c in wanted]
         small = [c for c in SMALL_CONFIGS if c in wanted]
+    budgets = {b.strip() for b in args.budgets.split(",") if b.strip()}
+    if budgets - {BUDGET, SMALL_BUDGET}:
+        sys.exit(f"quality_nlu: unknown budget(s) {sorted(budgets - {BUDGET, SMALL_BUDGET})}; "
+                 f"choose from {BUDGET},{SMALL_BUDGET}")
+    configs = configs if BUDGET in budgets else []
+    small = small if SMALL_BUDGET in budgets else []
     _check_data()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1034,6 +1186,7 @@ def main(argv=None) -> None:
         "init_variants": INIT_VARIANTS,
         "init_text": INIT_TEXT,
         "ablations": ABLATIONS,
+        "inducer_inits": INDUCER_INITS,
         "lambda_sentences": LAMBDA_SENTENCES,
         "selection": "best validation accuracy, seed "
         f"{seeds[0]}; test at each run's best validation step; std = sample std over seeds",
