@@ -5,31 +5,86 @@ Saving and loading adapters lives in :mod:`inducer.adapter_format`.
 
 from __future__ import annotations
 
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from . import attention
 from .families import SkippedAttentionWarning, find_attention_sites
 from .methods import METHOD_CONFIGS, MethodConfig
-from .methods.base import remove_method_hooks
+from .methods.base import MethodHook, remove_method_hooks
+from .routing import (
+    EndRouteFromKeyword,
+    RouteFromKeyword,
+    Router,
+    method_hook_ids,
+    tag_extensions,
+    wrap_new_hooks,
+)
 
+DEFAULT_ADAPTER = "default"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 HEAD_CLASS_SUFFIXES = (
     "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice",
 )
 
 @dataclass
-class AttachState:
-    """What one ``attach`` did, kept on the model as ``model._inducer_state`` so ``detach`` can undo it."""
+class NamedAdapter:
+    """One adapter of a model: what its ``attach`` did (kept in the model's :class:`AttachState`)."""
 
     configs: list
     train_head: bool
-    added: list[str]  # qualified names of the modules attach created
-    unfrozen: list[str]  # base parameters the methods train (BitFit's biases, full fine-tuning)
-    head: list[str]  # base parameters made trainable as the task head
+    added: list[str]  # qualified names (in the model) of the modules its attach created
+    unfrozen: list[str]  # base parameters its methods train (BitFit's biases, full fine-tuning)
+    head: list[str]  # base parameters it trains as the task head
+    # Module names in the model -> their names in the adapter format, for the modules that differ
+    # (an adapter other than "default" keeps its modules as ``inducer__<name>``).
+    saved_names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AttachState:
+    """Every adapter ``attach`` added, kept on the model as ``model._inducer_state`` so ``detach``
+    can undo it all; the read-only fields of a single-adapter model read its one adapter."""
+
+    adapters: dict[str, NamedAdapter]
     requires_grad: dict[str, bool]
     implementations: dict
+    router: Router = field(default_factory=Router)
+
+    def only(self) -> NamedAdapter:
+        """The model's one adapter; a ``ValueError`` naming them when it holds several."""
+        if len(self.adapters) != 1:
+            raise ValueError(f"this model holds the adapters {list(self.adapters)}; name the one you mean "
+                             "(name=...)")
+        return next(iter(self.adapters.values()))
+
+    @property
+    def configs(self) -> list:
+        """The single adapter's method configs."""
+        return self.only().configs
+
+    @property
+    def train_head(self) -> bool:
+        """Whether the single adapter trains the task head."""
+        return self.only().train_head
+
+    @property
+    def unfrozen(self) -> list[str]:
+        """Base parameters the single adapter's methods train."""
+        return self.only().unfrozen
+
+    @property
+    def head(self) -> list[str]:
+        """Base parameters the single adapter trains as the task head."""
+        return self.only().head
+
+    @property
+    def added(self) -> list[str]:
+        """Every module attach created, for all adapters."""
+        return [name for adapter in self.adapters.values() for name in adapter.added]
 
 
 @dataclass(frozen=True)
@@ -42,6 +97,7 @@ class ParameterCount:
         base: parameters of the base model, task head included.
         head: base parameters trained as the task head (counted separately from the budget).
         unfrozen: base parameters (outside the task head) that a method trains, e.g. BitFit's biases.
+        adapters: added parameters of each adapter, by name.
     """
 
     trainable: int
@@ -49,6 +105,7 @@ class ParameterCount:
     base: int
     head: int
     unfrozen: int = 0
+    adapters: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def budget(self) -> int:
@@ -95,9 +152,10 @@ def _as_list(configs) -> list[MethodConfig]:
     return configs
 
 
-def attach(model: nn.Module, configs, train_head: bool = True, strict: bool = False) -> nn.Module:
+def attach(model: nn.Module, configs, train_head: bool = True, strict: bool = False,
+           name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Adapt ``model`` in place with one method config, a list of them or a preset's choice
-    (``inducer.preset(...)``), and return it.
+    (``inducer.preset(...)``), as the adapter ``name``, and return it.
 
     Every base parameter is frozen; the methods' new parameters are trainable, and so is a task
     head that a classification-style model adds on top of its backbone (``train_head=False``
@@ -105,47 +163,136 @@ def attach(model: nn.Module, configs, train_head: bool = True, strict: bool = Fa
     If a method fails (bad config for this model, conflicting methods), the model is left as it was.
     An attention module left unadapted is named in a :class:`~inducer.families.SkippedAttentionWarning`
     (``strict=True``: raised as an error instead, and the model is left as it was).
+
+    A model holds several adapters under different names (``inducer.adapters(model)``); the first
+    one is active, later ones are added inactive and frozen (``inducer.set_adapter`` switches).
     """
-    if adapter_state(model) is not None:
-        raise ValueError("attach: this model is already adapted; call inducer.detach(model) first")
+    check_adapter_name(name)
+    state = adapter_state(model)
+    if state is not None and name in state.adapters:
+        raise ValueError(f"attach: this model is already adapted with an adapter named {name!r}; pass "
+                         "another name=... to add one next to it, or call inducer.detach(model) first")
     configs = _as_list(configs)
     with warnings.catch_warnings():
         if strict:
             warnings.simplefilter("error", SkippedAttentionWarning)
-        return _attach(model, configs, train_head)
+        _attach(model, configs, train_head, name)
+    from .integrations.save_hooks import install_save_hooks  # here: it imports this module
+
+    install_save_hooks(model)  # model.save_pretrained / Trainer saves write the adapter, not the base
+    return model
 
 
-def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool) -> nn.Module:
-    sites = find_attention_sites(model)
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    implementations = attention.set_implementation(model, attention.wrapped_name)
-    state = AttachState(configs, train_head, [], [], [], requires_grad, implementations)
-    model._inducer_state = state
+def check_adapter_name(name) -> None:
+    """Refuse adapter names that cannot be part of a module name (letters, digits, ``_``, ``-``)."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+        raise ValueError(f"adapter name must be letters, digits, '_' or '-' (e.g. 'sst2'), got {name!r}")
+
+
+def model_module_name(saved_name: str, adapter: str) -> str:
+    """The name in the model of an added module whose adapter-format name is ``saved_name``."""
+    if adapter == DEFAULT_ADAPTER:
+        return saved_name
+    return f"{saved_name}__{adapter}"
+
+
+def _move(model: nn.Module, old: str, new: str) -> None:
+    parent_name, _, child = old.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    parent.add_module(new.rpartition(".")[2], parent._modules.pop(child))
+
+
+def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, name: str) -> nn.Module:
+    state = adapter_state(model)
+    if state is None:
+        requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        implementations = attention.set_implementation(model, attention.wrapped_name)
+        state = AttachState({}, requires_grad, implementations)
+        model._inducer_state = state
+        start = RouteFromKeyword(state.router)
+        start.register(model)
+        EndRouteFromKeyword(start).register(model)
+    if any(adapter.unfrozen for adapter in state.adapters.values()):
+        raise ValueError("attach: this model's adapter trains base parameters (BitFit / full fine-tuning), "
+                         "so no second adapter can share the base; detach it first")
+    # The other adapters step aside while this one's methods run, so they find the plain base and
+    # the slots (``inducer``, ``lora``) free; their modules come back under their own names after.
+    others = state.added
+    hidden = {other: f"{other.rpartition('.')[0]}.__inducer_hidden_{i}".lstrip(".")
+              for i, other in enumerate(others)}
+    for other, temporary in hidden.items():
+        _move(model, other, temporary)
+    entry = NamedAdapter(configs, train_head, [], [], [])
+    hooks_before = method_hook_ids(model)
     existing = set(dict(model.named_modules()))
     try:
+        sites = find_attention_sites(model)
         for config in configs:
             applied = config.apply(model, sites)
-            state.added += applied.modules
-            state.unfrozen += [n for n in applied.unfrozen if n not in state.unfrozen]
+            entry.added += applied.modules
+            entry.unfrozen += [n for n in applied.unfrozen if n not in entry.unfrozen]
+        if entry.unfrozen and state.adapters:
+            raise ValueError(f"attach: adapter {name!r} trains base parameters (BitFit / full fine-tuning), "
+                             "which the model's other adapters share; give it a model of its own")
     except BaseException:
         # Undo everything, including modules a method added before it failed (and so never
-        # reported): every new top-most module goes.
+        # reported): every new top-most module and every new hook goes.
         new = set(dict(model.named_modules())) - existing
-        state.added = [n for n in new if n.rpartition(".")[0] not in new]
-        detach(model)
+        _remove_modules(model, [n for n in new if n.rpartition(".")[0] not in new])
+        _remove_hooks(model, hooks_before)
+        for other, temporary in hidden.items():
+            _move(model, temporary, other)
+        if not state.adapters:
+            detach(model)
         raise
-    added_ids = {id(p) for name in state.added for p in model.get_submodule(name).parameters()}
+    for saved in list(entry.added):
+        in_model = model_module_name(saved, name)
+        if in_model != saved:
+            _move(model, saved, in_model)
+            entry.saved_names[in_model] = saved
+    entry.added = [model_module_name(saved, name) for saved in entry.added]
+    for other, temporary in hidden.items():
+        _move(model, temporary, other)
+    wrap_new_hooks(model, hooks_before, name, state.router)
+    tag_extensions([model.get_submodule(n) for n in entry.added], name, state.router)
+    added_ids = {id(p) for n in entry.added for p in model.get_submodule(n).parameters()}
     params = dict(model.named_parameters())
-    for p in model.parameters():
-        p.requires_grad_(id(p) in added_ids)
     # Modules a method adds at the model root (prefix-tuning's shared encoder) are outside the backbone
     # too, but they are the method's, not the task head's.
-    head = [n for n in _task_head_names(model) if id(params[n]) not in added_ids] if train_head else []
-    state.head = head
-    state.unfrozen = [n for n in state.unfrozen if n not in head]
-    for name in state.unfrozen + head:
-        params[name].requires_grad_(True)
+    entry.head = [n for n in _task_head_names(model) if id(params[n]) not in added_ids] if train_head else []
+    entry.unfrozen = [n for n in entry.unfrozen if n not in entry.head]
+    state.adapters[name] = entry
+    if not state.router.active:
+        state.router.active = [name]
+    apply_trainable(model)
     return model
+
+
+def _remove_modules(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        delattr(model.get_submodule(parent_name), child)
+
+
+def _remove_hooks(model: nn.Module, keep: set[int]) -> None:
+    """Remove the method hooks whose ids are not in ``keep``."""
+    for module in model.modules():
+        for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
+                                   (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
+            for key in [k for k, h in hooks.items() if isinstance(h, MethodHook) and id(h) not in keep]:
+                del hooks[key]
+                with_kwargs.pop(key, None)
+
+
+def apply_trainable(model: nn.Module) -> None:
+    """Make exactly the active adapters' parameters (and the base ones they train) trainable."""
+    state = adapter_state(model)
+    active = [state.adapters[name] for name in state.router.active]
+    trained_ids = {id(p) for adapter in active for n in adapter.added
+                   for p in model.get_submodule(n).parameters()}
+    trained_base = {n for adapter in active for n in adapter.unfrozen + adapter.head}
+    for n, p in model.named_parameters():
+        p.requires_grad_(id(p) in trained_ids or n in trained_base)
 
 
 def _mergeable(model: nn.Module):
@@ -163,7 +310,12 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold mergeable updates (LoRA) into their layers' weights, for inference without overhead.
 
     Other methods stay active as they are. ``unmerge`` (or ``detach``) undoes it, up to rounding.
+    A model holding several adapters is refused: they share the base weights.
     """
+    state = adapter_state(model)
+    if state is not None and len(state.adapters) > 1:
+        raise ValueError(f"merge: the model holds the adapters {list(state.adapters)}, which share its "
+                         "base weights; delete_adapter the others first, or serve them unmerged with route()")
     for layer, module in _mergeable(model):
         module.merge(layer)
     return model
@@ -186,37 +338,58 @@ def detach(model: nn.Module) -> nn.Module:
         raise ValueError("detach: this model was not adapted by inducer.attach")
     unmerge(model)
     remove_method_hooks(model)
-    for name in state.added:
-        parent_name, _, child = name.rpartition(".")
-        delattr(model.get_submodule(parent_name), child)
+    _remove_modules(model, state.added)
     attention.restore_implementation(model, state.implementations)
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad.get(name, p.requires_grad))
     del model._inducer_state
+    from .integrations.save_hooks import remove_save_hooks
+
+    remove_save_hooks(model)
     return model
 
 
-def added_parameter_names(model: nn.Module, state: AttachState) -> list[str]:
-    """Qualified names of the parameters of every module ``attach`` added."""
+def added_parameter_names(model: nn.Module, state: AttachState | NamedAdapter) -> list[str]:
+    """Qualified names of the parameters of every module ``attach`` added (for one adapter: its own)."""
     prefixes = tuple(name + "." for name in state.added)
     return [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
 
 
-def count_parameters(model: nn.Module) -> ParameterCount:
-    """Count trainable, added, base, task-head and unfrozen parameters (tied weights once)."""
+def count_parameters(model: nn.Module, name: str | None = None) -> ParameterCount:
+    """Count trainable, added, base, task-head and unfrozen parameters (tied weights once).
+
+    ``name``: count one adapter of the model only (its added parameters, the base ones it trains);
+    the base count is the same either way. :attr:`ParameterCount.adapters` has every adapter's
+    added parameters by name.
+    """
     state = adapter_state(model)
-    added_names = set(added_parameter_names(model, state)) if state else set()
-    head_names = set(state.head) if state else set()
-    unfrozen_names = set(state.unfrozen) if state else set()
+    entries = dict(state.adapters) if state else {}
+    if name is not None:
+        if name not in entries:
+            raise ValueError(f"count_parameters: no adapter named {name!r}; the model has {list(entries)}")
+        entries = {name: entries[name]}
+    every_added = set(added_parameter_names(model, state)) if state else set()
+    by_adapter = {key: _module_parameters(model, entry.added) for key, entry in entries.items()}
+    added_names = {n for names in by_adapter.values() for n in names}
+    head_names = {n for entry in entries.values() for n in entry.head}
+    unfrozen_names = {n for entry in entries.values() for n in entry.unfrozen}
     trainable = added = base = head = unfrozen = 0
-    for name, p in model.named_parameters():
-        n = p.numel()
-        trainable += n if p.requires_grad else 0
-        if name in added_names:
-            added += n
+    for n, p in model.named_parameters():
+        size = p.numel()
+        if n in every_added:
+            added += size if n in added_names else 0
+            trainable += size if n in added_names and p.requires_grad else 0
             continue
-        base += n
-        if p.requires_grad:
-            head += n if name in head_names else 0
-            unfrozen += n if name in unfrozen_names else 0
-    return ParameterCount(trainable, added, base, head, unfrozen)
+        base += size
+        if p.requires_grad and (name is None or n in head_names | unfrozen_names):
+            trainable += size
+            head += size if n in head_names else 0
+            unfrozen += size if n in unfrozen_names else 0
+    counts = {key: sum(p.numel() for n, p in model.named_parameters() if n in names)
+              for key, names in by_adapter.items()}
+    return ParameterCount(trainable, added, base, head, unfrozen, adapters=counts)
+
+
+def _module_parameters(model: nn.Module, modules: list[str]) -> set[str]:
+    prefixes = tuple(module + "." for module in modules)
+    return {n for n, _ in model.named_parameters() if n.startswith(prefixes)}

@@ -13,10 +13,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter import adapter_state, added_parameter_names, attach, detach
+from .adapter import (
+    DEFAULT_ADAPTER,
+    NamedAdapter,
+    adapter_state,
+    added_parameter_names,
+    attach,
+    check_adapter_name,
+)
 from .atomic import atomic_write, fsync_path, remove_stale_temporaries, sha256_file, write_temporary
 from .meta import meta_twin
 from .methods import METHOD_CONFIGS, MethodConfig
+from .named_adapters import delete_adapter
 
 # Version 2 names the weights file by its content (``adapter-<sha256[:16]>.safetensors``) so that
 # replacing ``adapter_config.json`` is the one step that switches a folder from the old adapter to the
@@ -25,8 +33,8 @@ FORMAT_VERSION = 2
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"  # format version 1's fixed name
 WEIGHTS_PATTERN = re.compile(r"adapter-([0-9a-f]{16})\.safetensors")
-__all__ = ["AdapterFormatError", "atomic_write", "fingerprint", "load_adapter", "save_adapter",
-           "weights_path"]
+__all__ = ["AdapterFormatError", "atomic_write", "base_model_source", "fingerprint", "load_adapter",
+           "save_adapter", "weights_path"]
 
 
 class AdapterFormatError(ValueError):
@@ -47,11 +55,26 @@ def fingerprint(model: nn.Module) -> dict:
     }
 
 
+def base_model_source(model: nn.Module) -> dict:
+    """``base_model_name_or_path`` (the hub id or folder the base was loaded from) and ``revision``
+    (its hub commit) of ``model``, where transformers recorded them; empty for a model built in code."""
+    config = getattr(model, "config", None)
+    source = {}
+    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if isinstance(name, str) and name:
+        source["base_model_name_or_path"] = name
+    revision = getattr(config, "_commit_hash", None)
+    if isinstance(revision, str) and revision:
+        source["revision"] = revision
+    return source
+
+
 def save_adapter(
     model: nn.Module,
     directory: str | os.PathLike,
     state_dict: dict[str, torch.Tensor] | None = None,
     base_model: dict | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` and ``adapter-<hash>.safetensors`` (the trained tensors) to a folder.
 
@@ -65,23 +88,35 @@ def save_adapter(
     ``accelerator.get_state_dict(model)``, called on every process). An empty tensor, what a
     sharded parameter looks like outside its gather, is refused rather than saved. ``base_model``:
     the base's :func:`fingerprint`, taken before a wrapper (FSDP) replaced its parameters by shards.
+    ``name``: which of the model's adapters to save (needed when it holds several); the folder is
+    the same as that adapter's alone on the base would give.
     """
     from . import __version__
 
     state = adapter_state(model)
     if state is None:
         raise ValueError("save_adapter: this model was not adapted by inducer.attach")
+    if name is None and len(state.adapters) > 1:
+        raise ValueError(f"save_adapter: the model holds the adapters {list(state.adapters)}; pass name= "
+                         "to choose the one to save")
+    if name is not None and name not in state.adapters:
+        raise ValueError(f"save_adapter: no adapter named {name!r}; the model has {list(state.adapters)}")
+    entry = state.adapters[name] if name is not None else state.only()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
-    trained_base = [n for n in state.unfrozen + state.head if params[n].requires_grad]
-    names = added_parameter_names(model, state) + trained_base
+    # Base tensors the adapter trains are saved while trainable; an inactive adapter's are frozen by
+    # set_adapter, not by the user, so they are saved too.
+    active = any(state.adapters[key] is entry for key in state.router.active)
+    trained_base = [n for n in entry.unfrozen + entry.head if params[n].requires_grad or not active]
+    prefixes = tuple(module + "." for module in entry.added)
+    names = [n for n in params if n.startswith(prefixes)] + trained_base
     source = state_dict if state_dict is not None else params
     missing = [name for name in names if name not in source]
     if missing:
         raise ValueError(f"save_adapter: state_dict lacks {missing[:5]} (pass the model's full state dict)")
-    tensors = {name: source[name].detach().cpu().contiguous() for name in names}
-    empty = [name for name, tensor in tensors.items() if tensor.numel() == 0 and params[name].numel() == 0]
+    tensors = {saved_name(entry, n): source[n].detach().cpu().contiguous() for n in names}
+    empty = [n for n in names if source[n].numel() == 0 and params[n].numel() == 0]
     if empty:
         raise ValueError(
             f"save_adapter: {empty[:3]} are empty: the parameters are sharded (FSDP / DeepSpeed ZeRO-3). "
@@ -91,10 +126,10 @@ def save_adapter(
     # prefix-tuning's reparameterisation MLP folded into flat prefixes) also stores the inference
     # form's tensors: the adapter then loads either way (load_adapter's ``inference``), no shape mismatch.
     derived = {}
-    for name in state.added:
-        fold = getattr(model.get_submodule(name), "inference_tensors", None)
+    for module in entry.added:
+        fold = getattr(model.get_submodule(module), "inference_tensors", None)
         if fold is not None:
-            derived.update({f"{name}.{key}": tensor for key, tensor in fold().items()})
+            derived.update({f"{saved_name(entry, module)}.{key}": tensor for key, tensor in fold().items()})
     if set(derived) & set(tensors):
         raise RuntimeError(f"save_adapter: inference tensors {sorted(set(derived) & set(tensors))[:5]} "
                            "clash with trained tensors")
@@ -103,15 +138,24 @@ def save_adapter(
         "format": "inducer-adapter",
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
-        "methods": [c.to_dict() for c in state.configs],
-        "train_head": state.train_head,
-        "head_tensors": [n for n in names if n in state.head],
-        "base_tensors": [n for n in names if n in state.unfrozen],
+        "methods": [c.to_dict() for c in entry.configs],
+        "train_head": entry.train_head,
+        "head_tensors": [n for n in names if n in entry.head],
+        "base_tensors": [n for n in names if n in entry.unfrozen],
         "inference_tensors": sorted(derived),
         "base_model": base_model or fingerprint(model),
+        **base_model_source(model),
     }
     _commit(directory, tensors, config)
     return directory
+
+
+def saved_name(entry: NamedAdapter, name: str) -> str:
+    """The adapter-format name of a module or parameter the model holds as ``name`` for ``entry``."""
+    for in_model, saved in entry.saved_names.items():
+        if name == in_model or name.startswith(in_model + "."):
+            return saved + name[len(in_model):]
+    return name
 
 
 # ---------------------------------------------------------------- loading: validate everything, then act
@@ -121,6 +165,9 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "format": (str,), "format_version": (int,), "library_version": (str,), "methods": (list,),
     "train_head": (bool,), "head_tensors": (list,), "base_tensors": (list,), "inference_tensors": (list,),
     "base_model": (dict,), "weights_sha256": (str,), "weights_file": (str,),
+    # Optional: where the base model comes from, so an adapter folder alone can be loaded
+    # (inducer.from_pretrained). Absent in adapters written before they existed.
+    "base_model_name_or_path": (str,), "revision": (str,),
 }
 REQUIRED_KEYS = ("format", "format_version", "methods", "train_head", "base_model")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -272,7 +319,7 @@ def _read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[st
 
 
 def _expected_tensors(model: nn.Module, methods: list[MethodConfig], config: dict, inference: bool,
-                      weights: Path) -> dict[str, tuple[int, ...]]:
+                      weights: Path, name: str = DEFAULT_ADAPTER) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor the adapter must provide, found by attaching ``methods`` to a
     parameter-free twin of ``model`` (so a declared size of 10**9 costs nothing), and checked against
     what the config claims: a method writes only what it owns (its modules, the task head the model
@@ -280,23 +327,32 @@ def _expected_tensors(model: nn.Module, methods: list[MethodConfig], config: dic
     twin = meta_twin(model)
     try:
         with torch.device("meta"):
-            attach(twin, methods, train_head=True)
+            attach(twin, methods, train_head=True, name=name)
     except (ValueError, TypeError, KeyError, IndexError) as err:
         raise AdapterFormatError(
             f"{weights.parent}: the adapter's methods do not fit this model ({err})") from err
-    state = adapter_state(twin)
-    shapes = {name: tuple(p.shape) for name, p in twin.named_parameters()}
-    owned = set(added_parameter_names(twin, state))
+    entry = adapter_state(twin).adapters[name]
+    parameters = adapter_parameters(twin, entry)
+    shapes = {key: tuple(p.shape) for key, p in parameters.items()}
+    owned = {saved_name(entry, n) for n in added_parameter_names(twin, entry)}
     head, base = config.get("head_tensors") or [], config.get("base_tensors") or []
-    not_head = sorted(set(head) - set(state.head))
-    not_base = sorted(set(base) - set(state.unfrozen))
+    not_head = sorted(set(head) - set(entry.head))
+    not_base = sorted(set(base) - set(entry.unfrozen))
     if not_head or not_base:
         raise AdapterFormatError(
             f"{weights.parent / CONFIG_FILE} claims base tensors its methods do not train (head_tensors "
             f"{not_head[:3]}, base_tensors {not_base[:3]}): refused, an adapter may only replace the task "
             "head and the parameters its own methods train.")
     expected = owned | set(head) | set(base)
-    return {name: shapes[name] for name in sorted(expected)}
+    return {key: shapes[key] for key in sorted(expected)}
+
+
+def adapter_parameters(model: nn.Module, entry: NamedAdapter) -> dict[str, nn.Parameter]:
+    """The parameters one adapter sees, by their adapter-format names: its own and the base's
+    (the model's other adapters left out)."""
+    own = set(added_parameter_names(model, entry))
+    others = owned_names(model) - own
+    return {saved_name(entry, n): p for n, p in model.named_parameters() if n not in others}
 
 
 def load_adapter(
@@ -305,8 +361,12 @@ def load_adapter(
     train_head: bool | None = None,
     inference: bool = False,
     verify_checksum: bool = True,
+    name: str | None = None,
 ) -> nn.Module:
     """Attach the adapter saved in ``directory`` to an unadapted base ``model`` and load its tensors.
+
+    ``name``: load it as that adapter, next to the ones the model holds (``inducer.adapters``);
+    without it the model must be a plain base and the adapter is ``"default"``.
 
     ``inference=True`` attaches each method's inference form instead (``config.inference_config()``
     where a method has one: prefix-tuning's reparameterisation MLP folded into flat prefixes) and
@@ -317,20 +377,28 @@ def load_adapter(
     trust), the base model's fingerprint, and every tensor's name, shape, dtype (floating point,
     the parameter's own) and values (finite). Declared sizes are checked on a parameter-free twin
     first, so a hostile config cannot make us allocate. A refused load raises
-    :class:`AdapterFormatError` naming the problem and leaves ``model`` exactly as it was. Files are
-    never unpickled (safetensors and JSON only).
+    :class:`AdapterFormatError` naming the problem and leaves ``model`` exactly as it was (its other
+    adapters included). Files are never unpickled (safetensors and JSON only).
     """
     directory = Path(directory)
     config = _read_config(directory)
-    if adapter_state(model) is not None:
-        raise ValueError("load_adapter: the model is already adapted; pass the plain base model")
+    state = adapter_state(model)
+    if state is not None and name is None:
+        raise ValueError("load_adapter: the model is already adapted; pass the plain base model, or "
+                         "name=... to load this adapter next to its adapters")
+    if name is not None:
+        check_adapter_name(name)
+    if state is not None and name in state.adapters:
+        raise ValueError(f"load_adapter: the model already has an adapter named {name!r}; pass another "
+                         "name, or inducer.delete_adapter(model, name) first")
+    name = DEFAULT_ADAPTER if name is None else name
     weights = weights_path(directory)
     tensors = _read_tensors(weights, config, verify_checksum)
     _check_base(config["base_model"], fingerprint(model), directory)
     methods = _method_configs(config, directory)
     if inference:
         methods = [m.inference_config() for m in methods]
-    expected = _expected_tensors(model, methods, config, inference, weights)
+    expected = _expected_tensors(model, methods, config, inference, weights, name)
     derived = set(config.get("inference_tensors") or [])
     stray = sorted(derived - set(tensors))
     available = set(tensors) if inference else set(tensors) - derived
@@ -340,21 +408,33 @@ def load_adapter(
     if missing or unexpected or stray:
         raise AdapterFormatError(f"{weights}: tensors do not match the adapter config (missing "
                                  f"{sorted(missing | set(stray))[:5]}, unexpected {sorted(unexpected)[:5]})")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise AdapterFormatError(f"{weights}: {name} has shape {tuple(tensors[name].shape)}, the "
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise AdapterFormatError(f"{weights}: {key} has shape {tuple(tensors[key].shape)}, the "
                                      f"adapter's config implies {shape}")
     head_saved = config.get("train_head", True)
-    attach(model, methods, train_head=head_saved if train_head is None else train_head)
-    params = dict(model.named_parameters())
+    attach(model, methods, train_head=head_saved if train_head is None else train_head, name=name)
+    params = adapter_parameters(model, adapter_state(model).adapters[name])
+    # Adapters saved from a half-precision base before inducer kept added tensors in float32 there
+    # hold them in the base's half dtype: upcasting those to float32 is exact, so they still load.
+    owned = owned_names(model)
+    base_dtypes = {p.dtype for name, p in params.items() if name not in owned}
     wrong_dtype = [(n, tensors[n].dtype, params[n].dtype) for n in expected
-                   if tensors[n].dtype != params[n].dtype]
+                   if tensors[n].dtype != params[n].dtype
+                   and not (params[n].dtype == torch.float32 and tensors[n].dtype in base_dtypes
+                            and tensors[n].dtype in (torch.float16, torch.bfloat16))]
     if wrong_dtype:
-        detach(model)
-        name, saved, wanted = wrong_dtype[0]
-        raise AdapterFormatError(f"{weights}: {name} is {saved}, the model's parameter is {wanted}; load "
-                                 f"the base in the dtype the adapter was saved from ({saved}).")
+        delete_adapter(model, name)
+        tensor_name, saved, wanted = wrong_dtype[0]
+        raise AdapterFormatError(f"{weights}: {tensor_name} is {saved}, the model's parameter is {wanted}; "
+                                 f"load the base in the dtype the adapter was saved from ({saved}).")
     with torch.no_grad():
-        for name in expected:
-            params[name].copy_(tensors[name])
+        for key in expected:
+            params[key].copy_(tensors[key].to(params[key].dtype))
     return model
+
+
+def owned_names(model: nn.Module) -> set[str]:
+    """Names of the parameters ``attach`` added to ``model``."""
+    state = adapter_state(model)
+    return set(added_parameter_names(model, state)) if state else set()

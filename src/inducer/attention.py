@@ -39,8 +39,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from . import routing
 from .kernels import add_sink, additive_mask, fused_attention, reference_attention, repeat_kv
-from .methods.extension import attention_extensions
 
 # Every wrapper name: (the path modules with extensions use, the base the others run).
 # Flash-attention and flex bases are served by sdpa (eager where the model has no sdpa).
@@ -101,7 +101,9 @@ def _make_attention_function(path: str, base: str) -> Callable:
         dropout: float = 0.0,
         **kwargs,
     ):
-        extensions = attention_extensions(module)
+        # The extensions of the adapters serving some rows of this batch (routing), with those rows.
+        routed = routing.routed_extensions(module, query)
+        extensions = [extension for extension, _ in routed]
         if not extensions:
             return _base_function(base, module)(
                 module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
@@ -138,8 +140,8 @@ def _make_attention_function(path: str, base: str) -> Callable:
                              is_causal=causal and not kernel_causal)
         # Extended keys/values join the tensors the function received (after rotary embedding and
         # the cache update): never cached, seen by every query, the mask covers real keys only.
-        for extension in extensions:
-            key, value, mask = extension.extend(key, value, mask)
+        for extension, rows in routed:
+            key, value, mask = routing.extend(extension, rows, query, key, value, mask)
         weights, training, lse = None, module.training, None
         if not needs_lse:  # plain attention over the (extended) keys
             if use_fused:
@@ -158,8 +160,8 @@ def _make_attention_function(path: str, base: str) -> Callable:
         else:
             out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, training,
                                                     softcap, sinks)
-        for extension in extensions:
-            out = extension.compose(query, out, lse, scaling, dropout, training)
+        for extension, rows in routed:
+            out = routing.compose(extension, rows, query, out, lse, scaling, dropout, training)
         return out.transpose(1, 2).contiguous(), weights
 
     inducer_attention.__name__ = f"inducer_{path}_over_{base}_attention"

@@ -1,0 +1,231 @@
+"""Which adapter each row of a batch uses: the per-model router behind ``set_adapter`` and ``route``.
+
+Every module and hook that ``attach`` adds belongs to one named adapter. At each forward, the
+model's :class:`Router` says which rows that adapter serves: all of them (it is active and nothing
+is routed), none (inactive, disabled, or routed to no row) or a row mask. A hook serving some rows
+computes its update for the whole batch and keeps it on those rows only (``torch.where``), so a
+batch routed to eight adapters costs one batched pass per adapter's small update, never a Python
+loop over rows; its gradient flows from its own rows only. Prefix keys routed to some rows are
+masked out (``finfo.min``) for the others.
+
+The router is a plain object kept on the model's attach state (and referenced by the model's
+extensions and hooks), never global: two models route independently, and ``copy.deepcopy`` of a
+model gives the copy its own router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .methods.base import MethodHook
+from .methods.extension import AttentionExtension, attention_extensions
+
+# The attribute naming the adapter (and its router) of an extension that attach added.
+ADAPTER_TAG = "_inducer_adapter"
+
+
+class Router:
+    """The model's active adapters, its per-row routing and whether adapters are disabled."""
+
+    def __init__(self) -> None:
+        self.active: list[str] = []
+        self.routes: list[str | None] | None = None
+        self.disabled = False
+        self._masks: dict = {}  # (batch, device) -> {adapter: row mask}, for the current routes
+
+    def set_routes(self, routes: Sequence[str | None] | None) -> None:
+        """Route row i of every batch to ``routes[i]`` (None: the base); ``None`` ends routing."""
+        self.routes = None if routes is None else list(routes)
+        self._masks = {}
+
+    def rows(self, adapter: str, batch: int, device: torch.device) -> bool | torch.Tensor:
+        """True (every row), False (no row) or a (batch,) bool mask of the rows ``adapter`` serves."""
+        if self.disabled:
+            return False
+        if self.routes is None:
+            return adapter in self.active
+        key = (batch, device)
+        masks = self._masks.get(key)
+        if masks is None:
+            masks = self._masks[key] = self._row_masks(batch, device)
+        mask = masks.get(adapter)
+        if mask is None:
+            return False
+        return True if bool(mask.all()) else mask
+
+    def _row_masks(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+        routes = self.routes
+        if batch % len(routes):
+            raise ValueError(f"inducer.route: {len(routes)} adapter names for a batch of {batch} rows; "
+                             "give one name (or None) per row of the batch")
+        # Beam search and num_return_sequences repeat each row k times in place (repeat_interleave).
+        repeat = batch // len(routes)
+        names = [name for name in routes for _ in range(repeat)]
+        return {name: torch.tensor([n == name for n in names], device=device)
+                for name in dict.fromkeys(names) if name is not None}
+
+
+def keep_rows(rows: bool | torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` on the rows ``rows`` selects, ``old`` elsewhere (batch dimension first)."""
+    if rows is True:
+        return new
+    if rows is False:
+        return old
+    return torch.where(rows.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+class RoutedHook(MethodHook):
+    """A method's hook, run only for the rows its adapter serves (wraps the hook ``attach`` got)."""
+
+    def __init__(self, inner: MethodHook, adapter: str, router: Router):
+        self.inner, self.adapter, self.router = inner, adapter, router
+        self.pre, self.with_kwargs = inner.pre, inner.with_kwargs
+
+    def register(self, module: nn.Module) -> None:
+        """Register like the wrapped hook would."""
+        super().register(module)
+
+    def __call__(self, module, *args):
+        if self.pre:  # pre-hooks stash inputs for the output hook: they run for the whole batch
+            inputs = args[0] if args[0] else tuple(args[1].values()) if self.with_kwargs else ()
+            tensor = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
+            if tensor is not None and self.router.rows(self.adapter, tensor.shape[0], tensor.device) is False:
+                return None
+            return self.inner(module, *args)
+        output = args[-1]
+        if not isinstance(output, torch.Tensor):
+            return self.inner(module, *args)
+        rows = self.router.rows(self.adapter, output.shape[0], output.device)
+        if rows is False:
+            return None
+        return keep_rows(rows, self.inner(module, *args), output)
+
+
+def wrap_new_hooks(model: nn.Module, before: set[int], adapter: str, router: Router) -> None:
+    """Wrap every :class:`MethodHook` of ``model`` not in ``before`` (hook ids) in a RoutedHook,
+    keeping its place in the module's hook order."""
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key, hook in list(hooks.items()):
+                new = id(hook) not in before and not isinstance(hook, RoutedHook)
+                if new and isinstance(hook, MethodHook):
+                    hooks[key] = RoutedHook(hook, adapter, router)
+
+
+def method_hook_ids(model: nn.Module) -> set[int]:
+    """Ids of every method hook on ``model`` now."""
+    return {id(hook) for module in model.modules()
+            for hooks in (module._forward_hooks, module._forward_pre_hooks)
+            for hook in hooks.values() if isinstance(hook, MethodHook)}
+
+
+def remove_adapter_hooks(model: nn.Module, adapter: str) -> None:
+    """Remove the hooks of one adapter from every module of ``model``."""
+    for module in model.modules():
+        for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
+                                   (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
+            for key in [k for k, h in hooks.items() if isinstance(h, RoutedHook) and h.adapter == adapter]:
+                del hooks[key]
+                with_kwargs.pop(key, None)
+
+
+def reorder_hooks(model: nn.Module, active: list[str]) -> None:
+    """Run several active adapters' hooks on one module in the order ``active`` lists them."""
+    if len(active) < 2:
+        return
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for name in active:
+                for key in [k for k, h in hooks.items() if isinstance(h, RoutedHook) and h.adapter == name]:
+                    hooks.move_to_end(key)
+
+
+class RouteFromKeyword(MethodHook):
+    """Forward pre-hook on the model: ``model(..., adapter_names=[...])`` routes that call (PEFT's
+    spelling; ``generate`` passes the keyword on to every step)."""
+
+    pre = True
+    with_kwargs = True
+
+    def __init__(self, router: Router):
+        self.router = router
+        self.saved: list = []  # routes before each routed call, restored by EndRouteFromKeyword
+
+    def __call__(self, _module, args, kwargs):
+        if "adapter_names" not in kwargs:
+            self.saved.append(False)
+            return None
+        names = kwargs.pop("adapter_names")
+        self.saved.append(self.router.routes)
+        self.router.set_routes(names)
+        return args, kwargs
+
+
+class EndRouteFromKeyword(MethodHook):
+    """Forward hook on the model, called even when the forward fails: ends the call's routing."""
+
+    def __init__(self, start: RouteFromKeyword):
+        self.start = start
+
+    def register(self, module: nn.Module) -> None:
+        """Register to run even when the forward raises."""
+        module.register_forward_hook(self, always_call=True)
+
+    def __call__(self, _module, _inputs, _output):
+        if self.start.saved:
+            routes = self.start.saved.pop()
+            if routes is not False:
+                self.start.router.set_routes(routes)
+
+
+def tag_extensions(modules: list[nn.Module], adapter: str, router: Router) -> None:
+    """Mark the extensions among ``modules`` (and their children) as ``adapter``'s."""
+    for module in modules:
+        for child in module.modules():
+            if isinstance(child, AttentionExtension):
+                setattr(child, ADAPTER_TAG, (adapter, router))
+
+
+def routed_extensions(module: nn.Module,
+                      query: torch.Tensor) -> list[tuple[AttentionExtension, bool | torch.Tensor]]:
+    """The extensions of an attention module serving some rows of this batch, with those rows."""
+    used = []
+    for extension in attention_extensions(module):
+        tag = getattr(extension, ADAPTER_TAG, None)
+        rows = True if tag is None else tag[1].rows(tag[0], query.shape[0], query.device)
+        if rows is not False:
+            used.append((extension, rows))
+    tags = [getattr(extension, ADAPTER_TAG, None) for extension, _ in used]
+    if len({tag[0] for tag in tags if tag is not None}) < 2:
+        return used
+    # Several active adapters compose in the order set_adapter listed them (stable sort).
+    order = {name: i for i, name in enumerate(next(t for t in tags if t is not None)[1].active)}
+    rank = [order.get(tag[0], len(order)) if tag else len(order) for tag in tags]
+    return [used[i] for i in sorted(range(len(used)), key=rank.__getitem__)]
+
+
+def extend(extension: AttentionExtension, rows: bool | torch.Tensor, query: torch.Tensor,
+           key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None):
+    """``extension.extend`` for the rows it serves: added keys are masked out for the other rows."""
+    if rows is True:
+        return extension.extend(key, value, mask)
+    new_key, new_value, new_mask = extension.extend(key, value, mask)
+    added = new_key.shape[2] - key.shape[2]
+    if added == 0:
+        return new_key, new_value, new_mask
+    batch = new_key.shape[0]
+    if new_mask is None:
+        new_mask = query.new_zeros(batch, 1, query.shape[2], new_key.shape[2])
+    new_mask = new_mask.expand(batch, *new_mask.shape[1:]).clone()
+    # Extensions prepend their keys (see methods.extension): the first ``added`` columns are theirs.
+    hidden = (~rows).view(-1, 1, 1, 1) & (torch.arange(new_key.shape[2], device=key.device) < added)
+    return new_key, new_value, new_mask.masked_fill(hidden, torch.finfo(new_mask.dtype).min)
+
+
+def compose(extension: AttentionExtension, rows: bool | torch.Tensor, query: torch.Tensor,
+            out: torch.Tensor, lse, scaling: float, dropout: float, training: bool) -> torch.Tensor:
+    """``extension.compose`` kept on the rows it serves."""
+    return keep_rows(rows, extension.compose(query, out, lse, scaling, dropout, training), out)
