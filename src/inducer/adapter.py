@@ -6,6 +6,7 @@ Saving and loading adapters lives in :mod:`inducer.adapter_format`.
 from __future__ import annotations
 
 import re
+import types
 import warnings
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from .routing import (
     EndRouteFromKeyword,
     RouteFromKeyword,
     Router,
+    generate_with_adapter_names,
     method_hook_ids,
     tag_extensions,
     wrap_new_hooks,
@@ -209,9 +211,12 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
         implementations = attention.set_implementation(model, attention.wrapped_name)
         state = AttachState({}, requires_grad, implementations)
         model._inducer_state = state
+        # PEFT's spelling of routing: model(..., adapter_names=[...]) and generate(..., adapter_names=).
         start = RouteFromKeyword(state.router)
         start.register(model)
         EndRouteFromKeyword(start).register(model)
+        if callable(getattr(model, "generate", None)):
+            model.generate = types.MethodType(generate_with_adapter_names, model)
     if any(adapter.unfrozen for adapter in state.adapters.values()):
         raise ValueError("attach: this model's adapter trains base parameters (BitFit / full fine-tuning), "
                          "so no second adapter can share the base; detach it first")
@@ -340,6 +345,8 @@ def detach(model: nn.Module) -> nn.Module:
     remove_method_hooks(model)
     _remove_modules(model, state.added)
     attention.restore_implementation(model, state.implementations)
+    if getattr(model.__dict__.get("generate"), "__func__", None) is generate_with_adapter_names:
+        del model.__dict__["generate"]
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad.get(name, p.requires_grad))
     del model._inducer_state

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from .adapter import AttachState, adapter_state, apply_trainable, detach
-from .routing import remove_adapter_hooks, reorder_hooks
+from .routing import check_routes, remove_adapter_hooks, reorder_hooks
 
 __all__ = ["adapters", "delete_adapter", "disable_adapter", "route", "set_adapter"]
 
@@ -30,8 +30,8 @@ def _state(model: nn.Module, caller: str) -> AttachState:
     return state
 
 
-def _known(state: AttachState, names, caller: str) -> None:
-    unknown = [name for name in names if name is not None and name not in state.adapters]
+def _known(state: AttachState, names: list[str], caller: str) -> None:
+    unknown = [name for name in names if name not in state.adapters]
     if unknown:
         raise ValueError(f"{caller}: no adapter named {unknown[0]!r}; the model has {list(state.adapters)}")
 
@@ -83,9 +83,7 @@ def route(model: nn.Module, names: Sequence[str | None]) -> Iterator[nn.Module]:
     adapters to train active with ``set_adapter(model, [...])``).
     """
     state = _state(model, "route")
-    if isinstance(names, str) or not len(names):
-        raise ValueError(f"route: give a list with one adapter name (or None) per row, got {names!r}")
-    _known(state, names, "route")
+    names = check_routes(names, state.adapters, "route")
     _refuse_merged(model, "route")
     router = state.router
     before = router.routes

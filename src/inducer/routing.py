@@ -68,6 +68,32 @@ class Router:
                 for name in dict.fromkeys(names) if name is not None}
 
 
+def check_routes(routes, known, caller: str) -> list[str | None]:
+    """``routes`` as a list, refused with one line unless it names one known adapter (or None) per row."""
+    if isinstance(routes, str) or not isinstance(routes, Sequence) or not len(routes):
+        raise ValueError(f"{caller}: give a list with one adapter name (or None) per row, got {routes!r}")
+    unknown = [name for name in routes if name is not None and name not in known]
+    if unknown:
+        raise ValueError(f"{caller}: no adapter named {unknown[0]!r}; the model has {list(known)}")
+    return list(routes)
+
+
+def generate_with_adapter_names(model: nn.Module, *args, adapter_names=None, **kwargs):
+    """The model's ``generate``, taking PEFT's ``adapter_names=`` (one adapter name or None per row),
+    which transformers' generate would refuse as an unused keyword. Bound to each adapted model."""
+    generate = type(model).generate
+    if adapter_names is None:
+        return generate(model, *args, **kwargs)
+    state = model._inducer_state
+    names = check_routes(adapter_names, state.adapters, "generate(adapter_names=)")
+    before = state.router.routes
+    state.router.set_routes(names)
+    try:
+        return generate(model, *args, **kwargs)
+    finally:
+        state.router.set_routes(before)
+
+
 def keep_rows(rows: bool | torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """``new`` on the rows ``rows`` selects, ``old`` elsewhere (batch dimension first)."""
     if rows is True:
@@ -154,11 +180,11 @@ class RouteFromKeyword(MethodHook):
         self.router = router
         self.saved: list = []  # routes before each routed call, restored by EndRouteFromKeyword
 
-    def __call__(self, _module, args, kwargs):
+    def __call__(self, module, args, kwargs):
         if "adapter_names" not in kwargs:
             self.saved.append(False)
             return None
-        names = kwargs.pop("adapter_names")
+        names = check_routes(kwargs.pop("adapter_names"), module._inducer_state.adapters, "adapter_names")
         self.saved.append(self.router.routes)
         self.router.set_routes(names)
         return args, kwargs
