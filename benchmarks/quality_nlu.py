@@ -369,8 +369,10 @@ def run_job(job: dict, settings: dict) -> dict:
 class Plan:
     """Which jobs exist, which are ready (in priority order), and what stage 1 chose."""
 
-    def __init__(self, stages: set[str], seeds: list[int], configs: list[str], small: list[str]):
+    def __init__(self, stages: set[str], seeds: list[int], configs: list[str], small: list[str],
+                 fixed_lrs: dict[str, float] | None = None):
         self.stages, self.seeds = stages, seeds
+        fixed_lrs = fixed_lrs or {}
         self.keys = [(c, BUDGET) for c in configs] + [(c, SMALL_BUDGET) for c in small]
         self.ready: list[tuple[tuple, dict]] = []
         self.chosen: dict[tuple[str, str], float] = {}
@@ -379,7 +381,9 @@ class Plan:
         self.counter = 0
         for order, key in enumerate(self.keys):
             config, budget = key
-            if "1" in stages:
+            if config in fixed_lrs:  # a rate given on the command line: no selection, every seed
+                self._select(key, fixed_lrs[config], all_seeds=True)
+            elif "1" in stages:
                 ids = set()
                 for i, lr in enumerate(grid_of(config)):
                     job = self._job("1", config, budget, lr, seeds[0])
@@ -812,7 +816,7 @@ def comparison_section(entries: list[dict]) -> list[str]:
         "",
         "Mean difference [95% paired-t interval], two-sided paired-t p-value (seeds where a > b); "
         "the verdict is *wins* / *loses* when the interval excludes 0, else *ties*. Bootstrap "
-        "intervals over seeds are in quality_nlu.json (`results.comparisons`).",
+        "intervals over seeds are in the JSON file (`results.comparisons`).",
         "",
         "| budget | a | b | test: a − b | verdict | validation: a − b |",
         "|---|---|---|---:|---|---:|",
@@ -1075,6 +1079,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="the first seeds stage 1; all are reported")
     p.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     p.add_argument("--configs", default=None, help="only these configs (names from both budgets' lists)")
+    p.add_argument("--lrs", default=None,
+                   help="fixed rates, no stage 1 for these configs: CONFIG=RATE,... (e.g. prefix=3e-4)")
     p.add_argument("--budgets", default=f"{BUDGET},{SMALL_BUDGET}", help="only these budgets")
     p.add_argument(
         "--deadline-seconds", type=float, default=330.0, help="start no job after this (from start)"
@@ -1137,6 +1143,15 @@ def main(argv=None) -> None:
             sys.exit(f"quality_nlu: unknown config(s) {sorted(unknown)}; choose from {CONFIGS}")
         configs = [c for c in CONFIGS if c in wanted]
         small = [c for c in SMALL_CONFIGS if c in wanted]
+    fixed_lrs = {}
+    for item in filter(None, (i.strip() for i in (args.lrs or "").split(","))):
+        name, _, value = item.partition("=")
+        try:
+            fixed_lrs[name] = float(value)
+        except ValueError:
+            sys.exit(f"quality_nlu: --lrs takes CONFIG=RATE pairs (e.g. prefix=3e-4), got {item!r}")
+        if name not in CONFIGS:
+            sys.exit(f"quality_nlu: --lrs names unknown config {name!r}; choose from {CONFIGS}")
     budgets = {b.strip() for b in args.budgets.split(",") if b.strip()}
     if budgets - {BUDGET, SMALL_BUDGET}:
         sys.exit(f"quality_nlu: unknown budget(s) {sorted(budgets - {BUDGET, SMALL_BUDGET})}; "
@@ -1181,6 +1196,7 @@ def main(argv=None) -> None:
         "budgets": [BUDGET, SMALL_BUDGET],
         "configs": {BUDGET: configs, SMALL_BUDGET: small},
         "lr_grids": {c: grid_of(c) for c in configs},
+        "fixed_lrs": fixed_lrs,
         "seeds": seeds,
         "stages": sorted(stages),
         "init_variants": INIT_VARIANTS,
@@ -1195,7 +1211,7 @@ def main(argv=None) -> None:
         "threads_per_worker": threads,
     }
     deadline = Deadline(args.deadline_seconds, args.grace_seconds, start=start)
-    plan = Plan(stages, seeds, configs, small)
+    plan = Plan(stages, seeds, configs, small, fixed_lrs)
     runs: list[dict] = []
 
     def record(row: dict) -> None:
