@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import adapter_state, attach, detach
-from .adapter_format import AdapterFormatError
+from .adapter_format import AdapterFormatError, base_model_source
 from .atomic import atomic_write
 from .methods.peft_conversion import BY_METHOD, BY_PEFT_TYPE, PeftInteropError
 
@@ -40,7 +40,9 @@ __all__ = ["PEFT_CONFIG_FILE", "PEFT_WEIGHTS_FILE", "PeftInteropError", "export_
 def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the adapter of ``model`` (adapted by ``inducer.attach``) as a PEFT adapter directory.
 
-    ``peft.PeftModel.from_pretrained(base, directory)`` then loads it. Supported: LoRA on any
+    ``peft.PeftModel.from_pretrained(base, directory)`` then loads it, and so does
+    ``peft.AutoPeftModelForCausalLM.from_pretrained(directory)`` (the base's name or path, where
+    transformers recorded it, is written as ``base_model_name_or_path``). Supported: LoRA on any
     model (a slice of a fused projection, such as GPT-2's query third of ``c_attn``, becomes a
     LoRA of the whole layer whose other rows are zero), and prefix-tuning on a causal LM with
     prefixes on every self-attention layer (flat, or reparameterised: the MLP is
@@ -61,6 +63,13 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
         raise PeftInteropError("export_peft: trained base parameters (task head, unfrozen weights) are not "
                                "exported; attach with train_head=False or export without them")
     peft_config, tensors = BY_METHOD[methods[0]].to_peft(model, state.configs[0])
+    # PEFT's AutoPeftModel* builds the base from these (None: "Cannot infer the auto class").
+    source = base_model_source(model)
+    peft_config["base_model_name_or_path"] = source.get("base_model_name_or_path")
+    peft_config["revision"] = source.get("revision")
+    if not peft_config.get("task_type"):  # else AutoPeftModel* reads the base's class from here
+        peft_config["auto_mapping"] = {"base_model_class": type(model).__name__,
+                                       "parent_library": "transformers"}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
