@@ -112,8 +112,12 @@ def test_resume_continues_from_the_checkpoint(tiny_models, tmp_path):
         *FAST,
     ]
     run_cli(*args)
-    result = run_cli(*args, "--resume", "--max-steps", "6")
+    refused = run_cli(*args, "--resume", "--max-steps", "6", expect=2)
+    assert "max_steps: 4 -> 6" in refused.output and "--new-schedule" in refused.output
+    result = run_cli(*args, "--resume", "--max-steps", "6", "--new-schedule")
     assert "of 6" in result.output
+    changes = json.loads((tmp_path / "config.json").read_text())["schedule_changes"]
+    assert changes == [{"max_steps": [4, 6]}]  # the longer schedule is recorded, not hidden
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 6
 

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
@@ -89,6 +91,4 @@ class MetricsLog(TrainerCallback):
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

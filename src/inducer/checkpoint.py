@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 LEGACY_STATE_FILE = "trainer_state.pt"  # pickled by inducer before the safetensors + JSON format
@@ -121,12 +123,10 @@ def save_train_state(folder: str | Path, state: TrainState) -> Path:
         "scheduler": _encode(state.scheduler, "scheduler", tensors),
         "rng": [_encode_rng(rng, rank, tensors) for rank, rng in enumerate(state.rng)],
     }
-    tmp = folder / (record["tensors"] + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / record["tensors"])
-    tmp = folder / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(folder / STATE_FILE)  # the commit point: from here on the new tensors are the checkpoint
+    remove_stale_temporaries(folder, "trainer_state")  # a crashed save's leftovers
+    atomic_write(folder / record["tensors"], lambda tmp: save_file(tensors, tmp))
+    # The commit point: from here on the new tensors are the checkpoint.
+    atomic_write_text(folder / STATE_FILE, json.dumps(record))
     for old in folder.glob("trainer_state.*.safetensors"):
         if old.name != record["tensors"]:
             old.unlink(missing_ok=True)

@@ -114,7 +114,9 @@ def train(
     budget: opt.Budget = None,
     recipe: opt.Recipe = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="output folder")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from OUTPUT/checkpoint")] = False,
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
+    new_schedule: opt.NewSchedule = False,
     sizes: opt.Sizes = None,
     quiet: opt.Quiet = False,
     data: dict | None = None,
@@ -128,7 +130,8 @@ def train(
 
         spec = _spec(
             "train", recipe, data, model=model, task=task, methods=[method] if method else None,
-            budget=budget, sizes=sizes, output=output, resume=resume, progress=not quiet, training=training,
+            budget=budget, sizes=sizes, output=output, resume=resume, overwrite=overwrite,
+            new_schedule=new_schedule, progress=not quiet, training=training,
         )  # fmt: skip
         result = train_run(spec)
         if not is_main_process():  # under `accelerate launch`, the first process reports
@@ -226,6 +229,7 @@ def compare(
     recipe: opt.Recipe = None,
     output: opt.ResultsFolder = None,
     save_runs: opt.SaveRuns = False,
+    overwrite: opt.Overwrite = False,
     quiet: opt.Quiet = False,
     data: dict | None = None,
     training: dict | None = None,
@@ -238,7 +242,7 @@ def compare(
 
         spec = _spec(
             "compare", recipe, data, model=model, task=task, methods=methods, budget=budget, seeds=seeds,
-            output=output, save_runs=save_runs, progress=not quiet, training=training,
+            output=output, save_runs=save_runs, overwrite=overwrite, progress=not quiet, training=training,
         )  # fmt: skip
         comparison.compare(spec, on_row=lambda rows: console.print(_results_table(rows, spec.title)))
         console.print(f"wrote {output}/results.md, results.json, results.png")

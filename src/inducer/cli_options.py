@@ -44,6 +44,20 @@ Sizes = Annotated[
     typer.Option("--sizes", help="explicit method sizes instead of a budget, e.g. 'r_k=10,r_v=15'"),
 ]
 ResultsFolder = Annotated[str | None, typer.Option("--output", "-o", help="folder for results.{json,md,png}")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="continue the run in OUTPUT from its checkpoint (same settings)")
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="replace the earlier run in OUTPUT (its files are removed first)")
+]
+NewSchedule = Annotated[
+    bool,
+    typer.Option(
+        "--new-schedule",
+        help="with --resume: continue on a new learning-rate schedule (--lr, --max-steps, --epochs, "
+        "warmup) from the saved step; recorded in config.json",
+    ),
+]
 SaveRuns = Annotated[bool, typer.Option("--save-runs", help="also keep every run's adapters and logs")]
 Inputs = Annotated[list[str] | None, typer.Option("--input", "-i", help="input text (repeatable)")]
 Split = Annotated[str, typer.Option("--split", help="train / validation / test (/ test_mismatched)")]

@@ -13,6 +13,7 @@ Entry point: :func:`compare` with a :class:`inducer.runspec.RunSpec` (``inducer 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -21,8 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .experiment import TaskSource, check_method, run_one
+from .atomic import atomic_write, atomic_write_text
+from .experiment import TaskSource, check_method, is_main_process, run_one
 from .metrics import better
+from .run_folder import folder_lock
 from .tasks import TaskData
 from .training_config import TrainConfig
 
@@ -85,12 +88,13 @@ def pick_lr(
     progress: bool,
     sizes: dict | None = None,
     chosen: dict | None = None,
+    overwrite: bool = False,
 ) -> tuple[float, list[dict]]:
     """The grid value with the best validation score (first seed), and every trial's score.
 
     The grid grows past an edge holding the best value (:func:`next_lr`); trials added so have
     ``"extension": True``. ``chosen``: the sizes already chosen per method (see
-    :func:`inducer.experiment.build`)."""
+    :func:`inducer.experiment.build`); ``overwrite``: replace earlier runs in ``output_dir``."""
     trials, best_lr, best = [], grid[0], None
     scores: dict[float, float] = {}
     todo = list(grid)
@@ -108,6 +112,7 @@ def pick_lr(
             test_splits=False,
             sizes=sizes,
             chosen=chosen,
+            overwrite=overwrite,
         )
         metric = run["select_metric"]
         trial = {"lr": lr, "validation": run["best_validation"], "select_metric": metric}
@@ -225,7 +230,7 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path, title: str) 
     curves.set_title("learning curves (first seed)")
     curves.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -247,10 +252,15 @@ def compare(
     for method in spec.methods:
         check_method(method)
     task = task or spec.source.load()
-    seeds = spec.seeds
     output = Path(spec.output) if spec.output else None
-    if output:
-        output.mkdir(parents=True, exist_ok=True)
+    # One comparison per results folder at a time (its runs' folders are locked by run_one too).
+    with folder_lock(output) if output and is_main_process() else contextlib.nullcontext():
+        return _compare(spec, on_row, task, output)
+
+
+def _compare(spec: RunSpec, on_row, task: TaskData, output: Path | None) -> dict:
+    """:func:`compare`'s work, with ``output`` (if any) locked."""
+    seeds = spec.seeds
     rows: list[dict] = []
     all_runs: dict[str, list[dict]] = {}
     lr_trials: dict[str, list[dict]] = {}
@@ -274,6 +284,7 @@ def compare(
                 spec.progress,
                 sizes,
                 chosen,
+                spec.overwrite,
             )
         runs = []
         for seed in seeds:
@@ -290,6 +301,7 @@ def compare(
                     task=task,
                     sizes=sizes,
                     chosen=chosen,
+                    overwrite=spec.overwrite,
                 )
             )
         all_runs[method] = runs
@@ -304,7 +316,8 @@ def compare(
 def _write(output: Path, spec: RunSpec, task: TaskData, rows, runs, lr_trials) -> None:
     model, source, budget, seeds, title = spec.model, spec.source, spec.budget, spec.seeds, spec.title
     header = title or f"{model} x {task.spec.name}"
-    (output / "results.json").write_text(
+    atomic_write_text(
+        output / "results.json",
         json.dumps(
             {
                 "model": model,
@@ -320,7 +333,8 @@ def _write(output: Path, spec: RunSpec, task: TaskData, rows, runs, lr_trials) -
         )
     )
     budget_note = f"budget {budget}" if budget is not None else "each method's paper settings"
-    (output / "results.md").write_text(
+    atomic_write_text(
+        output / "results.md",
         markdown_table(rows, header) + f"\n{len(seeds)} seed(s); {budget_note}; parameters are those kept at "
         "inference, task head excluded; test metric mean ± std over seeds.\n"
     )

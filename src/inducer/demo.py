@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .runspec import RunSpec, resolve
 
 
@@ -81,8 +82,8 @@ def stamp(output: Path, seconds: float) -> None:
         f"torch threads, torch {torch.__version__}, transformers {transformers.__version__}"
     )
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    with open(output / "results.md", "a") as f:
-        f.write(f"\nRun {when} on {machine}: {seconds:.0f} s wall time (loading, training and evaluation).\n")
+    note = f"\nRun {when} on {machine}: {seconds:.0f} s wall time (loading, training and evaluation).\n"
+    atomic_write_text(output / "results.md", (output / "results.md").read_text(encoding="utf-8") + note)
     data = json.loads((output / "results.json").read_text())
     data["environment"] = {"date": when, "machine": machine, "wall_seconds": seconds}
-    (output / "results.json").write_text(json.dumps(data, indent=2, default=str))
+    atomic_write_text(output / "results.json", json.dumps(data, indent=2, default=str))

@@ -8,6 +8,7 @@ trains the one method of a ``RunSpec``; :func:`predict` runs a saved adapter on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -18,9 +19,11 @@ import torch
 
 from .adapter import count_parameters
 from .adapter_format import load_adapter
+from .atomic import atomic_write_text
 from .base_models import LoadedModel, load_model
 from .encoding import EncodeOptions
 from .presets import PRESETS, preset
+from .run_folder import CONFIG_FILE, base_weights_sha256, folder_lock, prepare_run_folder
 from .tasks import Columns, TaskData, TaskError, load_files, load_task
 from .training import RUN_FILE, Trainer, TrainResult, encode_options, evaluate, set_seed
 from .training_config import TrainConfig
@@ -141,6 +144,7 @@ def run_info(
         "encode": asdict(options),
         "max_new_tokens": task.spec.max_new_tokens,
         "train": asdict(config),
+        "base_weights_sha256": base_weights_sha256(loaded.model),
     }
 
 
@@ -162,6 +166,8 @@ def train_run(spec: RunSpec, task: TaskData | None = None, on_eval=None) -> dict
         spec.budget_for(method),
         spec.output,
         resume=spec.resume,
+        overwrite=spec.overwrite,
+        new_schedule=spec.new_schedule,
         progress=spec.progress,
         task=task,
         on_eval=on_eval,
@@ -183,22 +189,39 @@ def run_one(
     test_splits: bool = True,
     sizes: dict | None = None,
     chosen: dict | None = None,
+    overwrite: bool = False,
+    new_schedule: bool = False,
 ) -> dict:
     """Train one method and evaluate it: returns counts, validation history and test metrics.
 
     ``sizes`` gives the method explicit sizes instead of ``budget``; ``chosen`` is :func:`build`'s.
+    ``output_dir`` is locked for the run; it must be empty, or hold this same run with ``resume``, or
+    an old run that ``overwrite`` removes first (:func:`inducer.run_folder.prepare_run_folder`);
+    ``new_schedule`` lets a resumed run continue on a new learning-rate schedule (recorded).
     """
-    task = task or source.load()
-    loaded, configs = build(model_name, task, method, budget, config.seed, config.train_head, sizes, chosen)
-    logger.info(configs.summary)
-    info = run_info(model_name, source, task, method, budget, configs, config, loaded)
-    main = is_main_process()
-    if output_dir is not None and main:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "config.json").write_text(json.dumps(info, indent=2))
-    options = EncodeOptions(**info["encode"])  # fitted to the model once, by run_info
-    trainer = Trainer(loaded, task, config, output_dir, info, progress, on_eval, options=options)
-    result: TrainResult = trainer.train(resume=resume)
+    # Only the main process writes (and so owns and locks) the folder.
+    owned = Path(output_dir) if output_dir is not None and is_main_process() else None
+    with folder_lock(owned) if owned is not None else contextlib.nullcontext():
+        task = task or source.load()
+        seed, train_head = config.seed, config.train_head
+        loaded, configs = build(model_name, task, method, budget, seed, train_head, sizes, chosen)
+        logger.info(configs.summary)
+        info = run_info(model_name, source, task, method, budget, configs, config, loaded)
+        if owned is not None:
+            # Checked before anything is written: a refused resume or overwrite leaves the folder as it was.
+            prepare_run_folder(owned, info, resume, overwrite, new_schedule)
+            atomic_write_text(owned / CONFIG_FILE, json.dumps(info, indent=2))
+        options = EncodeOptions(**info["encode"])  # fitted to the model once, by run_info
+        trainer = Trainer(loaded, task, config, output_dir, info, progress, on_eval, options=options)
+        result: TrainResult = trainer.train(resume=resume, new_schedule=new_schedule)
+        return _test_and_summarise(trainer, configs, result, owned, test_splits)
+
+
+def _test_and_summarise(
+    trainer: Trainer, configs, result: TrainResult, owned: Path | None, test_splits: bool
+) -> dict:
+    """:func:`run_one`'s test evaluation and summary (written to ``owned``/results.json if set)."""
+    loaded, task, method = trainer.loaded, trainer.task, trainer.run_info["method"]
     count = count_parameters(loaded.model)
     tests = {}
     if test_splits:
@@ -224,8 +247,8 @@ def run_one(
         "history": result.history,
         "test": tests,
     }
-    if output_dir is not None and main:
-        (Path(output_dir) / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    if owned is not None:
+        atomic_write_text(Path(owned) / "results.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

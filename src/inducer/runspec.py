@@ -47,7 +47,10 @@ class RunSpec:
         lr_grids: a method's learning-rate grid (default: ``compare.LR_GRIDS``).
         seeds: the seeds of ``compare``'s runs per method (default: ``[config.seed]``).
         output: output folder (None: write nothing).
-        resume: ``train_run`` continues from ``output/checkpoint``.
+        resume: ``train_run`` continues from ``output/checkpoint`` (the same run only).
+        overwrite: a run's folder that holds an earlier run is cleared first (else: refused).
+        new_schedule: with ``resume``, continue on the new learning-rate schedule (``lr``,
+            ``max_steps``, ``epochs``, warmup) instead of refusing the change; recorded in config.json.
         save_runs: ``compare`` also keeps every run's adapters and logs.
         progress: show progress bars.
         title: title of ``compare``'s results table.
@@ -65,6 +68,8 @@ class RunSpec:
     seeds: list[int] = field(default_factory=list)
     output: str | None = None
     resume: bool = False
+    overwrite: bool = False
+    new_schedule: bool = False
     save_runs: bool = False
     progress: bool = True
     title: str = ""
@@ -132,8 +137,9 @@ def resolve(recipe: Recipe | None, cli_args: dict, command: str = "compare") -> 
     or comma-separated; ``train``: one), ``budget``, ``sizes`` (dict or ``'r_k=10,r_v=15'``),
     the data options of :func:`task_source` (``data_dir``, ...; ``text_column``, ...),
     ``training`` (TrainConfig fields), ``seeds`` (how many, counting up from the seed), ``output``,
-    ``resume``, ``save_runs``, ``progress``, ``title``. Without a recipe only ``cli_args`` and defaults
-    count. ``train`` uses the recipe's first method when none is given, ``compare`` all of them.
+    ``resume``, ``overwrite``, ``new_schedule``, ``save_runs``, ``progress``, ``title``. Without a recipe only
+    ``cli_args`` and defaults count. ``train`` uses the recipe's first method when none is given,
+    ``compare`` all of them.
 
     A learning rate given on the command line, or by the recipe for a method, is fixed; ``compare``
     picks the others on validation. A command-line ``budget`` replaces the recipe's sizes and
@@ -217,6 +223,8 @@ def resolve(recipe: Recipe | None, cli_args: dict, command: str = "compare") -> 
         seeds=[config.seed + i for i in range(given.get("seeds", 1))],
         output=given.get("output"),
         resume=bool(given.get("resume", False)),
+        overwrite=bool(given.get("overwrite", False)),
+        new_schedule=bool(given.get("new_schedule", False)),
         save_runs=bool(given.get("save_runs", False)),
         progress=bool(given.get("progress", True)),
         title=given.get("title", ""),
@@ -235,6 +243,8 @@ _KEYS = {
     "seeds",
     "output",
     "resume",
+    "overwrite",
+    "new_schedule",
     "save_runs",
     "progress",
     "title",

@@ -19,8 +19,7 @@ Evaluation lives in ``evaluation``, the ``--resume`` checkpoint in ``checkpoint`
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import logging
 import math
 import random
@@ -31,22 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics as metric_fns
 from .adapter import count_parameters
-from .adapter_format import fingerprint, save_adapter
+from .adapter_format import fingerprint
 from .base_models import LoadedModel
 from .callbacks import EvalFunction, MetricsLog, TrainerCallback
-from .checkpoint import (
-    RngState,
-    TrainState,
-    copy_into,
-    load_train_state,
-    restore_train_state,
-    save_train_state,
-)
+from .checkpoint import TrainState, copy_into
 from .data_parallel import (  # noqa: F401  (launched_processes: re-exported)
     cpu_processes,
     launched_processes,
@@ -62,11 +53,20 @@ from .evaluation import (  # noqa: F401  (generate_texts, predict_labels, evalua
     generate_texts,
     predict_labels,
 )
+from .interrupts import StopRequests, interrupted
+from .optimization import build_optimizer, enable_checkpointing
+from .run_folder import folder_lock
 from .tasks import TaskData
 from .training_config import PRECISIONS, TrainConfig  # noqa: F401  (PRECISIONS: re-exported)
+from .training_files import (  # noqa: F401  (RUN_FILE: re-exported)
+    RUN_FILE,
+    load_checkpoint,
+    save_checkpoint,
+    save_run_adapter,
+    trainable_tensors,
+)
 
 logger = logging.getLogger(__name__)
-RUN_FILE = "inducer_run.json"  # written next to each saved adapter: what eval/generate need to reuse it
 
 
 @dataclass
@@ -89,28 +89,10 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # The usual convention (BERT, the HF Trainer): no decay on biases and normalisation weights.
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     # A pure function of (seed, epoch): resuming recomputes the same order and skips what was seen.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
-
-
-def _enable_checkpointing(model: nn.Module) -> None:
-    kwargs = {"use_reentrant": False}  # non-reentrant: works with a frozen base (no input grads needed)
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -184,37 +166,33 @@ class Trainer:
             self.eval_rows = encode_split(
                 self.task, "validation", self.loaded, self.options, config.max_eval_examples
             )
+        if len(self.train_rows) == 0:  # the loop would wait forever for a first batch
+            raise ValueError(
+                "the training split has no rows (after --max-train-examples and dropping empty rows); "
+                "give a training file with data"
+            )
         model = self.loaded.model
         if config.gradient_checkpointing:
-            _enable_checkpointing(model)
-        groups = _parameter_groups(model, config.weight_decay)
-        if not any(g["params"] for g in groups):
-            raise ValueError("the model has no trainable parameters; attach a method first")
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+            enable_checkpointing(model)
         per_epoch = math.ceil(len(self.train_rows) / config.batch_size)
         self.steps_per_epoch = max(1, math.ceil(per_epoch / config.grad_accum))  # a last partial step too
-        total = config.max_steps or max(1, math.ceil(self.steps_per_epoch * config.epochs))
-        warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
-        self.total_steps = total
-
-        def schedule(step: int) -> float:  # linear warmup, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self._base_fingerprint = fingerprint(model)  # before any wrapper shards the parameters
+        self.total_steps = config.max_steps or max(1, math.ceil(self.steps_per_epoch * config.epochs))
+        optimizer, self.scheduler = build_optimizer(model, config, self.total_steps)
+        self.base_fingerprint = fingerprint(model)  # before any wrapper shards the parameters
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
     # -- the loop ----------------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> TrainResult:
-        """Run training; with ``resume``, continue from ``output_dir/checkpoint``.
+    def train(self, resume: bool = False, new_schedule: bool = False) -> TrainResult:
+        """Run training; with ``resume``, continue from ``output_dir/checkpoint`` (with
+        ``new_schedule``: on this config's learning-rate schedule, not the saved one).
 
         At the end the model holds the best parameters found (by the validation ``select`` metric).
+        The output folder is locked for the run. A first SIGINT / SIGTERM stops after the current
+        step, saves the checkpoint and ``last/`` and raises ``TrainingInterrupted``.
         """
         config = self.config
         set_seed(config.seed)
-        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        rank = self.accelerator.process_index
         if rank:  # other processes draw their own dropout masks (the data order is seeded separately)
             torch.manual_seed(config.seed + 7919 * rank)
         self.prepare()
@@ -223,15 +201,34 @@ class Trainer:
                 "--save-every / --resume are not supported with sharded parameters (FSDP, DeepSpeed "
                 "ZeRO-3) yet: the trainer checkpoint holds whole tensors. Use DDP or ZeRO-2 to resume."
             )
-        total, train = self.total_steps, self.train_rows
+        owned = self.output_dir is not None and self.is_main
+        with folder_lock(self.output_dir) if owned else contextlib.nullcontext(), StopRequests() as stop:
+            state = load_checkpoint(self, new_schedule) if resume else TrainState()
+            if self.metrics_log is not None:
+                if resume:
+                    self.metrics_log.truncate(state.step)
+                self.metrics_log.open()
+            try:
+                stopped = self._loop(state, stop)
+                self._save_adapter("last", {"step": state.step})
+                self._save_checkpoint(state)
+            finally:
+                if self.metrics_log is not None:
+                    self.metrics_log.close()
+            if stop.received is not None:
+                raise interrupted(stop.received, state.step, self.total_steps, self.output_dir)
+        if state.best_tensors is not None:
+            copy_into(self.accelerator.unwrap_model(self.model), state.best_tensors)
+        self.accelerator.wait_for_everyone()  # the main process's files exist when any process returns
+        return TrainResult(
+            state.best, state.best_step, self.select, state.step, state.train_seconds, state.history, stopped
+        )
+
+    def _loop(self, state: TrainState, stop: StopRequests) -> bool:
+        """Optimizer steps from ``state`` to the end (or a stop request); returns whether it stopped early."""
+        config, total, train = self.config, self.total_steps, self.train_rows
         eval_every = config.eval_every or self.steps_per_epoch
-        state = self._load_checkpoint() if resume else TrainState()
-        if self.output_dir is not None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.metrics_log is not None:
-            if resume:
-                self.metrics_log.truncate(state.step)
-            self.metrics_log.open()
+        processes = self.accelerator.num_processes
         logger.info(
             "training %s steps (%d per epoch) on %d rows%s; %s",
             total,
@@ -245,10 +242,10 @@ class Trainer:
         started = time.perf_counter() - state.train_seconds
         running, micro = 0.0, 0
         stopped = False
-        while state.step < total and not stopped:
+        while state.step < total and not stopped and stop.received is None:
             order = _epoch_order(len(train), config.seed, state.epoch)
             batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            while state.batch < len(batches) and state.step < total:
+            while state.batch < len(batches) and state.step < total and stop.received is None:
                 running += self._forward_backward(batches[state.batch], state, bar)
                 micro += 1
                 state.batch += 1
@@ -272,16 +269,7 @@ class Trainer:
                 state.batch = 0
         bar.close()
         state.train_seconds = time.perf_counter() - started
-        self._save_adapter("last", {"step": state.step})
-        self._save_checkpoint(state)
-        if state.best_tensors is not None:
-            copy_into(self.accelerator.unwrap_model(self.model), state.best_tensors)
-        if self.metrics_log is not None:
-            self.metrics_log.close()
-        self.accelerator.wait_for_everyone()  # the main process's files exist when any process returns
-        return TrainResult(
-            state.best, state.best_step, self.select, state.step, state.train_seconds, state.history, stopped
-        )
+        return stopped
 
     def _forward_backward(self, rows: list[int], state: TrainState, bar) -> float:
         """This process's share of one micro-batch: loss, backward; returns the global mean loss."""
@@ -377,7 +365,7 @@ class Trainer:
         value = result[self.select]
         if metric_fns.better(self.select, value, state.best):
             state.best, state.best_step, state.bad_evals = value, state.step, 0
-            state.best_tensors = self._trainable()
+            state.best_tensors = trainable_tensors(self)
             self._save_adapter("best", {"step": state.step, "validation": result})
         else:
             state.bad_evals += 1
@@ -394,52 +382,7 @@ class Trainer:
             callback.on_log(record["step"], record)
 
     def _save_adapter(self, name: str, extra: dict | None = None) -> Path | None:
-        if self.output_dir is None:
-            return None
-        # Under FSDP / ZeRO-3 each process holds shards: gather the full tensors (a collective, so
-        # every process takes part) before the main process writes them.
-        full = self.accelerator.get_state_dict(self.model) if self.sharded else None
-        if not self.is_main:
-            return None
-        folder = self.output_dir / name
-        # The model as attach left it (not a wrapper: FSDP's would prefix every parameter name), and
-        # the base's fingerprint from before any wrapper sharded its parameters.
-        save_adapter(self.loaded.model, folder, state_dict=full, base_model=self._base_fingerprint)
-        (folder / RUN_FILE).write_text(json.dumps({**self.run_info, **(extra or {})}, indent=2))
-        return folder
-
-    def _trainable(self) -> dict[str, torch.Tensor]:
-        model = self.accelerator.unwrap_model(self.model)
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return save_run_adapter(self, name, extra)
 
     def _save_checkpoint(self, state: TrainState) -> None:
-        if self.output_dir is None or self.sharded:  # sharded: refused with save_every/resume (train())
-            return
-        # Every process's RNG state (dropout differs per process); collected on all, written by the main.
-        rng = [RngState.capture()]
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            rng = gather_object(rng)
-        if not self.is_main:
-            return
-        full = dataclasses.replace(
-            state,
-            trainable=self._trainable(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            rng=rng,
-            processes=self.accelerator.num_processes,
-        )
-        save_train_state(self.output_dir / "checkpoint", full)
-
-    def _load_checkpoint(self) -> TrainState:
-        """The saved state, with the trained tensors, optimizer, scheduler and RNGs restored from it."""
-        if self.output_dir is None:
-            raise FileNotFoundError("--resume needs the output folder of the run to continue (--output)")
-        saved = load_train_state(self.output_dir / "checkpoint")
-        model = self.accelerator.unwrap_model(self.model)
-        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
-        state = restore_train_state(saved, model, self.optimizer, self.scheduler, rank, processes)
-        logger.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch)
-        return state
+        save_checkpoint(self, state)
