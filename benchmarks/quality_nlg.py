@@ -66,6 +66,7 @@ PROTOCOL_KEYS = (
     "batch_size",
     "lr",
     "method_lrs",
+    "lr_grid",
     "seed",
     "max_test_examples",
     "max_val_examples",
@@ -165,8 +166,27 @@ def _score(model, loaded, task, options, sources, references, args) -> tuple[dic
     return metrics, texts, generate_seconds
 
 
-def run_method(method: str, args, model_name: str, task) -> dict:
-    """Train ``method`` (unless zero-shot) and score it on the test split."""
+def search_lr(method: str, args, model_name: str, task) -> tuple[dict, list[dict]]:
+    """Run ``method`` at each rate of ``--lr-grid``, growing the grid past an edge that holds the
+    lowest validation loss (``inducer compare``'s rule, :func:`inducer.compare.next_lr`).
+
+    Returns the run with the lowest validation loss and every run."""
+    from inducer.compare import next_lr
+
+    runs, todo = [], list(args.lr_grid)
+    while todo:
+        lr = todo.pop(0)
+        print(f"[{method}] lr {lr:g}", flush=True)
+        runs.append(run_method(method, args, model_name, task, lr=lr))
+        if not todo:
+            extra = next_lr({r["lr"]: r["validation"]["loss"] for r in runs}, args.lr_grid, "loss")
+            todo += [] if extra is None else [extra]
+    return min(runs, key=lambda r: r["validation"]["loss"]), runs
+
+
+def run_method(method: str, args, model_name: str, task, lr: float | None = None) -> dict:
+    """Train ``method`` (unless zero-shot) at ``lr`` (default: its ``--method-lr`` or ``--lr``) and
+    score it on the test split."""
     import torch
 
     from inducer.adapter import count_parameters
@@ -177,7 +197,7 @@ def run_method(method: str, args, model_name: str, task) -> dict:
     from inducer.training import TrainConfig, Trainer, set_seed
 
     config = TrainConfig(
-        lr=args.method_lrs.get(method, args.lr),
+        lr=lr if lr is not None else args.method_lrs.get(method, args.lr),
         batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         epochs=args.epochs,
@@ -488,6 +508,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate of every method")
     parser.add_argument(
+        "--lr-grid",
+        default=None,
+        help="comma-separated learning rates tried for every trained method (lowest validation loss "
+        "wins; the grid grows past an edge holding the best); overrides --lr / --method-lr",
+    )
+    parser.add_argument(
         "--method-lr",
         action="append",
         default=[],
@@ -536,6 +562,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    try:
+        args.lr_grid = [float(x) for x in args.lr_grid.split(",") if x.strip()] if args.lr_grid else None
+    except ValueError:
+        parser.error(f"--lr-grid wants comma-separated numbers, got {args.lr_grid!r}")
     args.method_lrs = {}
     for item in args.method_lr:
         method, _, value = item.partition("=")
@@ -621,7 +651,13 @@ def main(argv: list[str] | None = None) -> dict | None:
             print(
                 f"[{method}] start ({time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.2f})", flush=True
             )
-            row = run_method(method, args, model_name, task)
+            if args.lr_grid and method != BASELINE:
+                row, runs = search_lr(method, args, model_name, task)
+                report["lr_runs"] = report.get("lr_runs", []) + runs
+                grid = ", ".join(f"{x:g}" for x in args.lr_grid)
+                report["lr_selection"] = f"grid {grid}, grown past an edge holding the best; lowest val loss"
+            else:
+                row = run_method(method, args, model_name, task)
             report["methods"].append(row)
             report["methods"].sort(key=lambda r: METHODS.index(r["method"]))
             report["wall_seconds"] = time.perf_counter() - started
