@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import cli_options as opt
 from .demo import DEMO_METHODS
+from .serve.command import serve as serve_command
 
 app = typer.Typer(
     add_completion=False,
@@ -333,6 +334,9 @@ def demo(
         )
 
     _guard(body)
+
+
+app.command("serve")(serve_command)  # its options are declared in inducer.serve.command
 
 
 def main() -> None:

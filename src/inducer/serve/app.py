@@ -1,0 +1,382 @@
+"""The HTTP API (FastAPI): OpenAI-compatible completions, chat, models; classify; adapters admin;
+health and metrics. Generation runs on the scheduler's worker thread; each request awaits its
+sequences' updates through an asyncio queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from .decoding import Sampling, Sequence
+from .engine import Engine
+from .gate import Gate
+from .metrics import Metrics
+from .protocol import (
+    AdapterRequest,
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    Limits,
+    ServeError,
+    validation_message,
+)
+from .scheduler import Scheduler
+
+request_log = logging.getLogger("inducer.serve.requests")
+
+
+class Service:
+    """What the endpoints share: the engine, scheduler, metrics and limits."""
+
+    def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics, limits: Limits):
+        self.engine, self.scheduler, self.metrics, self.limits = engine, scheduler, metrics, limits
+
+    def adapter_for(self, model: str) -> str | None:
+        """The adapter a request's ``model`` names (None: the base); 404 for an unknown name."""
+        if model == self.engine.base_name:
+            return None
+        if model in self.scheduler.adapters():
+            return model
+        known = [self.engine.base_name, *self.scheduler.adapters()]
+        raise ServeError(
+            404,
+            f"model {model!r} does not exist; GET /v1/models lists {known}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def sampling(self, body, max_tokens: int | None, prompt_tokens: int) -> Sampling:
+        """The request's sampling options, checked against the limits and the model's positions."""
+        limits = self.limits
+        if body.n > limits.max_n:
+            raise ServeError(400, f"n is {body.n}; this server allows at most {limits.max_n}", param="n")
+        if prompt_tokens > limits.max_prompt_tokens:
+            raise ServeError(
+                400,
+                f"the prompt has {prompt_tokens} tokens; this server allows at most "
+                f"{limits.max_prompt_tokens}",
+                param="prompt",
+            )
+        if prompt_tokens == 0:
+            raise ServeError(400, "the prompt is empty after tokenisation; give some text", param="prompt")
+        positions = self.engine.max_positions
+        room = limits.max_tokens if positions is None else min(limits.max_tokens, positions - prompt_tokens)
+        tokens = max_tokens if max_tokens is not None else room
+        if tokens > room or room < 1:
+            raise ServeError(
+                400,
+                f"max_tokens is {tokens}; with a {prompt_tokens}-token prompt this server "
+                f"allows at most {max(room, 0)} (the limit {limits.max_tokens}, the model's "
+                f"{positions} positions)",
+                param="max_tokens",
+            )
+        return Sampling(tokens, body.temperature, body.top_p, body.stop_strings(), body.seed)
+
+    def record(self, endpoint: str, adapter: str | None, status: int, started: float, **fields) -> None:
+        """Count the request in the metrics and write its structured log line."""
+        name = adapter or self.engine.base_name
+        seconds = time.perf_counter() - started
+        self.metrics.count(
+            "inducer_requests_total", "Requests answered", endpoint=endpoint, adapter=name, status=str(status)
+        )
+        self.metrics.observe(
+            "inducer_request_seconds", "Request latency", seconds, endpoint=endpoint, adapter=name
+        )
+        for kind in ("prompt_tokens", "completion_tokens"):
+            if fields.get(kind):
+                self.metrics.count(
+                    f"inducer_{kind}_total",
+                    f"{kind.replace('_', ' ').capitalize()}",
+                    fields[kind],
+                    adapter=name,
+                )
+        request_log.info(
+            json.dumps(
+                {
+                    "endpoint": endpoint,
+                    "model": name,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 2),
+                    **fields,
+                }
+            )
+        )
+
+
+async def _read(request: Request, model: type[BaseModel], limit: int):
+    """The body parsed as ``model``; 413 past ``limit`` bytes, 400 for invalid JSON or fields."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ServeError(413, f"request body over {limit} bytes; send a smaller request")
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as err:
+        message, param = validation_message(err.errors())
+        raise ServeError(400, message, param=param) from err
+
+
+def _choice(chat: bool, index: int, seq: Sequence) -> dict:
+    if chat:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": seq.text},
+            "finish_reason": seq.finish_reason,
+        }
+    return {"index": index, "text": seq.text, "logprobs": None, "finish_reason": seq.finish_reason}
+
+
+class Generation:
+    """One completion or chat request: its sequences and how to answer them."""
+
+    def __init__(
+        self,
+        service: Service,
+        chat: bool,
+        body,
+        adapter: str | None,
+        prompts: list[list[int]],
+        max_tokens: int | None,
+    ):
+        self.service, self.chat, self.body, self.adapter = service, chat, body, adapter
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created, self.started = int(time.time()), time.perf_counter()
+        self.loop = asyncio.get_running_loop()
+        self.updates: asyncio.Queue[int] = asyncio.Queue()
+        engine = service.engine
+        self.sequences: list[Sequence] = []
+        for prompt in prompts:
+            sampling = service.sampling(body, max_tokens, len(prompt))
+            for i in range(body.n):
+                seeded = Sampling(**{**vars(sampling), "seed": None if body.seed is None else body.seed + i})
+                index = len(self.sequences)
+                self.sequences.append(
+                    Sequence(prompt, adapter, seeded, self._notifier(index), engine.decode, engine.eos)
+                )
+
+    def _notifier(self, index: int):
+        return lambda _seq: self.loop.call_soon_threadsafe(self.updates.put_nowait, index)
+
+    def _record(self, status: int) -> None:
+        self.service.record(
+            "chat" if self.chat else "completions",
+            self.adapter,
+            status,
+            self.started,
+            id=self.id,
+            n=len(self.sequences),
+            prompt_tokens=sum(len(s.prompt) for s in self.sequences),
+            completion_tokens=sum(len(s.generated) for s in self.sequences),
+            finish_reasons=sorted({str(s.finish_reason) for s in self.sequences}),
+        )
+
+    def _envelope(self, choices: list[dict], chunk: bool) -> dict:
+        kind = ("chat.completion" if self.chat else "text_completion") + (
+            ".chunk" if chunk and self.chat else ""
+        )
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.body.model,
+            "choices": choices,
+        }
+
+    def _usage(self) -> dict:
+        prompt = sum(len(s.prompt) for s in self.sequences)
+        completion = sum(len(s.generated) for s in self.sequences)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def answer(self) -> JSONResponse:
+        """Wait for every sequence; the whole response."""
+        self.service.scheduler.submit(self.sequences)
+        try:
+            while not all(s.finished for s in self.sequences):
+                await self.updates.get()
+        finally:
+            for seq in self.sequences:
+                seq.cancelled = True  # no-op for finished ones; frees the rows if the client left
+        failed = next((s for s in self.sequences if s.error), None)
+        if failed is not None:
+            self._record(500)
+            raise ServeError(500, f"generation failed: {failed.error}")
+        self._record(200)
+        choices = []
+        for i, seq in enumerate(self.sequences):
+            choice = _choice(self.chat, i, seq)
+            if self.body.return_token_ids:
+                choice["token_ids"] = list(seq.generated)
+            choices.append(choice)
+        return JSONResponse({**self._envelope(choices, False), "usage": self._usage()})
+
+    def stream(self) -> StreamingResponse:
+        """Server-sent events: each sequence's new text as it is generated, then ``[DONE]``."""
+        self.service.scheduler.submit(self.sequences)
+        holdback = max((len(s) for s in self.sequences[0].sampling.stop), default=1) - 1
+        return StreamingResponse(self._events(holdback), media_type="text/event-stream")
+
+    async def _events(self, holdback: int):
+        sent = [0] * len(self.sequences)
+        closed = [False] * len(self.sequences)  # its chunk with the finish reason went out
+        status = 200
+        try:
+            if self.chat:
+                start = [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    for i in range(len(self.sequences))
+                ]
+                yield _event(self._envelope(start, True))
+            while not all(closed):
+                index = await self.updates.get()
+                seq = self.sequences[index]
+                if closed[index]:
+                    continue
+                if seq.error:
+                    status = 500
+                    yield _event(ServeError(500, f"generation failed: {seq.error}").body())
+                    break
+                final, text = seq.finished, seq.text
+                # Hold back what could still become a stop string or an incomplete character.
+                upto = len(text) if final else max(sent[index], len(text) - holdback)
+                while not final and upto > sent[index] and text[upto - 1] == "\ufffd":
+                    upto -= 1
+                if upto > sent[index] or final:
+                    delta, sent[index], closed[index] = text[sent[index] : upto], upto, final
+                    yield _event(self._envelope([self._delta(index, seq, delta, final)], True))
+            yield "data: [DONE]\n\n"
+        finally:
+            for seq in self.sequences:
+                seq.cancelled = True
+            self._record(status)
+
+    def _delta(self, index: int, seq: Sequence, delta: str, final: bool) -> dict:
+        reason = seq.finish_reason if final else None
+        if self.chat:
+            return {"index": index, "delta": {"content": delta} if delta else {}, "finish_reason": reason}
+        return {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def build_app(service: Service, api_key: str | None) -> Gate:
+    """The ASGI application: the FastAPI routes behind the :class:`Gate`."""
+    app = FastAPI(title="inducer serve", docs_url=None, redoc_url=None, openapi_url=None)
+    engine, limits = service.engine, service.limits
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_request: Request, err: ServeError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, err: Exception):
+        logging.getLogger("inducer.serve").exception("request failed")
+        return JSONResponse(ServeError(500, f"internal error: {type(err).__name__}: {err}").body(), 500)
+
+    @app.get("/health")
+    async def health():
+        if gate.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return {"status": "ok", "model": engine.base_name, "adapters": service.scheduler.adapters()}
+
+    @app.get("/metrics")
+    async def metrics():
+        service.metrics.gauge(
+            "inducer_sequences_active", "Sequences waiting or running", service.scheduler.running()
+        )
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        base = {"id": engine.base_name, "object": "model", "created": 0, "owned_by": "inducer"}
+        rows = [base] + [
+            {**base, "id": name, "parent": engine.base_name} for name in service.scheduler.adapters()
+        ]
+        return {"object": "list", "data": rows}
+
+    def _generation_only():
+        if engine.kind != "generation":
+            raise ServeError(
+                400, f"the base model {engine.base_name!r} is a {engine.kind} model; use /v1/classify"
+            )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await _read(request, CompletionRequest, limits.max_body_bytes)
+        _generation_only()
+        adapter = service.adapter_for(body.model)
+        prompts = body.prompts()
+        if len(prompts) > limits.max_inputs:
+            raise ServeError(
+                400, f"{len(prompts)} prompts; this server allows at most {limits.max_inputs}", param="prompt"
+            )
+        generation = Generation(
+            service, False, body, adapter, [engine.encode(p) for p in prompts], body.max_tokens
+        )
+        return generation.stream() if body.stream else await generation.answer()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await _read(request, ChatRequest, limits.max_body_bytes)
+        _generation_only()
+        adapter = service.adapter_for(body.model)
+        prompt = engine.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages])
+        generation = Generation(service, True, body, adapter, [prompt], body.token_limit())
+        return generation.stream() if body.stream else await generation.answer()
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        started = time.perf_counter()
+        body = await _read(request, ClassifyRequest, limits.max_body_bytes)
+        if engine.kind != "classification":
+            raise ServeError(400, f"the base model {engine.base_name!r} generates text; use /v1/completions")
+        adapter = service.adapter_for(body.model)
+        texts = body.texts()
+        if len(texts) > limits.max_inputs:
+            raise ServeError(
+                400, f"{len(texts)} inputs; this server allows at most {limits.max_inputs}", "input"
+            )
+        results = await asyncio.wrap_future(service.scheduler.call(lambda: engine.classify(texts, adapter)))
+        service.record("classify", adapter, 200, started, inputs=len(texts))
+        return {
+            "object": "list",
+            "model": body.model,
+            "data": [{"index": i, **result} for i, result in enumerate(results)],
+        }
+
+    @app.post("/v1/adapters")
+    async def add_adapter(request: Request):
+        body = await _read(request, AdapterRequest, limits.max_body_bytes)
+        if body.name in engine.adapter_names():
+            raise ServeError(
+                400,
+                f"an adapter named {body.name!r} is loaded; DELETE /v1/adapters/"
+                f"{body.name} first or choose another name",
+                param="name",
+            )
+        await asyncio.wrap_future(service.scheduler.call(lambda: engine.add_adapter(body.name, body.path)))
+        return {"id": body.name, "object": "model", "parent": engine.base_name, "loaded": True}
+
+    @app.delete("/v1/adapters/{name}")
+    async def delete_adapter(name: str):
+        if name not in service.scheduler.adapters():
+            raise ServeError(
+                404,
+                f"no adapter named {name!r}; GET /v1/models lists them",
+                param="name",
+                code="model_not_found",
+            )
+        pending = service.scheduler.delete_adapter(name)
+        return {"id": name, "object": "model", "deleted": True, "finishing_sequences": pending}
+
+    gate = Gate(app, api_key, limits.max_body_bytes)
+    return gate

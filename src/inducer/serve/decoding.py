@@ -1,0 +1,216 @@
+"""Token-by-token decoding of many sequences in one batch, each with its own KV cache.
+
+A :class:`Sequence` is one choice of one request. :func:`prefill` runs the prompts of newly admitted
+sequences in one forward pass (left-padded) and leaves each with its own slice of the KV cache;
+:class:`DecodeBatch` then runs one decode step for all running sequences at once. When sequences
+join or leave, the batch's cache is rebuilt from the members' slices (each left-padded to the
+longest), so a new request joins at the next step and a finished one frees its row at once
+(continuous batching). Every forward pass routes row i to its sequence's adapter
+(``inducer.route``), so requests for different adapters share the pass.
+
+Positions are counted per sequence (``position_ids``), and padding is masked out of attention, so a
+sequence's tokens are those of ``model.generate`` on it alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..named_adapters import adapters, route
+
+KVPiece = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (1, heads, length, dim)
+
+
+@dataclass
+class Sampling:
+    """How one request picks its tokens (OpenAI's fields)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Sequence:
+    """One choice being generated: its prompt, adapter, tokens so far and KV-cache slice."""
+
+    prompt: list[int]
+    adapter: str | None
+    sampling: Sampling
+    on_update: Callable[[Sequence], None]  # called (on the worker thread) after each token and at the end
+    decode_text: Callable[[list[int]], str]
+    eos: frozenset[int] = frozenset()
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    cached: int = 0  # tokens whose keys and values are in the cache
+    piece: KVPiece | None = None  # the cache slice while the sequence is outside a batch
+    generator: torch.Generator | None = None
+    cancelled: bool = False  # set from the event loop when the client went away
+
+    def __post_init__(self) -> None:
+        if self.sampling.temperature > 0:
+            self.generator = torch.Generator()
+            if self.sampling.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(self.sampling.seed)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the sequence is done (finish reason or error set)."""
+        return self.finish_reason is not None
+
+    def add(self, token: int) -> None:
+        """Append a token; finish at EOS, a stop string or ``max_tokens``."""
+        self.generated.append(token)
+        words = [t for t in self.generated if t not in self.eos]
+        self.text = self.decode_text(words)
+        for stop in self.sampling.stop:
+            at = self.text.find(stop)
+            if at >= 0:
+                self.text, self.finish_reason = self.text[:at], "stop"
+        if self.finish_reason is None and token in self.eos:
+            self.finish_reason = "stop"
+        if self.finish_reason is None and len(self.generated) >= self.sampling.max_tokens:
+            self.finish_reason = "length"
+
+    def fail(self, message: str) -> None:
+        """End the sequence with an error (its request answers 500; batch-mates go on)."""
+        self.error, self.finish_reason = message, "error"
+
+
+def pick(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
+    """The next token of each row: argmax for temperature 0, else top-p sampling from the
+    sequence's own generator (so a seeded request draws the same tokens in any batch)."""
+    greedy = logits.argmax(dim=-1).tolist()
+    tokens = []
+    for row, seq in enumerate(sequences):
+        if seq.generator is None:
+            tokens.append(greedy[row])
+            continue
+        probs = torch.softmax(logits[row] / seq.sampling.temperature, dim=-1)
+        if seq.sampling.top_p < 1.0:
+            ordered, order = probs.sort(descending=True)
+            keep = ordered.cumsum(0) - ordered < seq.sampling.top_p  # the smallest set reaching top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+        tokens.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
+    return tokens
+
+
+def _takes_positions(model: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def forward(
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    cache,
+    routes: list[str | None],
+):
+    """One routed forward pass; the last position's logits (float32) and the updated cache."""
+    kwargs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
+    if _takes_positions(model):
+        kwargs["position_ids"] = positions
+    routing = route(model, routes) if adapters(model) else nullcontext()
+    with torch.inference_mode(), routing:
+        out = model(**kwargs)
+    return out.logits[:, -1, :].float(), out.past_key_values
+
+
+def _pieces(cache, lengths: list[int], total: int) -> list[KVPiece]:
+    """Each row's slice of a left-padded batch cache: the ``lengths[row]`` positions before
+    ``total`` (layers a failed pass already extended hold more)."""
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    return [
+        [(k[row : row + 1, :, total - n : total], v[row : row + 1, :, total - n : total]) for k, v in layers]
+        for row, n in enumerate(lengths)
+    ]
+
+
+def _batch_cache(pieces: list[KVPiece]):
+    """A DynamicCache of the pieces, each left-padded with zeros to the longest; and its mask."""
+    from transformers import DynamicCache
+
+    longest = max(piece[0][0].shape[2] for piece in pieces)
+    pads = [longest - piece[0][0].shape[2] for piece in pieces]
+    layers = []
+    for layer in range(len(pieces[0])):
+        keys = torch.cat([F.pad(p[layer][0], (0, 0, pad, 0)) for p, pad in zip(pieces, pads, strict=True)])
+        values = torch.cat([F.pad(p[layer][1], (0, 0, pad, 0)) for p, pad in zip(pieces, pads, strict=True)])
+        layers.append((keys, values))
+    mask = torch.ones(len(pieces), longest, dtype=torch.long, device=layers[0][0].device)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+    return DynamicCache(layers), mask
+
+
+def prefill(model: nn.Module, sequences: list[Sequence], pad_id: int, device: torch.device) -> None:
+    """Run the prompts of ``sequences`` in one left-padded pass: each gets its first token and its
+    own cache slice."""
+    longest = max(len(s.prompt) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, longest - len(seq.prompt) :] = torch.tensor(seq.prompt)
+        mask[row, longest - len(seq.prompt) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits, cache = forward(
+        model, ids.to(device), mask.to(device), positions.to(device), None, [s.adapter for s in sequences]
+    )
+    pieces = _pieces(cache, [len(s.prompt) for s in sequences], longest)
+    for seq, piece, token in zip(sequences, pieces, pick(logits, sequences), strict=True):
+        seq.piece, seq.cached = piece, len(seq.prompt)
+        seq.add(token)
+
+
+class DecodeBatch:
+    """The running sequences and their batched KV cache, one decode step at a time."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+        self.sequences: list[Sequence] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+
+    def set_members(self, sequences: list[Sequence]) -> None:
+        """Make ``sequences`` the batch (in that order), rebuilding the cache if members changed."""
+        if [id(s) for s in sequences] == [id(s) for s in self.sequences]:
+            return
+        if self.cache is not None:  # members that stay keep their slice of the current cache
+            lengths = [s.cached for s in self.sequences]
+            for seq, piece in zip(
+                self.sequences, _pieces(self.cache, lengths, self.mask.shape[1]), strict=True
+            ):
+                seq.piece = piece
+        self.sequences = list(sequences)
+        if not sequences:
+            self.cache = self.mask = None
+            return
+        self.cache, self.mask = _batch_cache([s.piece for s in sequences])
+        for seq in sequences:
+            seq.piece = None  # the batch cache holds it now
+
+    def step(self) -> None:
+        """Feed each sequence its last token: one new token for every member."""
+        seqs = self.sequences
+        ids = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
+        mask = torch.cat([self.mask, torch.ones(len(seqs), 1, dtype=self.mask.dtype, device=self.device)], 1)
+        positions = torch.tensor([[s.cached] for s in seqs], device=self.device)
+        logits, self.cache = forward(self.model, ids, mask, positions, self.cache, [s.adapter for s in seqs])
+        self.mask = mask
+        for seq, token in zip(seqs, pick(logits, seqs), strict=True):
+            seq.cached += 1
+            seq.add(token)

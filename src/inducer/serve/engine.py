@@ -1,0 +1,215 @@
+"""The served model: one base, its named adapters, prompts and classification.
+
+Everything here runs on the scheduler's worker thread (the only thread that touches the model), so
+adding or deleting an adapter never races a forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapter import adapter_state, check_adapter_name
+from ..adapter_format import load_adapter
+from ..base_models import load_model, resolve_model_path
+from ..experiment import read_run_info
+from ..named_adapters import adapters, delete_adapter, route
+from .protocol import ServeError
+
+logger = logging.getLogger("inducer.serve")
+
+
+def _base_kind(model_name: str, adapter_dirs: dict[str, str]) -> tuple[str, int | None]:
+    """``generation`` or ``classification`` (and the label count) from the first adapter's run info,
+    else from the base checkpoint's architecture."""
+    from transformers import AutoConfig
+
+    for directory in adapter_dirs.values():
+        info = read_run_info(directory)
+        if info.get("kind"):
+            labels = info.get("label_names")
+            return info["kind"], (len(labels) if labels else None)
+    config = AutoConfig.from_pretrained(resolve_model_path(model_name))
+    if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        return "classification", config.num_labels
+    return "generation", None
+
+
+class Engine:
+    """A base model with named adapters, ready to decode or classify."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        base_name: str,
+        kind: str,
+        label_names: list[str] | None = None,
+        adapter_root: str | None = None,
+    ):
+        self.model, self.tokenizer, self.base_name, self.kind = model, tokenizer, base_name, kind
+        self.device = next(model.parameters()).device
+        self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
+        self.label_names = label_names
+        config = model.config
+        self.max_positions = next(
+            (
+                getattr(config, n)
+                for n in ("max_position_embeddings", "n_positions")
+                if isinstance(getattr(config, n, None), int)
+            ),
+            None,
+        )
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Fast tokenizers must not be used by two threads at once: the worker decodes with its own.
+        self._decoder = copy.deepcopy(tokenizer)
+        # Classification heads are base parameters: keep each adapter's trained head to swap in.
+        self._heads: dict[str | None, dict[str, torch.Tensor]] = {None: self._head_values(None)}
+
+    @classmethod
+    def load(
+        cls,
+        model_name: str,
+        adapter_dirs: dict[str, str],
+        adapter_root: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | None = None,
+    ) -> Engine:
+        """Load base ``model_name`` and every adapter of ``adapter_dirs`` (name -> folder)."""
+        kind, num_labels = _base_kind(model_name, adapter_dirs)
+        loaded = load_model(model_name, kind, num_labels, dtype=dtype)
+        if kind == "generation" and loaded.is_seq2seq:
+            raise ValueError(
+                f"serve: {model_name!r} is an encoder-decoder; serving generates with "
+                "decoder-only (causal LM) bases"
+            )
+        model = loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        labels = next(
+            (
+                read_run_info(d).get("label_names")
+                for d in adapter_dirs.values()
+                if read_run_info(d).get("label_names")
+            ),
+            None,
+        )
+        engine = cls(model, loaded.tokenizer, model_name, kind, labels, adapter_root)
+        for name, directory in adapter_dirs.items():
+            try:
+                engine.add_adapter(name, directory, check_root=False)
+            except ServeError as err:  # at start-up: the CLI's one-line error
+                raise ValueError(f"--adapter {name}={directory}: {err.message}") from err
+        return engine
+
+    # --- adapters -------------------------------------------------------------------------------
+    def adapter_names(self) -> list[str]:
+        """The adapters loaded now."""
+        return adapters(self.model)
+
+    def add_adapter(self, name: str, path: str, check_root: bool = True) -> None:
+        """Load the adapter saved in ``path`` as ``name`` (validated by ``load_adapter``); a
+        :class:`ServeError` (400) names what is wrong and leaves the model as it was."""
+        from ..adapter_format import AdapterFormatError
+
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ServeError(400, str(err), param="name") from err
+        if name == self.base_name:
+            raise ServeError(400, f"adapter name {name!r} is the base model's name; choose another", "name")
+        folder = Path(path).expanduser().resolve()
+        if check_root and self.adapter_root is not None and not folder.is_relative_to(self.adapter_root):
+            raise ServeError(
+                400,
+                f"adapter path {path!r} is outside --adapter-root {self.adapter_root}; "
+                "give a folder under it",
+                param="path",
+            )
+        if not folder.is_dir():
+            raise ServeError(400, f"adapter path {path!r} is not a folder", param="path")
+        try:
+            load_adapter(self.model, folder, name=name)
+        except (AdapterFormatError, ValueError, FileNotFoundError) as err:
+            raise ServeError(400, f"cannot load adapter {name!r}: {err}", param="path") from err
+        self.model.eval()
+        self._heads[name] = self._head_values(name)
+        logger.info("loaded adapter %s from %s", name, folder)
+
+    def remove_adapter(self, name: str) -> None:
+        """Delete adapter ``name`` (the caller made sure no sequence uses it)."""
+        delete_adapter(self.model, name)
+        self._heads.pop(name, None)
+        logger.info("deleted adapter %s", name)
+
+    def _head_values(self, name: str | None) -> dict[str, torch.Tensor]:
+        state = adapter_state(self.model)
+        if self.kind != "classification":
+            return {}
+        if name is None:
+            from ..adapter import _task_head_names
+
+            names = _task_head_names(self.model)
+        else:
+            names = state.adapters[name].head
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach().clone() for n in names}
+
+    # --- prompts --------------------------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """A prompt's token ids (a token-id prompt is checked against the vocabulary)."""
+        if isinstance(prompt, list):
+            if any(t < 0 or t >= len(self.tokenizer) for t in prompt):
+                raise ServeError(400, f"prompt token ids must be in [0, {len(self.tokenizer)})", "prompt")
+            return prompt
+        return self.tokenizer(prompt)["input_ids"]
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """The chat's token ids through the tokenizer's chat template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ServeError(
+                400,
+                f"the base model {self.base_name!r} has no chat template; use "
+                "/v1/completions with a plain prompt",
+                param="messages",
+            )
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # a template may raise on roles it does not know
+            raise ServeError(400, f"the chat template refused the messages: {err}", "messages") from err
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, tokens: list[int]) -> str:
+        """Text of generated tokens (special tokens left out); for the worker thread."""
+        return self._decoder.decode(tokens, skip_special_tokens=True)
+
+    # --- classification -------------------------------------------------------------------------
+    def classify(self, texts: list[str], adapter: str | None) -> list[dict]:
+        """Label and probabilities of each text with ``adapter`` (its own trained head swapped in)."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        params = dict(self.model.named_parameters())
+        head = {**self._heads[None], **self._heads.get(adapter, {})}
+        routing = route(self.model, [adapter] * len(texts)) if adapters(self.model) else nullcontext()
+        with torch.no_grad():
+            for name, value in head.items():
+                params[name].copy_(value)
+        with torch.inference_mode():
+            with routing:
+                logits = self.model(**batch).logits.float()
+        probs = torch.softmax(logits, dim=-1).tolist()
+        names = self.label_names or [
+            self.model.config.id2label.get(i, str(i)) for i in range(logits.shape[-1])
+        ]
+        return [
+            {
+                "label": names[max(range(len(p)), key=p.__getitem__)],
+                "probabilities": dict(zip(names, p, strict=True)),
+            }
+            for p in probs
+        ]

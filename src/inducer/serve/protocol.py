@@ -1,0 +1,156 @@
+"""The OpenAI-compatible request bodies, the server's limits, and errors in OpenAI's error format.
+
+Request models accept the fields OpenAI clients send; fields we do not act on (``logprobs``,
+``presence_penalty``, ...) are accepted and ignored so that existing clients work unchanged, except
+where ignoring one would change the answer (``best_of``, ``echo``, ``suffix``): those are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; beyond these it gets a 400 naming the limit."""
+
+    max_prompt_tokens: int = 2048
+    max_tokens: int = 512
+    max_n: int = 8
+    max_body_bytes: int = 1 << 20
+    max_inputs: int = 64  # prompts in one completion request, texts in one classify request
+
+
+class ServeError(Exception):
+    """An error answered to the client as ``{"error": {...}}`` with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or _KINDS.get(status, "server_error")
+
+    def body(self) -> dict:
+        """The OpenAI error object."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    503: "server_unavailable",
+}
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    user: str | None = None
+    # Not in OpenAI's API (vLLM's spelling): also return the generated token ids in each choice.
+    return_token_ids: bool = False
+
+    def stop_strings(self) -> list[str]:
+        """``stop`` as a list of non-empty strings (OpenAI allows up to 4)."""
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ServeError(400, "stop: give at most 4 non-empty strings", param="stop")
+        return stops
+
+
+class CompletionRequest(_Request):
+    """``POST /v1/completions``."""
+
+    prompt: str | list[str] | list[int]
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts: one string, several strings, or one prompt given as token ids."""
+        if self.echo or self.suffix or (self.best_of or 1) > 1:
+            raise ServeError(400, "echo, suffix and best_of are not supported; leave them out")
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if not self.prompt:
+            raise ServeError(
+                400, "prompt is empty; give a string, a list of strings or token ids", param="prompt"
+            )
+        if all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]
+        return list(self.prompt)
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat (text content; a list of text parts is joined)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        """The message's text."""
+        if isinstance(self.content, list):
+            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(_Request):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (the newer name) or ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ClassifyRequest(BaseModel):
+    """``POST /v1/classify``: labels and probabilities from a sequence-classification adapter."""
+
+    model: str
+    input: str | list[str]
+
+    def texts(self) -> list[str]:
+        """The inputs as a list."""
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not texts:
+            raise ServeError(400, "input is empty; give a string or a list of strings", param="input")
+        return texts
+
+
+class AdapterRequest(BaseModel):
+    """``POST /v1/adapters``: load the adapter saved in ``path`` as ``name``."""
+
+    name: str = Field(min_length=1, max_length=128)
+    path: str = Field(min_length=1)
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One line from pydantic's validation errors, and the parameter it names."""
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    return (
+        f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid body")
+    ), param

@@ -1,0 +1,116 @@
+"""Starting the server: load the model and adapters, start the worker, run uvicorn, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from .protocol import Limits
+
+logger = logging.getLogger("inducer.serve")
+
+
+@dataclass
+class ServeOptions:
+    """Everything ``inducer serve`` takes."""
+
+    model: str
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> folder
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    adapter_root: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    device: str | None = None
+    drain_timeout: float = 300.0
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """``["NAME=DIR", ...]`` as a dict; a ValueError naming a malformed or repeated entry."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--adapter {spec!r}: write it as NAME=DIR (e.g. --adapter sst2=runs/sst2/best)")
+        if name in adapters:
+            raise ValueError(f"--adapter {name} is given twice; give each adapter one name")
+        adapters[name] = folder
+    return adapters
+
+
+def _draining_server(config, gate, drain_timeout: float):
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, but the first SIGTERM / SIGINT drains: new requests get 503, those in flight
+        finish, then it stops; a second signal stops at once."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if gate.draining:
+                return super().handle_exit(sig, frame)
+            gate.draining = True
+            logger.info("signal %s: draining %d request(s) in flight, refusing new ones", sig, gate.in_flight)
+            threading.Thread(target=self._exit_when_idle, daemon=True).start()
+
+        def _exit_when_idle(self) -> None:
+            gate.idle.wait(drain_timeout)
+            self.should_exit = True
+
+    return DrainingServer(config)
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("inducer.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def run(options: ServeOptions) -> None:
+    """Serve until SIGTERM / SIGINT (then drain)."""
+    import uvicorn
+
+    from .app import Service, build_app
+    from .engine import Engine
+    from .metrics import Metrics
+    from .scheduler import Scheduler
+
+    _setup_logging()
+    if options.max_batch_size < 1 or options.max_wait_ms < 0:
+        raise ValueError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
+    engine = Engine.load(options.model, options.adapters, options.adapter_root, device=options.device)
+    metrics = Metrics()
+    scheduler = Scheduler(engine, metrics, options.max_batch_size, options.max_wait_ms)
+    scheduler.start()
+    gate = build_app(Service(engine, scheduler, metrics, options.limits), options.api_key)
+    config = uvicorn.Config(
+        gate,
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(options.drain_timeout) + 1,
+    )
+    logger.info(
+        "serving %s with adapters %s on http://%s:%d (batch <= %d, wait %g ms)",
+        options.model,
+        engine.adapter_names(),
+        options.host,
+        options.port,
+        options.max_batch_size,
+        options.max_wait_ms,
+    )
+    try:
+        _draining_server(config, gate, options.drain_timeout).run()
+    finally:
+        scheduler.stop()
+    logger.info("stopped")
+
+
+__all__ = ["ServeOptions", "parse_adapters", "run"]
