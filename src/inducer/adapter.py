@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from . import attention
-from .families import SkippedAttentionWarning, find_attention_sites
+from .families import SkippedAttentionWarning, find_attention_sites, scan_attention
 from .methods import METHOD_CONFIGS, MethodConfig
 from .methods.base import MethodHook, remove_method_hooks
 from .routing import (
@@ -208,7 +208,10 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
     state = adapter_state(model)
     if state is None:
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        implementations = attention.set_implementation(model, attention.wrapped_name)
+        # A model whose attention never calls the registry keeps its implementation: some branch on
+        # its name themselves (Falcon), and inducer's attention function would never run anyway.
+        routed = any(site.routed for site in scan_attention(model)[0])
+        implementations = attention.set_implementation(model, attention.wrapped_name) if routed else {}
         state = AttachState({}, requires_grad, implementations)
         model._inducer_state = state
         # PEFT's spelling of routing: model(..., adapter_names=[...]) and generate(..., adapter_names=).
