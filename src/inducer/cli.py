@@ -52,22 +52,26 @@ def _global_options(
         torch.set_num_threads(threads)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _guard(fn):
-    """Run a command body, turning the errors users can fix into one clear line and exit code 2."""
-    from .adapter_format import AdapterFormatError
-    from .base_models import ModelLoadError
-    from .recipes import RecipeError
-    from .tasks import TaskError
+    """Run a command body: an error users can fix is one clear line (exit 2; 130/143 after a signal),
+    a bug of ours its traceback and a request to report it (exit 1). See ``cli_errors``."""
+    from .cli_errors import BUG, bug_report, explain
 
     try:
         return fn()
-    except (TaskError, RecipeError, ModelLoadError, AdapterFormatError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    except (typer.Exit, typer.Abort):
+        raise
+    except (Exception, KeyboardInterrupt) as err:
+        explained = explain(err)
+        if explained is None:
+            errors.print(bug_report(err), highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(BUG) from None
+        _fail(*explained)
 
 
 def _spec(command: str, recipe: str | None, data: dict, **cli_args):
