@@ -124,6 +124,7 @@ class Server:
 def server(served):
     """One server for a test module: the tiny base, its three adapters, an --adapter-root."""
     running = Server(served["base"], served["adapters"], "--adapter-root", str(served["root"]),
-                     "--max-prompt-tokens", "64", "--max-tokens", "40")
+                     "--max-prompt-tokens", "64", "--max-tokens", "40", "--max-wait-ms", "100",
+                     "--base-name", "tiny")
     yield running
     running.stop()

@@ -37,6 +37,9 @@ def serve(
     adapter_root: Annotated[
         str | None, typer.Option("--adapter-root", help="POST /v1/adapters only loads folders under this one")
     ] = None,
+    base_name: Annotated[
+        str | None, typer.Option("--base-name", help="the base model's name in requests (default: --model)")
+    ] = None,
     max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", rich_help_panel=_LIMITS)] = 2048,
     max_tokens: Annotated[int, typer.Option("--max-tokens", rich_help_panel=_LIMITS)] = 512,
     max_n: Annotated[int, typer.Option("--max-n", rich_help_panel=_LIMITS)] = 8,
@@ -56,20 +59,8 @@ def serve(
 
     def body():
         limits = Limits(max_prompt_tokens, max_tokens, max_n, max_body_bytes)
-        run(
-            ServeOptions(
-                model,
-                parse_adapters(adapter or []),
-                host,
-                port,
-                api_key,
-                max_batch_size,
-                max_wait_ms,
-                adapter_root,
-                limits,
-                device,
-                drain_timeout,
-            )
-        )
+        adapters = parse_adapters(adapter or [])
+        run(ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, adapter_root,
+                         limits, device, drain_timeout, base_name))  # fmt: skip
 
     _guard(body)

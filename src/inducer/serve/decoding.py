@@ -108,8 +108,8 @@ def pick(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
     return tokens
 
 
-def _takes_positions(model: nn.Module) -> bool:
-    return "position_ids" in inspect.signature(model.forward).parameters
+def _keywords(model: nn.Module) -> frozenset[str]:
+    return frozenset(inspect.signature(model.forward).parameters)
 
 
 def forward(
@@ -121,13 +121,23 @@ def forward(
     routes: list[str | None],
 ):
     """One routed forward pass; the last position's logits (float32) and the updated cache."""
-    kwargs = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
-    if _takes_positions(model):
+    takes = _keywords(model)
+    # transformers 5 renamed past_key_values to cache (the old name is deprecated).
+    kwargs = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "use_cache": True,
+        "cache" if "cache" in takes else "past_key_values": cache,
+    }
+    if "position_ids" in takes:
         kwargs["position_ids"] = positions
+    if "logits_to_keep" in takes:  # the LM head for the last position only
+        kwargs["logits_to_keep"] = 1
     routing = route(model, routes) if adapters(model) else nullcontext()
     with torch.inference_mode(), routing:
         out = model(**kwargs)
-    return out.logits[:, -1, :].float(), out.past_key_values
+    new_cache = out.cache if "cache" in out else out.past_key_values
+    return out.logits[:, -1, :].float(), new_cache
 
 
 def _pieces(cache, lengths: list[int], total: int) -> list[KVPiece]:

@@ -82,8 +82,10 @@ class Engine:
         adapter_root: str | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | None = None,
+        base_name: str | None = None,
     ) -> Engine:
-        """Load base ``model_name`` and every adapter of ``adapter_dirs`` (name -> folder)."""
+        """Load base ``model_name`` and every adapter of ``adapter_dirs`` (name -> folder); requests
+        call the base ``base_name`` (default: ``model_name``)."""
         kind, num_labels = _base_kind(model_name, adapter_dirs)
         loaded = load_model(model_name, kind, num_labels, dtype=dtype)
         if kind == "generation" and loaded.is_seq2seq:
@@ -100,7 +102,7 @@ class Engine:
             ),
             None,
         )
-        engine = cls(model, loaded.tokenizer, model_name, kind, labels, adapter_root)
+        engine = cls(model, loaded.tokenizer, base_name or model_name, kind, labels, adapter_root)
         for name, directory in adapter_dirs.items():
             try:
                 engine.add_adapter(name, directory, check_root=False)

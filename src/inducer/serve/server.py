@@ -27,6 +27,7 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
     drain_timeout: float = 300.0
+    base_name: str | None = None  # what requests call the base model (default: ``model`` as given)
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -85,7 +86,13 @@ def run(options: ServeOptions) -> None:
     _setup_logging()
     if options.max_batch_size < 1 or options.max_wait_ms < 0:
         raise ValueError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
-    engine = Engine.load(options.model, options.adapters, options.adapter_root, device=options.device)
+    engine = Engine.load(
+        options.model,
+        options.adapters,
+        options.adapter_root,
+        device=options.device,
+        base_name=options.base_name,
+    )
     metrics = Metrics()
     scheduler = Scheduler(engine, metrics, options.max_batch_size, options.max_wait_ms)
     scheduler.start()
