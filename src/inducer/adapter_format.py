@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -41,16 +42,25 @@ class AdapterFormatError(ValueError):
     """An adapter directory is missing, corrupted, from a newer format or for another base model."""
 
 
+def logical_shape(parameter: torch.Tensor) -> tuple[int, ...]:
+    """The shape a parameter stands for: bitsandbytes' 4-bit weights are stored packed (and repacked
+    by its CPU kernel on first use), their ``quant_state`` keeps the layer's real shape."""
+    shape = getattr(getattr(parameter, "quant_state", None), "shape", None)
+    return tuple(shape) if shape is not None else tuple(parameter.shape)
+
+
 def fingerprint(model: nn.Module) -> dict:
-    """Architecture and parameter shapes of the base model (ignoring anything attach added)."""
+    """Architecture and parameter shapes of the base model (ignoring anything attach added); a
+    quantized base has the fingerprint of its unquantized self."""
     state = adapter_state(model)
     skip = set(added_parameter_names(model, state)) if state else set()
-    lines = [f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters() if name not in skip]
+    shapes = [(name, logical_shape(p)) for name, p in model.named_parameters() if name not in skip]
+    lines = [f"{name}:{shape}" for name, shape in shapes]
     config = getattr(model, "config", None)
     return {
         "architecture": type(model).__name__,
         "model_type": getattr(config, "model_type", None),
-        "num_parameters": sum(p.numel() for name, p in model.named_parameters() if name not in skip),
+        "num_parameters": sum(math.prod(shape) for _, shape in shapes),
         "shapes_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
     }
 
