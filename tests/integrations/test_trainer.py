@@ -80,3 +80,15 @@ def test_load_best_model_at_end_loads_the_best_adapter(tmp_path):
 def test_inducer_trainer_refuses_a_non_trainer_class():
     with pytest.raises(TypeError, match="not a transformers.Trainer subclass"):
         inducer_trainer(dict)
+
+
+def test_bf16_mixed_precision_training_of_a_llama_with_inducers(tmp_path):
+    # accelerate's bf16 autocast (Trainer bf16=True, `inducer train --precision bf16`) hands the fused
+    # attention float32 rotary queries/keys and bf16 values: this crashed in the CPU kernel.
+    model = inducer.attach(saved_base("llama", tmp_path / "base"), [inducer.InducerConfig()])
+    trainer = inducer.InducerTrainer(model=model, args=_args(tmp_path / "run", bf16=True, max_steps=2),
+                                     train_dataset=lm_rows())
+    before = _adapter(model)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(before[n], p) for n, p in _adapter(model).items())
