@@ -1,0 +1,129 @@
+"""The family records: per-family facts about attention modules and feed-forward blocks, as data.
+
+One frozen :class:`Family` per family in :data:`FAMILIES`, a :data:`GENERIC` record for modules of
+no known family, and the attribute names every family shares. :mod:`inducer.families` reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FeedForwardFacts:
+    """Where a layer's feed-forward block starts and ends, relative to the module holding it.
+
+    ``input``: the module whose input is the FFN input; ``output``: the module whose output is the
+    FFN output (before dropout, residual and LayerNorm); ``first``/``last``: its first linear
+    layer(s) and last linear layer (LoRA's ``ffn_in`` / ``ffn_out`` roles).
+    """
+
+    input: str
+    output: str
+    first: tuple[str, ...]
+    last: str
+
+
+@dataclass(frozen=True)
+class FusedQKV:
+    """One linear layer computing queries, keys and values together, and how its outputs are laid out.
+
+    ``layout``: ``"grouped"`` is [all queries | all keys | all values] (Phi-3's ``qkv_proj``, with
+    grouped-query sizes H·p, KV·p, KV·p; ModernBERT's ``Wqkv``); ``"per_group"`` is, for each of the
+    KV key/value heads, [its H/KV query heads | its key head | its value head] (GPT-NeoX's and
+    Bloom's ``query_key_value`` with KV = H: per head [q | k | v]; GPT-BigCode's multi-query
+    ``c_attn`` and Falcon's with KV = 1: [q | k | v]).
+    """
+
+    path: str
+    layout: str
+
+
+def _roles(q: str, k: str, v: str) -> dict[str, tuple[str, ...]]:
+    return {"q": (q,), "k": (k,), "v": (v,)}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything inducer needs to know about one model family, as data.
+
+    Attributes:
+        name: the family, for messages.
+        attention_classes: class names of the modules transformers passes to its attention function.
+        output_projection: paths of the attention's output projection relative to that module
+            ("../" climbs to the parent), tried in order.
+        roles: linear layers by role ("q", "k", "v"), relative to the attention module, each a tuple
+            of paths tried in order; "name[i/n]" is the i-th of n equal output slices of a fused
+            projection (GPT-2's c_attn holds q, k and v side by side). None: the generic record's.
+        cross_roles: the roles in a cross-attention module, where they differ (GPT-2 keeps its
+            query projection apart from a fused key/value projection); None: ``roles``.
+        cross_attention_classes: attention classes that are always cross-attention.
+        layer_classes: class names of the modules holding a feed-forward block.
+        feed_forward: where that block starts and ends (None: the family has none inducer knows).
+        fused_qkv: the fused query/key/value projection and its layout (roles "q", "k", "v" are
+            then slices of it, found from the module's head geometry).
+    """
+
+    name: str
+    attention_classes: tuple[str, ...] = ()
+    output_projection: tuple[str, ...] = ()
+    roles: dict[str, tuple[str, ...]] | None = None
+    cross_roles: dict[str, tuple[str, ...]] | None = None
+    cross_attention_classes: tuple[str, ...] = ()
+    layer_classes: tuple[str, ...] = ()
+    feed_forward: FeedForwardFacts | None = None
+    fused_qkv: FusedQKV | None = None
+
+
+_BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
+_GATED_FFN = FeedForwardFacts("mlp", "mlp", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
+
+# The tested families. Other modules that call the attention registry are tried with GENERIC.
+FAMILIES: tuple[Family, ...] = tuple(
+    Family(name, (f"{name}SelfAttention", f"{name}CrossAttention"), ("../output.dense",),
+           _roles("query", "key", "value"), None, (f"{name}CrossAttention",), (f"{name}Layer",), _BERT_FFN)
+    for name in ("Bert", "Roberta")
+) + (
+    Family("GPT2", ("GPT2Attention",), ("c_proj",), _roles("c_attn[0/3]", "c_attn[1/3]", "c_attn[2/3]"),
+           _roles("q_attn", "c_attn[0/2]", "c_attn[1/2]"), (), ("GPT2Block",),
+           FeedForwardFacts("mlp", "mlp", ("mlp.c_fc",), "mlp.c_proj")),
+) + tuple(
+    Family(name, (f"{name}Attention",), ("o_proj",), layer_classes=(f"{name}DecoderLayer",),
+           feed_forward=_GATED_FFN)
+    for name in ("Llama", "Mistral", "Qwen2", "Qwen3")
+) + tuple(
+    Family(name, (f"{name}Attention",), ("out_proj",),
+           layer_classes=(f"{name}EncoderLayer", f"{name}DecoderLayer"),
+           feed_forward=FeedForwardFacts("fc1", "fc2", ("fc1",), "fc2"))
+    for name in ("Bart", "MBart")
+) + (
+    Family("T5", ("T5Attention",), ("o",), _roles("q", "k", "v"), layer_classes=("T5LayerFF",),
+           feed_forward=FeedForwardFacts("DenseReluDense", "DenseReluDense",
+                                         ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
+                                         "DenseReluDense.wo")),
+    # Families whose attention differs from the generic names (tried by the sweep, tests/sweep).
+    Family("DistilBert", ("DistilBertSelfAttention",), ("out_lin",), _roles("q_lin", "k_lin", "v_lin")),
+    Family("ModernBert", ("ModernBertAttention",), ("Wo",), fused_qkv=FusedQKV("Wqkv", "grouped")),
+    Family("DebertaV2", ("DisentangledSelfAttention",), ("../output.dense",),
+           _roles("query_proj", "key_proj", "value_proj")),
+    Family("Phi3", ("Phi3Attention",), ("o_proj",), fused_qkv=FusedQKV("qkv_proj", "grouped")),
+) + tuple(
+    Family(name, (f"{name}Attention",), ("dense",), fused_qkv=FusedQKV("query_key_value", "per_group"))
+    for name in ("GPTNeoX", "Bloom", "Falcon")
+) + (
+    Family("GPTBigCode", ("GPTBigCodeAttention",), ("c_proj",), fused_qkv=FusedQKV("c_attn", "per_group")),
+)
+
+# What is tried for an attention module of no known family: projections used when the path
+# resolves to a linear layer of the right width, roles by the common names.
+GENERIC = Family(
+    "generic",
+    output_projection=("o_proj", "out_proj", "c_proj", "o", "dense", "out_lin", "Wo", "../output.dense"),
+    roles={"q": ("q_proj", "query", "q"), "k": ("k_proj", "key", "k"), "v": ("v_proj", "value", "v")},
+)
+# Facts every family shares: the module names of cross-attention, the head-geometry attributes.
+CROSS_ATTENTION_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "cross_attn"}
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
+KV_HEAD_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads")
+SUPPORTED = "BERT, RoBERTa, GPT-2, Llama/Mistral/Qwen, BART/mBART, T5, EncoderDecoderModel"
