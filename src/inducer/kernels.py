@@ -34,6 +34,11 @@ def common_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return result
 
 
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``, without a call when it already is (cached decoding runs this per layer)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
     """Repeat key/value heads so each query head of a grouped-query model sees its group's keys."""
     if groups == 1:
@@ -248,9 +253,17 @@ def fused_attention(
     the kernels take one dtype; half-precision inputs run as they are on the CPU kernel.
     """
     dtype = common_dtype(query, key, value)
-    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    mask = None if mask is None else mask.to(dtype)
-    groups = query.shape[1] // key.shape[1]
+    query, key, value = as_dtype(query, dtype), as_dtype(key, dtype), as_dtype(value, dtype)
+    mask = None if mask is None else as_dtype(mask, dtype)
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    if groups > 1 and length == 1 and not is_causal and (mask is None or mask.shape[1] == 1):
+        # One query per head (cached decoding) of a grouped-query model: each key/value head's
+        # group of query heads becomes that head's queries, so no key/value is repeated (the
+        # mask's single row broadcasts over them). Same scores, same outputs.
+        out, lse = fused_attention(query.reshape(batch, key.shape[1], groups, dim), key, value, mask,
+                                   scaling, dropout, training, False)
+        return out.reshape(batch, heads, 1, dim), lse.reshape(batch, heads, 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     dropout = dropout if training else 0.0
     if dropout > 0 and query.device.type == "cpu":
@@ -271,5 +284,11 @@ def fused_attention(
             is_causal, dropout,
         )
         return out.to(query.dtype), lse
-    out, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, dropout)
-    return out, lse.to(compute_dtype(lse))
+    if query.device.type == "cpu" and not (torch.is_grad_enabled() and (
+            query.requires_grad or key.requires_grad or value.requires_grad)):
+        # Nothing to differentiate (inference): the kernel itself, without the autograd wrapper's cost.
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, is_causal, attn_mask=mask, scale=scaling)[:2]
+    else:
+        out, lse = _FusedAttentionWithLSE.apply(query, key, value, mask, scaling, is_causal, dropout)
+    return out, as_dtype(lse, compute_dtype(lse))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..families import AttentionSite
-from ..kernels import compute_dtype
+from ..kernels import as_dtype, compute_dtype
 from .base import (
     Applied,
     MethodConfig,
@@ -122,6 +122,18 @@ register_presets(PresetSpec(
     removed_at_zero=("r_k",)))  # r_k=0: no key MLP at all (the virtual key is the query)
 
 
+def heads_first(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, ...) -> (H, B * N, ...), a view of transformers' (B, N, H, p) query layout."""
+    batch, heads, length = tensor.shape[:3]
+    return tensor.transpose(0, 1).reshape(heads, batch * length, *tensor.shape[3:])
+
+
+def batch_first(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of :func:`heads_first`: (H, B * N, ...) -> (B, H, N, ...)."""
+    heads, rows = tensor.shape[:2]
+    return tensor.reshape(heads, batch, rows // batch, *tensor.shape[2:]).transpose(0, 1)
+
+
 class InducerModule(AttentionExtension):
     """The trainable tensors of one attention module's inducers, and the inducer math.
 
@@ -190,18 +202,29 @@ class InducerModule(AttentionExtension):
                 f"but its inducer was built for {self.heads} x {self.head_dim}"
             )
 
+    def _first_layers(self, q: torch.Tensor) -> torch.Tensor:
+        """tanh of the key and the value MLPs' first layers, (H, R, r_k + r_v) for heads-first
+        queries ``q`` (H, R, p): both read the same query, so one batched matmul computes them."""
+        if hasattr(self, "key_a"):
+            weight = torch.cat([self.key_a, self.value_a], -1)
+            bias = torch.cat([self.key_a_bias, self.value_a_bias], -1)
+        else:
+            weight, bias = self.value_a, self.value_a_bias
+        return torch.tanh(torch.baddbmm(as_dtype(bias, q.dtype)[:, None, :], q, as_dtype(weight, q.dtype)))
+
+    def _key_score(self, q: torch.Tensor, hidden: torch.Tensor, scaling: float) -> torch.Tensor:
+        """s = scaling * Q . P_k, (H, R), from heads-first queries and :meth:`_first_layers`."""
+        r_k = hidden.shape[-1] - self.config.r_v
+        virtual_key = q
+        if r_k:
+            virtual_key = q + torch.baddbmm(as_dtype(self.key_b_bias, q.dtype)[:, None, :], hidden[..., :r_k],
+                                            as_dtype(self.key_b, q.dtype))
+        return scaling * torch.linalg.vecdot(q, virtual_key)
+
     def virtual_key_score(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """s = scaling * Q . P_k with P_k = Q + key MLP(Q); shape (B, H, N), float32 or wider."""
-        dtype = compute_dtype(query)
-        q = query.to(dtype)
-        if hasattr(self, "key_a"):
-            key_a, key_a_bias = self.key_a.to(dtype), self.key_a_bias.to(dtype)
-            key_b, key_b_bias = self.key_b.to(dtype), self.key_b_bias.to(dtype)
-            hidden = torch.tanh(q @ key_a + key_a_bias[:, None, :])
-            virtual_key = q + hidden @ key_b + key_b_bias[:, None, :]
-        else:
-            virtual_key = q
-        return scaling * (q * virtual_key).sum(-1)
+        q = heads_first(as_dtype(query, compute_dtype(query)))
+        return batch_first(self._key_score(q, self._first_layers(q), scaling), query.shape[0])
 
     def compose(
         self,
@@ -215,36 +238,40 @@ class InducerModule(AttentionExtension):
         """Combine the model's attention output (B, H, N, p) with the inducers.
 
         Returns the new per-head output; with an extended value, E (B, N, d) is left for the output
-        projection's hook (:meth:`take_pending_value`).
+        projection's hook (:meth:`take_pending_value`). Computed in float32 (or wider) whatever the
+        activations' and the tensors' dtypes, heads first (:func:`heads_first`), so that each
+        per-head product is one batched matmul: cached decoding runs this for every layer and token.
         """
         c = self.config
-        if c.use_lambda:
-            lam = torch.sigmoid(self.virtual_key_score(query, scaling) - lse)
-        else:
-            lam = torch.ones(query.shape[:-1], dtype=compute_dtype(query), device=query.device)
-        if self.record_lam:
-            self.last_lam = lam.detach()
-        # The module's attention-probability dropout applies to lam too, as to every other weight.
-        lam_dropped = F.dropout(lam, p=dropout, training=training) if c.use_lambda else lam
-        if c.composition == "gated":
-            attn_out = attn_out * (1.0 - lam)[..., None].to(attn_out.dtype)
-
-        # Computed in float32 (or wider) whatever the activations' and the tensors' dtypes.
+        batch = query.shape[0]
         dtype = compute_dtype(query)
-        value_a, value_a_bias = self.value_a.to(dtype), self.value_a_bias.to(dtype)
-        value_b, value_b_bias = self.value_b.to(dtype), self.value_b_bias.to(dtype)
-        z = torch.tanh(query.to(dtype) @ value_a + value_a_bias[:, None, :])  # (B, H, N, r_v)
-        weight = lam_dropped[..., None].to(z.dtype)
-        weighted = z * weight
-        if not c.value_extension:
-            value = weighted @ value_b + weight * value_b_bias[:, None, :]
-            self._pending_value = None
-            return attn_out + value.to(attn_out.dtype)
-        if c.shared_value_basis:
-            extended = weighted.sum(1) @ value_b
+        q = heads_first(as_dtype(query, dtype))  # (H, R = B * N, p)
+        hidden = self._first_layers(q)
+        z = hidden[..., hidden.shape[-1] - c.r_v:]  # (H, R, r_v)
+        if c.use_lambda:
+            lam = torch.sigmoid(self._key_score(q, hidden, scaling) - heads_first(lse))
         else:
-            extended = torch.einsum("bhnr,hrd->bnd", weighted, value_b)
-        self._pending_value = extended + value_b_bias
+            lam = torch.ones(q.shape[:-1], dtype=dtype, device=query.device)
+        if self.record_lam:
+            self.last_lam = batch_first(lam, batch).detach()
+        # The module's attention-probability dropout applies to lam too, as to every other weight.
+        weight = lam
+        if c.use_lambda and training and dropout > 0:
+            weight = heads_first(F.dropout(batch_first(lam, batch), p=dropout, training=True))
+        if c.composition == "gated":
+            attn_out = attn_out * (1.0 - batch_first(lam, batch))[..., None].to(attn_out.dtype)
+        value_b, value_b_bias = as_dtype(self.value_b, dtype), as_dtype(self.value_b_bias, dtype)
+        if not c.value_extension:
+            value = torch.baddbmm(value_b_bias[:, None, :], z, value_b) * weight[..., None]
+            self._pending_value = None
+            return attn_out + batch_first(value, batch).to(attn_out.dtype)
+        weighted = z * weight[..., None]
+        if c.shared_value_basis:
+            extended = torch.addmm(value_b_bias, weighted.sum(0), value_b)
+        else:  # sum over heads and r_v at once: (R, H * r_v) @ (H * r_v, d)
+            extended = torch.addmm(value_b_bias, weighted.transpose(0, 1).reshape(q.shape[1], -1),
+                                   value_b.reshape(-1, value_b.shape[-1]))
+        self._pending_value = extended.view(batch, -1, extended.shape[-1])
         return attn_out
 
     def take_pending_value(self) -> torch.Tensor:
@@ -266,4 +293,4 @@ class AddExtendedValue(MethodHook):
         self.inducer = inducer
 
     def __call__(self, _projection, _inputs, output):
-        return output + self.inducer.take_pending_value().to(output.dtype)
+        return output + as_dtype(self.inducer.take_pending_value(), output.dtype)
