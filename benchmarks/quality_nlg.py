@@ -39,7 +39,9 @@ from lib.stamp import environment as stamp
 from lib.stamp import package_version
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("prefix", "lora", "inducer", "inducer+lora", "zero-shot")
+METHODS = ("prefix", "lora", "inducer", "inducer+lora", "inducer-init-lora", "zero-shot")
+# Inducer-tuning with another InducerConfig(init=...) than the paper's (issue 16's init study).
+INIT_VARIANTS = {"inducer-init-lora": "lora"}
 BASELINE = "zero-shot"  # the base model, no parameters added, no training
 MODEL = "smollm2-135m"
 TASK = "e2e-synthetic"
@@ -166,6 +168,25 @@ def _score(model, loaded, task, options, sources, references, args) -> tuple[dic
     return metrics, texts, generate_seconds
 
 
+def init_variant(model_name: str, budget, init: str):
+    """Inducer's preset at ``budget`` with ``InducerConfig(init=init)``: the sizes are searched on a
+    weightless (meta) copy of the model, and ``build`` attaches these configs instead of searching."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from inducer.base_models import resolve_model_path
+    from inducer.presets import preset
+
+    model_config = AutoConfig.from_pretrained(resolve_model_path(model_name))
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    choice = preset("inducer", skeleton, budget)
+    configs = tuple(dataclasses.replace(c, init=init) for c in choice.configs)
+    return dataclasses.replace(choice, configs=configs, summary=f"{choice.summary}; init={init}")
+
+
 def search_lr(method: str, args, model_name: str, task) -> tuple[dict, list[dict]]:
     """Run ``method`` at each rate of ``--lr-grid``, growing the grid past an edge that holds the
     lowest validation loss (``inducer compare``'s rule, :func:`inducer.compare.next_lr`).
@@ -239,9 +260,12 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             validation={"loss": loss, "perplexity": math.exp(min(loss, 50.0))},
         )
     else:
-        loaded, configs = build(model_name, task, method, args.budget, args.seed)
+        preset_name = "inducer" if method in INIT_VARIANTS else method
+        chosen = {"inducer": init_variant(model_name, args.budget, INIT_VARIANTS[method])} if (
+            method in INIT_VARIANTS) else None
+        loaded, configs = build(model_name, task, preset_name, args.budget, args.seed, chosen=chosen)
         print(f"[{method}] {configs.summary}", flush=True)
-        info = run_info(model_name, _source(), task, method, args.budget, configs, config, loaded)
+        info = run_info(model_name, _source(), task, preset_name, args.budget, configs, config, loaded)
         out_dir = Path(args.work_dir) / method.replace("+", "_") if args.work_dir else None
         if out_dir is not None and out_dir.exists():
             shutil.rmtree(out_dir)  # a fresh run, never a stale checkpoint

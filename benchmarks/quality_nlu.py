@@ -370,8 +370,9 @@ class Plan:
     """Which jobs exist, which are ready (in priority order), and what stage 1 chose."""
 
     def __init__(self, stages: set[str], seeds: list[int], configs: list[str], small: list[str],
-                 fixed_lrs: dict[str, float] | None = None):
+                 fixed_lrs: dict[str, float] | None = None, inits: list[str] | None = None):
         self.stages, self.seeds = stages, seeds
+        self.inits = {k: v for k, v in INDUCER_INITS.items() if inits is None or k in inits}
         fixed_lrs = fixed_lrs or {}
         self.keys = [(c, BUDGET) for c in configs] + [(c, SMALL_BUDGET) for c in small]
         self.ready: list[tuple[tuple, dict]] = []
@@ -428,7 +429,7 @@ class Plan:
                 self._push((1 if budget == BUDGET else 3, i, order), self._job("2", config, budget, lr, seed))
         if budget != BUDGET:
             return
-        dependents = {"prefix": [("3", INIT_VARIANTS)], "inducer": [("3b", ABLATIONS), ("3d", INDUCER_INITS)]}
+        dependents = {"prefix": [("3", INIT_VARIANTS)], "inducer": [("3b", ABLATIONS), ("3d", self.inits)]}
         for stage, variants in dependents.get(config, []):
             if stage not in self.stages:
                 continue
@@ -1081,6 +1082,7 @@ def parse_args(argv=None):
     p.add_argument("--configs", default=None, help="only these configs (names from both budgets' lists)")
     p.add_argument("--lrs", default=None,
                    help="fixed rates, no stage 1 for these configs: CONFIG=RATE,... (e.g. prefix=3e-4)")
+    p.add_argument("--inits", default=None, help="stage 3d: only these inits (default: all)")
     p.add_argument("--budgets", default=f"{BUDGET},{SMALL_BUDGET}", help="only these budgets")
     p.add_argument(
         "--deadline-seconds", type=float, default=330.0, help="start no job after this (from start)"
@@ -1211,7 +1213,11 @@ def main(argv=None) -> None:
         "threads_per_worker": threads,
     }
     deadline = Deadline(args.deadline_seconds, args.grace_seconds, start=start)
-    plan = Plan(stages, seeds, configs, small, fixed_lrs)
+    inits = [i.strip() for i in args.inits.split(",") if i.strip()] if args.inits else None
+    if inits and set(inits) - set(INDUCER_INITS):
+        sys.exit(f"quality_nlu: unknown --inits {sorted(set(inits) - set(INDUCER_INITS))}; "
+                 f"choose from {list(INDUCER_INITS)}")
+    plan = Plan(stages, seeds, configs, small, fixed_lrs, inits)
     runs: list[dict] = []
 
     def record(row: dict) -> None:
