@@ -102,3 +102,23 @@ def test_registry_modules_whose_projection_is_unknown_are_named_not_skipped_sile
 def test_output_projections_of_distilbert_and_modernbert(name, projection):
     sites = find_attention_sites(_tiny(name))
     assert len(sites) == 2 and all(s.projection_name.endswith(projection) and s.routed for s in sites)
+
+
+def test_methods_that_need_one_slice_refuse_a_per_head_fused_layout():
+    with pytest.raises(UnsupportedModelError, match="query_key_value: the 'q' outputs .* spread over"):
+        inducer.attach(_tiny("GPT-NeoX"), inducer.KernelMixConfig(r=2))
+
+
+def test_a_per_head_fused_lora_exports_to_peft_and_back_with_the_same_outputs(tmp_path):
+    base = _tiny("GPT-NeoX")
+    ids = torch.randint(3, 90, (1, 7), generator=torch.Generator().manual_seed(0))
+    model = inducer.attach(_tiny("GPT-NeoX"), inducer.LoRAConfig(r=2, targets=["q", "v"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".b"):
+                parameter.normal_()
+        expected = model(input_ids=ids).logits
+    inducer.export_peft(model, tmp_path / "peft")
+    imported = inducer.import_peft(base, tmp_path / "peft")
+    with torch.no_grad():
+        torch.testing.assert_close(imported(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)

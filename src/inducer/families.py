@@ -232,19 +232,38 @@ class LinearTarget:
     """A linear layer (nn.Linear or GPT-2's Conv1D) or some of its outputs, to be adapted.
 
     The adapted outputs are ``[start, stop)``, or, when they are not contiguous (one role of a
-    fused q/k/v layer laid out per head), ``rows``; ``start`` and ``stop`` are then None so code
-    that only knows slices fails loudly instead of adapting the wrong outputs.
+    fused q/k/v layer laid out per head, GPT-NeoX), ``rows``; ``start`` and ``stop`` then raise
+    :class:`UnsupportedModelError`, so a method that only knows slices says so instead of adapting
+    the wrong outputs.
     """
 
     name: str
     module: nn.Module
     in_features: int
     out_features: int  # of the whole layer
-    start: int | None
-    stop: int | None
+    slice_start: int | None
+    slice_stop: int | None
     role: str  # "q", "k", "v", "o", "ffn_in", "ffn_out", or "" for a name pattern
     layer: int | None
     rows: tuple[int, ...] | None = None
+
+    @property
+    def start(self) -> int:
+        """First adapted output (contiguous targets only)."""
+        self._require_slice()
+        return self.slice_start
+
+    @property
+    def stop(self) -> int:
+        """One past the last adapted output (contiguous targets only)."""
+        self._require_slice()
+        return self.slice_stop
+
+    def _require_slice(self) -> None:
+        if self.rows is not None:
+            raise UnsupportedModelError(
+                f"{self.name}: the {self.role!r} outputs of this fused q/k/v projection are spread over "
+                "its heads, not one slice, which this method cannot adapt; use LoRA on this model")
 
     @property
     def is_conv1d(self) -> bool:
@@ -254,7 +273,7 @@ class LinearTarget:
     @property
     def size(self) -> int:
         """How many outputs are adapted."""
-        return len(self.rows) if self.rows is not None else self.stop - self.start
+        return len(self.rows) if self.rows is not None else self.slice_stop - self.slice_start
 
 
 def linear_target(modules: dict[str, nn.Module], name: str, role: str = "") -> LinearTarget | None:

@@ -72,7 +72,7 @@ def resolve_targets(
                                  f"(roles: {ATTENTION_ROLES + FFN_ROLES})")
         for t in matches:
             if layers is None or t.layer in layers:
-                found[(t.name, t.start, t.rows)] = t
+                found[(t.name, t.slice_start, t.rows)] = t
     if not found:
         raise ValueError(f"{owner}(targets={targets}, layers={layers}) matches no linear layer")
     return list(found.values())
@@ -142,7 +142,7 @@ class LoRAModule(nn.Module):
 
     def __init__(self, target: LinearTarget, r: int, alpha: float, dropout: float, dtype=None):
         super().__init__()
-        self.start, self.stop, self.out_features = target.start, target.stop, target.out_features
+        self.start, self.stop, self.out_features = target.slice_start, target.slice_stop, target.out_features
         # Non-contiguous outputs (a role of a per-head fused q/k/v layer): their indices, else None.
         self.rows = target.rows
         self.is_conv1d = target.is_conv1d

@@ -8,7 +8,7 @@ from .base import MethodHook
 
 def child_name(base: str, target: LinearTarget) -> str:
     """``base`` (``lora``) for a whole layer, ``base_q`` (``lora_q``) for the query slice of a fused one."""
-    whole = target.start == 0 and target.stop == target.out_features
+    whole = target.rows is None and target.start == 0 and target.stop == target.out_features
     return base if whole else f"{base}_{target.role or target.start}"
 
 
