@@ -245,7 +245,7 @@ class Trainer:
         while state.step < total and not stopped and stop.received is None:
             order = _epoch_order(len(train), config.seed, state.epoch)
             batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            while state.batch < len(batches) and state.step < total and stop.received is None:
+            while state.batch < len(batches) and state.step < total:
                 running += self._forward_backward(batches[state.batch], state, bar)
                 micro += 1
                 state.batch += 1
@@ -264,6 +264,8 @@ class Trainer:
                 if config.save_every and state.step % config.save_every == 0:
                     state.train_seconds = time.perf_counter() - started
                     self._save_checkpoint(state)
+                if stop.received is not None:  # only here, between optimizer steps: resumable exactly
+                    break
             if state.batch >= len(batches):
                 state.epoch += 1
                 state.batch = 0
