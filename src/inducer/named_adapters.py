@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from .adapter import AttachState, adapter_state, apply_trainable, detach
-from .routing import check_routes, remove_adapter_hooks, reorder_hooks
+from .routing import check_routes, remove_adapter_hooks
 
 __all__ = ["adapters", "delete_adapter", "disable_adapter", "route", "set_adapter"]
 
@@ -56,7 +56,6 @@ def set_adapter(model: nn.Module, name: str | Sequence[str]) -> nn.Module:
         raise ValueError(f"set_adapter: give one adapter name or a list of distinct names, got {name!r}")
     _known(state, names, "set_adapter")
     state.router.active = names
-    reorder_hooks(model, names)
     apply_trainable(model)
     return model
 

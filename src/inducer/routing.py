@@ -103,49 +103,110 @@ def keep_rows(rows: bool | torch.Tensor, new: torch.Tensor, old: torch.Tensor) -
     return torch.where(rows.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
-class RoutedHook(MethodHook):
-    """A method's hook, run only for the rows its adapter serves (wraps the hook ``attach`` got)."""
+class RoutedHooks(MethodHook):
+    """The method hooks of every adapter at one place of one module (its forward hook or pre-hook),
+    run for the rows each adapter serves.
 
-    def __init__(self, inner: MethodHook, adapter: str, router: Router):
-        self.inner, self.adapter, self.router = inner, adapter, router
-        self.pre, self.with_kwargs = inner.pre, inner.with_kwargs
+    Without routing, the active adapters' hooks run in ``set_adapter``'s order. With routing, the
+    hooks of one kind whose class has a ``routed(items, module, *args)`` classmethod (items:
+    ``(hook, rows)`` pairs) run at once, each row with its adapter's tensors (LoRA gathers each
+    row's A and B: one batched product for all adapters); the others run one adapter at a time,
+    kept on its rows.
+    """
 
-    def register(self, module: nn.Module) -> None:
-        """Register like the wrapped hook would."""
-        super().register(module)
+    def __init__(self, router: Router, pre: bool, with_kwargs: bool):
+        self.router, self.pre, self.with_kwargs = router, pre, with_kwargs
+        self.items: list[tuple[str, MethodHook]] = []  # (adapter, its hook), in registration order
 
     def __call__(self, module, *args):
-        if self.pre:  # pre-hooks stash inputs for the output hook: they run for the whole batch
-            inputs = args[0] if args[0] else tuple(args[1].values()) if self.with_kwargs else ()
-            tensor = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
-            if tensor is not None and self.router.rows(self.adapter, tensor.shape[0], tensor.device) is False:
-                return None
-            return self.inner(module, *args)
-        output = args[-1]
-        if not isinstance(output, torch.Tensor):
-            return self.inner(module, *args)
-        rows = self.router.rows(self.adapter, output.shape[0], output.device)
-        if rows is False:
+        router = self.router
+        if router.disabled:
             return None
-        return keep_rows(rows, self.inner(module, *args), output)
+        if router.routes is None:
+            return self._run(module, args, [(hook, True) for name in router.active
+                                            for adapter, hook in self.items if adapter == name])
+        tensor = _first_tensor(args)
+        if tensor is None:
+            return None
+        used = [(hook, rows) for adapter, hook in self.items
+                if (rows := router.rows(adapter, tensor.shape[0], tensor.device)) is not False]
+        return self._run(module, args, used)
+
+    def _run(self, module, args, used: list):
+        if not used:
+            return None
+        if self.pre:  # pre-hooks stash inputs for the output hook: they see the whole batch
+            changed = None
+            for hook, _ in used:
+                result = hook(module, *args)
+                if result is not None:
+                    changed = result
+                    args = ((result if isinstance(result, tuple) else (result,)),) if not self.with_kwargs \
+                        else result
+            return changed
+        *inputs, output = args
+        kinds: dict[type, list] = {}
+        for hook, rows in used:
+            kinds.setdefault(type(hook), []).append((hook, rows))
+        for kind, items in kinds.items():
+            grouped = getattr(kind, "routed", None)
+            result = grouped(items, module, *inputs, output) if grouped and len(items) > 1 else None
+            if result is not None:
+                output = result
+                continue
+            for hook, rows in items:
+                new = hook(module, *inputs, output)
+                output = output if new is None else keep_rows(rows, new, output)
+        return output
+
+
+def _first_tensor(args) -> torch.Tensor | None:
+    for arg in args:
+        values = arg.values() if isinstance(arg, dict) else arg if isinstance(arg, tuple) else (arg,)
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return value
+    return None
+
+
+def row_index(items: list, batch: int, device: torch.device) -> torch.Tensor:
+    """(batch,) index of the item serving each row (-1: none), from ``(thing, rows)`` pairs."""
+    index = torch.full((batch,), -1, dtype=torch.long, device=device)
+    for position, (_, rows) in enumerate(items):
+        index = index.fill_(position) if rows is True else index.masked_fill(rows, position)
+    return index
 
 
 def wrap_new_hooks(model: nn.Module, before: set[int], adapter: str, router: Router) -> None:
-    """Wrap every :class:`MethodHook` of ``model`` not in ``before`` (hook ids) in a RoutedHook,
-    keeping its place in the module's hook order."""
+    """Move every :class:`MethodHook` of ``model`` not in ``before`` (hook ids) into its module's
+    :class:`RoutedHooks` (made at the new hook's place if the module has none yet)."""
     for module in model.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+        for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
+                                   (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
             for key, hook in list(hooks.items()):
-                new = id(hook) not in before and not isinstance(hook, RoutedHook)
-                if new and isinstance(hook, MethodHook):
-                    hooks[key] = RoutedHook(hook, adapter, router)
+                if not isinstance(hook, MethodHook) or isinstance(hook, RoutedHooks) or id(hook) in before:
+                    continue
+                group = next((h for h in hooks.values() if isinstance(h, RoutedHooks)
+                              and h.pre == hook.pre and h.with_kwargs == hook.with_kwargs), None)
+                if group is None:
+                    group = hooks[key] = RoutedHooks(router, hook.pre, hook.with_kwargs)
+                else:
+                    del hooks[key]
+                    with_kwargs.pop(key, None)
+                group.items.append((adapter, hook))
 
 
 def method_hook_ids(model: nn.Module) -> set[int]:
-    """Ids of every method hook on ``model`` now."""
-    return {id(hook) for module in model.modules()
-            for hooks in (module._forward_hooks, module._forward_pre_hooks)
-            for hook in hooks.values() if isinstance(hook, MethodHook)}
+    """Ids of every method hook on ``model`` now (those inside RoutedHooks included)."""
+    ids = set()
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for hook in hooks.values():
+                if isinstance(hook, RoutedHooks):
+                    ids.update(id(inner) for _, inner in hook.items)
+                if isinstance(hook, MethodHook):
+                    ids.add(id(hook))
+    return ids
 
 
 def remove_adapter_hooks(model: nn.Module, adapter: str) -> None:
@@ -153,20 +214,12 @@ def remove_adapter_hooks(model: nn.Module, adapter: str) -> None:
     for module in model.modules():
         for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
                                    (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
-            for key in [k for k, h in hooks.items() if isinstance(h, RoutedHook) and h.adapter == adapter]:
-                del hooks[key]
-                with_kwargs.pop(key, None)
-
-
-def reorder_hooks(model: nn.Module, active: list[str]) -> None:
-    """Run several active adapters' hooks on one module in the order ``active`` lists them."""
-    if len(active) < 2:
-        return
-    for module in model.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks):
-            for name in active:
-                for key in [k for k, h in hooks.items() if isinstance(h, RoutedHook) and h.adapter == name]:
-                    hooks.move_to_end(key)
+            for key, group in list(hooks.items()):
+                if isinstance(group, RoutedHooks):
+                    group.items = [(name, hook) for name, hook in group.items if name != adapter]
+                    if not group.items:
+                        del hooks[key]
+                        with_kwargs.pop(key, None)
 
 
 class RouteFromKeyword(MethodHook):
