@@ -92,6 +92,14 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_models, tmp_path):
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_an_empty_training_split_is_refused_before_training(tiny_models, tmp_path):
+    # (It used to loop forever waiting for a first batch.)
+    trainer = _trainer(tiny_models, tmp_path, train_rows=[])
+    with pytest.raises(ValueError, match="training split has no rows"):
+        trainer.train()
+    assert not (tmp_path / "last").exists()
+
+
 def test_bad_train_config_names_the_field():
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")

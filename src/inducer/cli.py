@@ -58,8 +58,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _guard(fn):
-    """Run a command body: an error users can fix is one clear line (exit 2; 130/143 after a signal),
-    a bug of ours its traceback and a request to report it (exit 1). See ``cli_errors``."""
+    """Run a command body: a user's error is one line (exit 2), a bug a traceback (``cli_errors``)."""
     from .cli_errors import BUG, bug_report, explain
 
     try:
@@ -181,7 +180,9 @@ def eval_command(
         _print_metrics(f"{split}: {adapter}", metrics)
         text = json.dumps({"adapter": adapter, "split": split, "metrics": metrics}, indent=2)
         if output:
-            Path(output).write_text(text)
+            from .atomic import atomic_write_text
+
+            atomic_write_text(output, text)
         console.print_json(text)
 
     _guard(body)
