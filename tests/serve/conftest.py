@@ -120,9 +120,10 @@ class Server:
         return self.process.returncode
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(served):
-    """One server for a test module: the tiny base, its three adapters, an --adapter-root."""
+    """The shared server: the tiny base (as "tiny"), its three adapters, an --adapter-root. Tests
+    that add adapters delete them again."""
     running = Server(served["base"], served["adapters"], "--adapter-root", str(served["root"]),
                      "--max-prompt-tokens", "64", "--max-tokens", "40", "--max-wait-ms", "100",
                      "--base-name", "tiny")

@@ -158,8 +158,9 @@ class Generation:
             for i in range(body.n):
                 seeded = Sampling(**{**vars(sampling), "seed": None if body.seed is None else body.seed + i})
                 index = len(self.sequences)
+                eos = frozenset() if body.ignore_eos else engine.eos
                 self.sequences.append(
-                    Sequence(prompt, adapter, seeded, self._notifier(index), engine.decode, engine.eos)
+                    Sequence(prompt, adapter, seeded, self._notifier(index), engine.decode, eos)
                 )
 
     def _notifier(self, index: int):

@@ -64,8 +64,10 @@ class _Request(BaseModel):
     seed: int | None = None
     stream: bool = False
     user: str | None = None
-    # Not in OpenAI's API (vLLM's spelling): also return the generated token ids in each choice.
+    # Not in OpenAI's API (vLLM's spellings): return the generated token ids in each choice; go on
+    # past the end-of-sequence token.
     return_token_ids: bool = False
+    ignore_eos: bool = False
 
     def stop_strings(self) -> list[str]:
         """``stop`` as a list of non-empty strings (OpenAI allows up to 4)."""

@@ -1,0 +1,77 @@
+"""Bad requests get OpenAI-format errors (400 / 404 / 413), the server never falls over, and with
+--api-key every endpoint but /health answers 401 without the key."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from .conftest import Server
+
+GOOD = {"model": "ind", "prompt": "the food is", "max_tokens": 4, "temperature": 0}
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"prompt": None}, "prompt"),
+    ({"temperature": 3}, "temperature"),
+    ({"max_tokens": 41}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 9}, "n"),
+    ({"prompt": "the " * 80}, "prompt"),
+    ({"prompt": [10**6]}, "prompt"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"echo": True}, None),
+    ({"top_p": 0}, "top_p"),
+])
+def test_invalid_completion_requests_get_400(server, change, param):
+    body = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    response = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["param"] == param
+
+
+def test_unknown_model_is_404_for_every_client(server):
+    response = httpx.post(f"{server.url}/v1/completions", json={**GOOD, "model": "nope"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_malformed_bodies(server):
+    bad_json = httpx.post(f"{server.url}/v1/completions", content=b"{not json",
+                          headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["type"] == "invalid_request_error"
+    empty_chat = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "ind", "messages": []})
+    assert empty_chat.status_code == 400 and empty_chat.json()["error"]["param"] == "messages"
+    huge = httpx.post(f"{server.url}/v1/completions", content=b"x" * (1 << 20 + 1),
+                      headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and "body" in huge.json()["error"]["message"]
+    wrong_kind = httpx.post(f"{server.url}/v1/classify", json={"model": "ind", "input": "good"})
+    assert wrong_kind.status_code == 400 and "/v1/completions" in wrong_kind.json()["error"]["message"]
+    assert httpx.post(f"{server.url}/v1/completions", json=GOOD).status_code == 200  # still serving
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_api_key(served):
+    server = Server(served["base"], {"ind": served["adapters"]["ind"]}, api_key="s3cret")
+    try:
+        url = f"{server.url}/v1/completions"
+        assert httpx.get(f"{server.url}/health").status_code == 200  # probes need no key
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            response = httpx.post(url, json=GOOD, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["type"] == "authentication_error"
+        assert httpx.get(f"{server.url}/metrics").status_code == 401
+        assert httpx.get(f"{server.url}/v1/models").status_code == 401
+        assert httpx.post(url, json=GOOD, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [str(served["base"]), "ind"]
+    finally:
+        server.stop()
