@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import inducer
+from inducer.methods.inducer_tuning import InducerModule
+from inducer.methods.lora import LoRAModule
 
 from .conftest import DECODERS, SEQ2SEQ, enable_checkpointing, logits_of, make_batch, make_model
 
@@ -219,3 +221,52 @@ def test_eight_rows_eight_adapters():
     for row, name in enumerate(names):
         inducer.set_adapter(model, name)
         torch.testing.assert_close(routed[row], logits_of(model, _row(batch, row))[0])
+
+
+INDUCER_VARIANTS = {
+    "default": dict(r_k=2, r_v=3),
+    "no-key-mlp": dict(r_k=0, r_v=3),
+    "gated": dict(r_k=2, r_v=3, composition="gated"),
+    "not-extended": dict(r_k=2, r_v=3, value_extension=False),
+    "shared-basis": dict(r_k=2, r_v=3, shared_value_basis=True),
+    "no-lambda": dict(r_k=0, r_v=3, use_lambda=False),
+}
+
+
+@pytest.mark.parametrize("variant", list(INDUCER_VARIANTS))
+def test_inducers_of_one_shape_are_gathered_per_row(variant, monkeypatch):
+    model = make_model("llama").double()
+    for name in ("a", "b", "c"):
+        inducer.attach(model, inducer.InducerConfig(**INDUCER_VARIANTS[variant]), name=name)
+    _randomise(model)
+    calls = []
+    original = InducerModule.compose_routed.__func__
+    monkeypatch.setattr(InducerModule, "compose_routed",
+                        classmethod(lambda cls, *a: calls.append(1) or original(cls, *a)))
+    batch = make_batch("llama", batch=4)
+    routes = ["c", "a", None, "b"]
+    with inducer.route(model, routes):
+        routed = logits_of(model, batch)
+    assert calls  # the gathered pass ran
+    for row, name in enumerate(routes):
+        with _alone(model, name):
+            torch.testing.assert_close(routed[row], logits_of(model, _row(batch, row))[0])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_loras_of_one_shape_are_gathered_per_row(family, monkeypatch):
+    model = make_model(family).double()
+    for name in ("a", "b", "c"):
+        inducer.attach(model, inducer.LoRAConfig(r=2, targets=["q", "v", "ffn_in"]), name=name)
+    _randomise(model)
+    calls = []
+    original = LoRAModule.routed_update
+    monkeypatch.setattr(LoRAModule, "routed_update", staticmethod(lambda *a: calls.append(1) or original(*a)))
+    batch = make_batch(family, batch=4)
+    routes = ["c", "a", None, "b"]
+    with inducer.route(model, routes):
+        routed = logits_of(model, batch)
+    assert calls
+    for row, name in enumerate(routes):
+        with _alone(model, name):
+            torch.testing.assert_close(routed[row], logits_of(model, _row(batch, row))[0])

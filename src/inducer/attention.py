@@ -160,8 +160,7 @@ def _make_attention_function(path: str, base: str) -> Callable:
         else:
             out, lse, weights = reference_attention(query, key, value, mask, scaling, dropout, training,
                                                     softcap, sinks)
-        for extension, rows in routed:
-            out = routing.compose(extension, rows, query, out, lse, scaling, dropout, training)
+        out = routing.compose(routed, query, out, lse, scaling, dropout, training)
         return out.transpose(1, 2).contiguous(), weights
 
     inducer_attention.__name__ = f"inducer_{path}_over_{base}_attention"

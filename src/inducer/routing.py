@@ -169,14 +169,6 @@ def _first_tensor(args) -> torch.Tensor | None:
     return None
 
 
-def row_index(items: list, batch: int, device: torch.device) -> torch.Tensor:
-    """(batch,) index of the item serving each row (-1: none), from ``(thing, rows)`` pairs."""
-    index = torch.full((batch,), -1, dtype=torch.long, device=device)
-    for position, (_, rows) in enumerate(items):
-        index = index.fill_(position) if rows is True else index.masked_fill(rows, position)
-    return index
-
-
 def wrap_new_hooks(model: nn.Module, before: set[int], adapter: str, router: Router) -> None:
     """Move every :class:`MethodHook` of ``model`` not in ``before`` (hook ids) into its module's
     :class:`RoutedHooks` (made at the new hook's place if the module has none yet)."""
@@ -304,7 +296,21 @@ def extend(extension: AttentionExtension, rows: bool | torch.Tensor, query: torc
     return new_key, new_value, new_mask.masked_fill(hidden, torch.finfo(new_mask.dtype).min)
 
 
-def compose(extension: AttentionExtension, rows: bool | torch.Tensor, query: torch.Tensor,
-            out: torch.Tensor, lse, scaling: float, dropout: float, training: bool) -> torch.Tensor:
-    """``extension.compose`` kept on the rows it serves."""
-    return keep_rows(rows, extension.compose(query, out, lse, scaling, dropout, training), out)
+def compose(routed: list, query: torch.Tensor, out: torch.Tensor, lse, scaling: float, dropout: float,
+            training: bool) -> torch.Tensor:
+    """Every routed extension's ``compose``, each kept on the rows it serves; several extensions of
+    one kind serving different rows go through their class's ``compose_routed(items, ...)`` at
+    once where it has one (inducers: each row with its adapter's tensors, one batched pass)."""
+    kinds: dict[type, list] = {}
+    for extension, rows in routed:
+        kinds.setdefault(type(extension), []).append((extension, rows))
+    for kind, items in kinds.items():
+        grouped = getattr(kind, "compose_routed", None)
+        if grouped is not None and len(items) > 1 and all(rows is not True for _, rows in items):
+            result = grouped(items, query, out, lse, scaling, dropout, training)
+            if result is not None:
+                out = result
+                continue
+        for extension, rows in items:
+            out = keep_rows(rows, extension.compose(query, out, lse, scaling, dropout, training), out)
+    return out

@@ -67,6 +67,16 @@ class AttentionExtension(nn.Module):
         return out
 
 
+def routed_row_index(items: list, batch: int, device: torch.device) -> torch.Tensor:
+    """(batch,) position in ``items`` (``(thing, rows)`` pairs, rows a (batch,) bool mask or True)
+    of the item serving each row, -1 for rows none serves: how a routed batch gathers each row's
+    adapter tensors (``compose_routed``, ``routed`` hooks)."""
+    index = torch.full((batch,), -1, dtype=torch.long, device=device)
+    for position, (_, rows) in enumerate(items):
+        index = index.fill_(position) if rows is True else index.masked_fill(rows, position)
+    return index
+
+
 def attention_extensions(module: nn.Module) -> list[AttentionExtension]:
     """The extensions registered on an attention module, in registration order."""
     return [child for child in module.children() if isinstance(child, AttentionExtension)]

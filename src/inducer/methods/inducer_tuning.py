@@ -39,7 +39,7 @@ from .base import (
     register_presets,
     select_sites,
 )
-from .extension import AttentionExtension
+from .extension import AttentionExtension, routed_row_index
 
 INITS = ("paper", "lora", "lora-value", "lora-key")
 
@@ -202,14 +202,17 @@ class InducerModule(AttentionExtension):
                 f"but its inducer was built for {self.heads} x {self.head_dim}"
             )
 
-    def _first_layers(self, q: torch.Tensor) -> torch.Tensor:
-        """tanh of the key and the value MLPs' first layers, (H, R, r_k + r_v) for heads-first
-        queries ``q`` (H, R, p): both read the same query, so one batched matmul computes them."""
+    def _first_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and the value MLPs' first layers side by side: (H, p, r_k + r_v), (H, r_k + r_v).
+        Both read the same query, so one batched matmul computes them."""
         if hasattr(self, "key_a"):
-            weight = torch.cat([self.key_a, self.value_a], -1)
-            bias = torch.cat([self.key_a_bias, self.value_a_bias], -1)
-        else:
-            weight, bias = self.value_a, self.value_a_bias
+            return (torch.cat([self.key_a, self.value_a], -1),
+                    torch.cat([self.key_a_bias, self.value_a_bias], -1))
+        return self.value_a, self.value_a_bias
+
+    def _first_layers(self, q: torch.Tensor) -> torch.Tensor:
+        """tanh of :meth:`_first_weight`'s layers, (H, R, r_k + r_v), for heads-first ``q`` (H, R, p)."""
+        weight, bias = self._first_weight()
         return torch.tanh(torch.baddbmm(as_dtype(bias, q.dtype)[:, None, :], q, as_dtype(weight, q.dtype)))
 
     def _key_score(self, q: torch.Tensor, hidden: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -274,6 +277,66 @@ class InducerModule(AttentionExtension):
         self._pending_value = extended.view(batch, -1, extended.shape[-1])
         return attn_out
 
+    def _shape(self) -> tuple:
+        c = self.config
+        return (c.r_k, c.r_v, c.value_extension, c.composition, c.shared_value_basis, c.use_lambda,
+                hasattr(self, "key_a"), self.value_a.dtype, self.record_lam)
+
+    @classmethod
+    def compose_routed(cls, items: list, query: torch.Tensor, attn_out: torch.Tensor, lse: torch.Tensor,
+                       scaling: float, dropout: float, training: bool) -> torch.Tensor | None:
+        """:meth:`compose` of several inducers (``(module, rows)`` pairs, disjoint rows) at once: each
+        row gathers its own inducer's tensors, one batched pass for all. None when their shapes
+        differ (the caller then composes them one by one); rows no inducer serves are unchanged."""
+        modules = [module for module, _ in items]
+        first = modules[0]
+        if any(module._shape() != first._shape() for module in modules) or first.record_lam:
+            return None
+        c, batch = first.config, query.shape[0]
+        index = routed_row_index(items, batch, query.device)
+        pick, covered = index.clamp(min=0), (index >= 0).view(-1, 1, 1, 1)
+        dtype = compute_dtype(query)
+
+        def gathered(tensors) -> torch.Tensor:  # (A, ...) stacked, then each row's: (B, ...)
+            return as_dtype(torch.stack(list(tensors))[pick], dtype)
+
+        q = as_dtype(query, dtype)  # (B, H, N, p)
+        weights, biases = zip(*(module._first_weight() for module in modules), strict=True)
+        hidden = torch.tanh(q @ gathered(weights) + gathered(biases)[:, :, None, :])
+        r_k = hidden.shape[-1] - c.r_v
+        z = hidden[..., r_k:]
+        if c.use_lambda:
+            virtual_key = q
+            if r_k:
+                virtual_key = q + hidden[..., :r_k] @ gathered(m.key_b for m in modules) + gathered(
+                    m.key_b_bias for m in modules)[:, :, None, :]
+            lam = torch.sigmoid(scaling * torch.linalg.vecdot(q, virtual_key) - lse)
+        else:
+            lam = torch.ones(q.shape[:-1], dtype=dtype, device=query.device)
+        weight = lam
+        if c.use_lambda and training and dropout > 0:
+            weight = F.dropout(lam, p=dropout, training=True)
+        if c.composition == "gated":
+            attn_out = torch.where(covered, attn_out * (1.0 - lam)[..., None].to(attn_out.dtype), attn_out)
+        value_b = gathered(m.value_b for m in modules)
+        value_b_bias = gathered(m.value_b_bias for m in modules)
+        if not c.value_extension:
+            value = (z @ value_b + value_b_bias[:, :, None, :]) * weight[..., None]
+            for module in modules:
+                module._pending_value = None
+            return torch.where(covered, attn_out + value.to(attn_out.dtype), attn_out)
+        weighted = z * weight[..., None]  # (B, H, N, r_v)
+        if c.shared_value_basis:
+            extended = weighted.sum(1) @ value_b
+        else:
+            heads, length = weighted.shape[1], weighted.shape[2]
+            extended = torch.bmm(weighted.transpose(1, 2).reshape(batch, length, -1),
+                                 value_b.reshape(batch, heads * c.r_v, -1))
+        extended = (extended + value_b_bias[:, None, :]) * covered.view(-1, 1, 1).to(dtype)
+        for module in modules:  # one E for all: AddExtendedValue.routed adds it once
+            module._pending_value = extended
+        return attn_out
+
     def take_pending_value(self) -> torch.Tensor:
         """Hand E to the output projection's hook, once."""
         value, self._pending_value = self._pending_value, None
@@ -294,3 +357,14 @@ class AddExtendedValue(MethodHook):
 
     def __call__(self, _projection, _inputs, output):
         return output + as_dtype(self.inducer.take_pending_value(), output.dtype)
+
+    @classmethod
+    def routed(cls, items: list, _projection, _inputs, output):
+        """Several routed adapters' E at once: :meth:`InducerModule.compose_routed` left one E (zero
+        on the rows none of them serves) in all of their inducers. None when it did not."""
+        pending = [hook.inducer._pending_value for hook, _ in items]
+        if pending[0] is None or any(value is not pending[0] for value in pending):
+            return None
+        for hook, _ in items:
+            hook.inducer._pending_value = None
+        return output + as_dtype(pending[0], output.dtype)

@@ -161,11 +161,36 @@ class LoRAModule(nn.Module):
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's output change for input ``x``, padded to the layer's full output width."""
         x = F.dropout(x, p=self.dropout, training=self.training)
-        delta = (x.to(self.a.dtype) @ self.a @ self.b) * self.scale
+        return self._place((x.to(self.a.dtype) @ self.a @ self.b) * self.scale)
+
+    def _place(self, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` (..., out_slice) in the layer's outputs it changes, zero elsewhere."""
         if self.rows is None:
             return F.pad(delta, (self.start, self.out_features - self.stop))
         full = delta.new_zeros(*delta.shape[:-1], self.out_features)
         return full.index_copy(-1, self.row_index(delta.device), delta)
+
+    def _shape(self) -> tuple:
+        return (self.start, self.stop, self.rows, self.out_features, self.a.shape, self.b.shape,
+                self.a.dtype, self.dropout, self.training, self.merged)
+
+    @staticmethod
+    def routed_update(modules: list[LoRAModule], index: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """The updates of several adapters' LoRAs of one layer for a routed batch ``x`` (B, ..., in):
+        row b uses ``modules[index[b]]`` (nothing where ``index`` is -1), one batched product with
+        each row's gathered A and B. None when their shapes differ or one is merged."""
+        first = modules[0]
+        if first.merged or any(module._shape() != first._shape() for module in modules):
+            return None
+        pick = index.clamp(min=0)
+        a = torch.stack([module.a for module in modules])[pick]  # (B, in, r)
+        b = torch.stack([module.b for module in modules])[pick]  # (B, r, out_slice)
+        scale = torch.tensor([module.scale for module in modules], dtype=a.dtype, device=a.device)[pick]
+        scale = scale * (index >= 0).to(a.dtype)  # rows no adapter serves get no update
+        x = F.dropout(x, p=first.dropout, training=first.training).to(a.dtype)
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, in)
+        delta = torch.bmm(torch.bmm(rows, a), b) * scale[:, None, None]
+        return first._place(delta.reshape(*x.shape[:-1], -1))
 
     def row_index(self, device=None) -> torch.Tensor:
         """Indices of the layer outputs this update changes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..families import LinearTarget
 from .base import MethodHook
+from .extension import routed_row_index
 
 
 def child_name(base: str, target: LinearTarget) -> str:
@@ -22,3 +23,14 @@ class AddLowRankUpdate(MethodHook):
         if getattr(self.update, "merged", False):
             return output
         return output + self.update.update(inputs[0]).to(output.dtype)
+
+    @classmethod
+    def routed(cls, items: list, _layer, inputs, output):
+        """Several routed adapters' updates of one layer at once, where the update's class can
+        (``routed_update``, LoRA); None otherwise (the caller then runs them one by one)."""
+        updates = [hook.update for hook, _ in items]
+        batched = getattr(type(updates[0]), "routed_update", None)
+        if batched is None or any(type(update) is not type(updates[0]) for update in updates):
+            return None
+        delta = batched(updates, routed_row_index(items, output.shape[0], output.device), inputs[0])
+        return None if delta is None else output + delta.to(output.dtype)
