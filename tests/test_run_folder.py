@@ -215,3 +215,36 @@ def test_base_weights_hash_tells_weights_apart():
     with torch.no_grad():
         b.bias[0] += 1e-3
     assert base_weights_sha256(a) != base_weights_sha256(b)
+
+
+@pytest.mark.parametrize("failing_write", range(1, 11))  # a run makes 9 text writes
+def test_a_crash_in_any_write_leaves_no_torn_run_file(tiny_models, tmp_path, monkeypatch, failing_write):
+    # The n-th text write of a run dies half-way (a full disk, a kill): every JSON file of the run
+    # folder is still whole (the old version or none), because each is written beside and renamed.
+    import errno
+    import pathlib
+
+    from typer.testing import CliRunner
+
+    from inducer.cli import app
+
+    real_write_text = pathlib.Path.write_text
+    calls = {"n": 0}
+
+    def dying_write_text(self, text, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == failing_write:
+            real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", dying_write_text)
+    args = ["train", "--model", tiny_models["bert"], "--task", "sst2", "--data-dir", task_dir("sst2"),
+            "--method", "lora", "--output", tmp_path, *FAST, "--save-every", "1",
+            "--eval-every", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code in (0, 2), result.output
+    if calls["n"] >= failing_write:
+        assert result.exit_code == 2 and "no space left" in result.output
+    for path in tmp_path.rglob("*.json"):
+        json.loads(path.read_text(encoding="utf-8"))  # whole, never half a file
