@@ -95,7 +95,7 @@ def pick_lr(
     The grid grows past an edge holding the best value (:func:`next_lr`); trials added so have
     ``"extension": True``. ``chosen``: the sizes already chosen per method (see
     :func:`inducer.experiment.build`); ``overwrite``: replace earlier runs in ``output_dir``."""
-    trials, best_lr, best = [], grid[0], None
+    trials = []
     scores: dict[float, float] = {}
     todo = list(grid)
     while todo:
@@ -119,14 +119,25 @@ def pick_lr(
         trials.append(trial if lr in grid else {**trial, "extension": True})
         logger.info("%s lr %g: validation %s %.4f", method, lr, metric, run["best_validation"])
         scores[lr] = run["best_validation"]
-        if better(metric, run["best_validation"], best):
-            best, best_lr = run["best_validation"], lr
         if not todo:
             extra = next_lr(scores, grid, metric)
             if extra is not None:
-                logger.info("%s: best lr %g at the grid's edge, trying %g", method, best_lr, extra)
+                logger.info("%s: best lr %g at the grid's edge, trying %g", method, choose_lr(trials), extra)
                 todo.append(extra)
-    return best_lr, trials
+    return choose_lr(trials), trials
+
+
+def choose_lr(trials: Sequence[dict]) -> float:
+    """The learning rate of the best of ``trials`` already run: rows with ``lr``, ``validation`` (the
+    best validation value of the run) and ``select_metric`` (which says whether higher is better), as
+    :func:`pick_lr` returns them or a results file's ``lr_trials`` holds them; ties: the first."""
+    if not trials:
+        raise ValueError("choose_lr: no trials to choose from; run at least one learning rate")
+    best = None
+    for trial in trials:
+        if best is None or better(trial["select_metric"], trial["validation"], best["validation"]):
+            best = trial
+    return best["lr"]
 
 
 def summarise(method: str, runs: list[dict], lr: float, metric: str) -> dict:
@@ -250,7 +261,8 @@ def compare(
     the table as it goes); ``task`` is ``spec.source``'s data if already loaded.
     """
     for method in spec.methods:
-        check_method(method)
+        if method not in spec.explicit_configs:
+            check_method(method)
     task = task or spec.source.load()
     output = Path(spec.output) if spec.output else None
     # One comparison per results folder at a time (its runs' folders are locked by run_one too).
@@ -264,7 +276,7 @@ def _compare(spec: RunSpec, on_row, task: TaskData, output: Path | None) -> dict
     rows: list[dict] = []
     all_runs: dict[str, list[dict]] = {}
     lr_trials: dict[str, list[dict]] = {}
-    chosen: dict = {}  # method -> its configs: the budget is searched once per method
+    chosen: dict = dict(spec.explicit_configs)  # method -> its configs: the budget is searched once
     metric = task.spec.select
     for method in spec.methods:
         base = spec.config_for(method)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,12 @@ from .adapter import count_parameters
 from .adapter_format import load_adapter
 from .atomic import atomic_write_text
 from .base_models import LoadedModel, load_model
+from .callbacks import TrainerCallback
 from .encoding import EncodeOptions
-from .presets import PRESETS, preset
+from .presets import PRESETS, PresetChoice, preset
 from .run_folder import CONFIG_FILE, base_weights_sha256, folder_lock, prepare_run_folder
-from .tasks import Columns, TaskData, TaskError, load_files, load_task
+from .task_source import TaskSource  # noqa: F401  (re-exported: its home was here)
+from .tasks import TaskData
 from .training import RUN_FILE, Trainer, TrainResult, encode_options, evaluate, set_seed
 from .training_config import TrainConfig
 
@@ -32,44 +35,6 @@ if TYPE_CHECKING:
     from .runspec import RunSpec
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TaskSource:
-    """Where a task's data comes from: a built-in name (optionally with a local ``data_dir`` in the
-    hub format), or a kind (classification / regression / generation) with the user's files."""
-
-    task: str
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    columns: Columns = field(default_factory=Columns)
-
-    def load(self) -> TaskData:
-        """The task's normalised splits."""
-        if self.train_file or self.task in ("classification", "regression", "generation"):
-            return load_files(self.task, self.train_file, self.validation_file, self.test_file, self.columns)
-        if self.validation_file or self.test_file:
-            raise TaskError(
-                f"--validation-file/--test-file need --train-file; built-in task {self.task!r} "
-                "brings its own splits (use --data-dir for local copies)"
-            )
-        return load_task(self.task, self.data_dir)
-
-    def to_dict(self) -> dict:
-        """JSON form, stored with adapters so eval can reload the same data (from any folder)."""
-        data = {**asdict(self), "columns": asdict(self.columns)}
-        for key in ("data_dir", "train_file", "validation_file", "test_file"):
-            if data[key]:
-                data[key] = str(Path(data[key]).resolve())
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TaskSource:
-        """Inverse of :meth:`to_dict`."""
-        data = dict(data)
-        return cls(**{**data, "columns": Columns(**data.get("columns", {}))})
 
 
 def is_main_process() -> bool:
@@ -102,16 +67,22 @@ def build(
 
     ``chosen`` (method -> its configs), shared by the runs of one comparison, keeps the configs of the
     first run of each method: later runs reuse them instead of searching the budget again (the search
-    depends only on the base model's structure). Returns ``(loaded model, configs)``;
-    ``configs.summary`` says which sizes were chosen.
+    depends only on the base model's structure). An entry may also be given up front as explicit
+    method configs (a ``MethodConfig`` or a list; any method name): those are attached as they are.
+    Returns ``(loaded model, configs)``; ``configs.summary`` says which sizes were chosen.
     """
     import inducer
 
-    check_method(method)
+    from .budget import explicit_choice
+
+    if chosen is None or method not in chosen:
+        check_method(method)
     set_seed(seed)  # a new task head's initialisation follows the seed
     loaded = load_model(model_name, task.kind, task.num_labels)
     if chosen is not None and method in chosen:
         configs = chosen[method]
+        if not isinstance(configs, PresetChoice):  # explicit configs: counted once, then reused
+            configs = chosen[method] = explicit_choice(method, loaded.model, configs)
     else:
         configs = preset(method, loaded.model, budget, sizes=sizes or None)
         if chosen is not None:
@@ -148,12 +119,22 @@ def run_info(
     }
 
 
-def train_run(spec: RunSpec, task: TaskData | None = None, on_eval=None) -> dict:
+def train_run(
+    spec: RunSpec,
+    task: TaskData | None = None,
+    on_eval=None,
+    *,
+    callbacks: Sequence[TrainerCallback] = (),
+    loaded: LoadedModel | None = None,
+) -> dict:
     """Train the one method of ``spec`` on its task, evaluate it on the test split(s) and return the
     summary :func:`run_one` returns (written to ``spec.output``/results.json when an output is set).
 
     ``task``: the already loaded data of ``spec.source`` (loaded here if None); ``on_eval`` is called
-    with each validation record.
+    with each validation record, ``callbacks`` (``TrainerCallback``s) see every step, log and
+    evaluation. The method's configs are ``spec.explicit_configs[method]`` when given (attached as
+    they are), else its preset at the spec's budget or sizes; ``loaded``: a model with the method
+    already attached (``inducer.attach``), trained as it is (``spec.model`` only names it).
     """
     if len(spec.methods) != 1:
         raise ValueError(f"train_run trains one method, got {spec.methods}; use compare() for several")
@@ -172,6 +153,9 @@ def train_run(spec: RunSpec, task: TaskData | None = None, on_eval=None) -> dict
         task=task,
         on_eval=on_eval,
         sizes=spec.sizes_for(method),
+        chosen=dict(spec.explicit_configs),
+        callbacks=callbacks,
+        loaded=loaded,
     )
 
 
@@ -191,6 +175,8 @@ def run_one(
     chosen: dict | None = None,
     overwrite: bool = False,
     new_schedule: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+    loaded: LoadedModel | None = None,
 ) -> dict:
     """Train one method and evaluate it: returns counts, validation history and test metrics.
 
@@ -198,13 +184,18 @@ def run_one(
     ``output_dir`` is locked for the run; it must be empty, or hold this same run with ``resume``, or
     an old run that ``overwrite`` removes first (:func:`inducer.run_folder.prepare_run_folder`);
     ``new_schedule`` lets a resumed run continue on a new learning-rate schedule (recorded).
+    ``callbacks`` go to the ``Trainer``; ``loaded``: an already adapted model, trained as it is
+    (its configs from ``chosen[method]`` if there, else read from the model).
     """
     # Only the main process writes (and so owns and locks) the folder.
     owned = Path(output_dir) if output_dir is not None and is_main_process() else None
     with folder_lock(owned) if owned is not None else contextlib.nullcontext():
         task = task or source.load()
-        seed, train_head = config.seed, config.train_head
-        loaded, configs = build(model_name, task, method, budget, seed, train_head, sizes, chosen)
+        if loaded is None:
+            seed, train_head = config.seed, config.train_head
+            loaded, configs = build(model_name, task, method, budget, seed, train_head, sizes, chosen)
+        else:
+            configs = _adapted_choice(method, loaded, chosen)
         logger.info(configs.summary)
         info = run_info(model_name, source, task, method, budget, configs, config, loaded)
         if owned is not None:
@@ -212,9 +203,22 @@ def run_one(
             prepare_run_folder(owned, info, resume, overwrite, new_schedule)
             atomic_write_text(owned / CONFIG_FILE, json.dumps(info, indent=2))
         options = EncodeOptions(**info["encode"])  # fitted to the model once, by run_info
-        trainer = Trainer(loaded, task, config, output_dir, info, progress, on_eval, options=options)
+        trainer = Trainer(
+            loaded, task, config, output_dir, info, progress, on_eval, options=options, callbacks=callbacks
+        )
         result: TrainResult = trainer.train(resume=resume, new_schedule=new_schedule)
         return _test_and_summarise(trainer, configs, result, owned, test_splits)
+
+
+def _adapted_choice(method: str, loaded: LoadedModel, chosen: dict | None) -> PresetChoice:
+    """The description of an already adapted model's configs (``chosen[method]`` if given)."""
+    from .adapter import adapter_state
+    from .budget import explicit_choice
+
+    if adapter_state(loaded.model) is None:
+        raise ValueError("loaded= needs a model with a method attached (inducer.attach); or pass no model")
+    given = (chosen or {}).get(method)
+    return given if isinstance(given, PresetChoice) else explicit_choice(method, loaded.model, given)
 
 
 def _test_and_summarise(

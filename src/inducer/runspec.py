@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from .training_config import TrainConfig
 
 if TYPE_CHECKING:
-    from .experiment import TaskSource
     from .recipes import Recipe
+    from .task_source import TaskSource
 
 BOTH_SIZES_AND_BUDGET = (
     "--budget and --sizes cannot be combined: a budget searches the sizes, --sizes gives them; choose one"
@@ -43,6 +43,8 @@ class RunSpec:
         sizes: explicit sizes of some methods; these methods ignore the budget (a recipe's
             ``method_sizes``, or ``--sizes``).
         method_configs: a method's own training options (a recipe's ``method_training``).
+        explicit_configs: a method's configs given as ``MethodConfig`` objects (one, a list, or a
+            ``PresetChoice``), attached as they are: no budget search, any method name.
         lrs: fixed learning rates; ``compare`` picks the others on validation from ``lr_grids``.
         lr_grids: a method's learning-rate grid (default: ``compare.LR_GRIDS``).
         seeds: the seeds of ``compare``'s runs per method (default: ``[config.seed]``).
@@ -63,6 +65,7 @@ class RunSpec:
     budget: str | int | None = None
     sizes: dict[str, dict] = field(default_factory=dict)
     method_configs: dict[str, TrainConfig] = field(default_factory=dict)
+    explicit_configs: dict[str, object] = field(default_factory=dict)
     lrs: dict[str, float] = field(default_factory=dict)
     lr_grids: dict[str, tuple[float, ...]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)
@@ -112,7 +115,7 @@ def parse_sizes(text: str | None) -> dict | None:
 def task_source(task: str, options: dict) -> TaskSource:
     """A ``TaskSource`` from flat options: ``data_dir``, ``train_file``, ``validation_file``,
     ``test_file`` and the column names (``text_column``, ... as on the command line; None: default)."""
-    from .experiment import TaskSource
+    from .task_source import TaskSource
     from .tasks import Columns
 
     columns = {key: options[f"{key}_column"] for key in COLUMNS if options.get(f"{key}_column") is not None}
