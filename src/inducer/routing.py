@@ -145,6 +145,11 @@ class RoutedHooks(MethodHook):
                         else result
             return changed
         *inputs, output = args
+        if all(rows is True for _, rows in used):  # no routing: the active adapters' hooks in turn
+            for hook, _ in used:
+                new = hook(module, *inputs, output)
+                output = output if new is None else new
+            return output
         kinds: dict[type, list] = {}
         for hook, rows in used:
             kinds.setdefault(type(hook), []).append((hook, rows))

@@ -125,11 +125,15 @@ register_presets(PresetSpec(
 def heads_first(tensor: torch.Tensor) -> torch.Tensor:
     """(B, H, N, ...) -> (H, B * N, ...), a view of transformers' (B, N, H, p) query layout."""
     batch, heads, length = tensor.shape[:3]
+    if batch == 1:  # cached decoding of one sequence: no reshape needed
+        return tensor[0]
     return tensor.transpose(0, 1).reshape(heads, batch * length, *tensor.shape[3:])
 
 
 def batch_first(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     """Inverse of :func:`heads_first`: (H, B * N, ...) -> (B, H, N, ...)."""
+    if batch == 1:
+        return tensor[None]
     heads, rows = tensor.shape[:2]
     return tensor.reshape(heads, batch, rows // batch, *tensor.shape[2:]).transpose(0, 1)
 
@@ -266,7 +270,7 @@ class InducerModule(AttentionExtension):
         value_b, value_b_bias = as_dtype(self.value_b, dtype), as_dtype(self.value_b_bias, dtype)
         if not c.value_extension:
             value = torch.baddbmm(value_b_bias[:, None, :], z, value_b) * weight[..., None]
-            self._pending_value = None
+            self.hold_value(None)
             return attn_out + batch_first(value, batch).to(attn_out.dtype)
         weighted = z * weight[..., None]
         if c.shared_value_basis:
@@ -274,7 +278,7 @@ class InducerModule(AttentionExtension):
         else:  # sum over heads and r_v at once: (R, H * r_v) @ (H * r_v, d)
             extended = torch.addmm(value_b_bias, weighted.transpose(0, 1).reshape(q.shape[1], -1),
                                    value_b.reshape(-1, value_b.shape[-1]))
-        self._pending_value = extended.view(batch, -1, extended.shape[-1])
+        self.hold_value(extended.view(batch, -1, extended.shape[-1]))
         return attn_out
 
     def _shape(self) -> tuple:
@@ -323,7 +327,7 @@ class InducerModule(AttentionExtension):
         if not c.value_extension:
             value = (z @ value_b + value_b_bias[:, :, None, :]) * weight[..., None]
             for module in modules:
-                module._pending_value = None
+                module.hold_value(None)
             return torch.where(covered, attn_out + value.to(attn_out.dtype), attn_out)
         weighted = z * weight[..., None]  # (B, H, N, r_v)
         if c.shared_value_basis:
@@ -334,12 +338,18 @@ class InducerModule(AttentionExtension):
                                  value_b.reshape(batch, heads * c.r_v, -1))
         extended = (extended + value_b_bias[:, None, :]) * covered.view(-1, 1, 1).to(dtype)
         for module in modules:  # one E for all: AddExtendedValue.routed adds it once
-            module._pending_value = extended
+            module.hold_value(extended)
         return attn_out
+
+    def hold_value(self, value: torch.Tensor | None) -> None:
+        """Keep E for the output projection's hook (a plain attribute: nn.Module's __setattr__,
+        which checks parameters, buffers and modules, costs more than the rest of a decoding step's E)."""
+        self.__dict__["_pending_value"] = value
 
     def take_pending_value(self) -> torch.Tensor:
         """Hand E to the output projection's hook, once."""
-        value, self._pending_value = self._pending_value, None
+        value = self._pending_value
+        self.hold_value(None)
         if value is None:
             raise RuntimeError(
                 "inducer: the output projection ran without its attention having computed the "
@@ -366,5 +376,5 @@ class AddExtendedValue(MethodHook):
         if pending[0] is None or any(value is not pending[0] for value in pending):
             return None
         for hook, _ in items:
-            hook.inducer._pending_value = None
+            hook.inducer.hold_value(None)
         return output + as_dtype(pending[0], output.dtype)
