@@ -16,8 +16,12 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
-    escaped = (f'{k}="{v}"'.replace("\n", " ") for k, v in labels)
+    escaped = (f'{k}="{_escape(v)}"' for k, v in labels)
     return "{" + ",".join(escaped) + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class _Histogram:

@@ -163,7 +163,7 @@ class Scheduler:
     def _drop_cancelled(self, seq: Sequence) -> bool:
         if seq.cancelled:
             seq.finish_reason = "cancelled"
-            self._release(seq)
+            self._report([seq])  # its listener hears the end; its adapter is released
         return seq.cancelled
 
     def _release(self, seq: Sequence) -> None:
