@@ -145,7 +145,7 @@ def load_train_state(folder: str | Path) -> TrainState:
             )
         raise FileNotFoundError(
             f"--resume: no checkpoint at {path}; train without --resume first (with --save-every N to "
-            "checkpoint during training)"
+            "checkpoint during training; --overwrite replaces a run that left none)"
         )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))

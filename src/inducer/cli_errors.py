@@ -27,7 +27,7 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     if isinstance(err, TrainingInterrupted):
         return str(err), err.exit_code
     if isinstance(err, KeyboardInterrupt):
-        return "interrupted (Ctrl-C) before training started; nothing was saved", 130
+        return "interrupted (Ctrl-C) outside the training steps; the files already written are kept", 130
     if _from_datasets(err):
         cause = err.__cause__ or err.__context__
         detail = f"{err}" + (f" ({type(cause).__name__}: {cause})" if cause else "")

@@ -72,3 +72,12 @@ def weight_by_share(accelerator, loss: torch.Tensor, count: int) -> tuple[torch.
     totals = accelerator.reduce(totals, reduction="sum")
     items = totals[1].clamp(min=1.0)
     return loss * (count * processes / items), totals[0] / items
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (a collective: every process must call it). A stop
+    request that reached only some processes so stops all of them after the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import random
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .base_models import LoadedModel
 from .callbacks import EvalFunction, MetricsLog, TrainerCallback
 from .checkpoint import TrainState, copy_into
 from .data_parallel import (  # noqa: F401  (launched_processes: re-exported)
+    any_process,
     cpu_processes,
     launched_processes,
     make_accelerator,
@@ -209,14 +211,15 @@ class Trainer:
                     self.metrics_log.truncate(state.step)
                 self.metrics_log.open()
             try:
-                stopped = self._loop(state, stop)
+                stopped, halted = self._loop(state, stop)
                 self._save_adapter("last", {"step": state.step})
                 self._save_checkpoint(state)
             finally:
                 if self.metrics_log is not None:
                     self.metrics_log.close()
-            if stop.received is not None:
-                raise interrupted(stop.received, state.step, self.total_steps, self.output_dir)
+            if halted:  # (a process the signal did not reach stops as SIGTERM would have)
+                signum = stop.received or signal.SIGTERM
+                raise interrupted(signum, state.step, self.total_steps, self.output_dir)
         if state.best_tensors is not None:
             copy_into(self.accelerator.unwrap_model(self.model), state.best_tensors)
         self.accelerator.wait_for_everyone()  # the main process's files exist when any process returns
@@ -224,8 +227,8 @@ class Trainer:
             state.best, state.best_step, self.select, state.step, state.train_seconds, state.history, stopped
         )
 
-    def _loop(self, state: TrainState, stop: StopRequests) -> bool:
-        """Optimizer steps from ``state`` to the end (or a stop request); returns whether it stopped early."""
+    def _loop(self, state: TrainState, stop: StopRequests) -> tuple[bool, bool]:
+        """Optimizer steps from ``state`` to the end; returns (stopped early, halted on a stop request)."""
         config, total, train = self.config, self.total_steps, self.train_rows
         eval_every = config.eval_every or self.steps_per_epoch
         processes = self.accelerator.num_processes
@@ -241,8 +244,8 @@ class Trainer:
         bar = tqdm(total=total, initial=state.step, desc="training", disable=not self.progress, leave=False)
         started = time.perf_counter() - state.train_seconds
         running, micro = 0.0, 0
-        stopped = False
-        while state.step < total and not stopped and stop.received is None:
+        stopped = halted = False
+        while state.step < total and not stopped and not halted:
             order = _epoch_order(len(train), config.seed, state.epoch)
             batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
             while state.batch < len(batches) and state.step < total:
@@ -264,14 +267,16 @@ class Trainer:
                 if config.save_every and state.step % config.save_every == 0:
                     state.train_seconds = time.perf_counter() - started
                     self._save_checkpoint(state)
-                if stop.received is not None:  # only here, between optimizer steps: resumable exactly
+                # Only here, between optimizer steps (resumable exactly), and on every process at once.
+                if any_process(self.accelerator, stop.received is not None):
+                    halted = True
                     break
             if state.batch >= len(batches):
                 state.epoch += 1
                 state.batch = 0
         bar.close()
         state.train_seconds = time.perf_counter() - started
-        return stopped
+        return stopped, halted
 
     def _forward_backward(self, rows: list[int], state: TrainState, bar) -> float:
         """This process's share of one micro-batch: loss, backward; returns the global mean loss."""
