@@ -121,3 +121,24 @@ def test_a_4bit_adapter_loads_on_the_unquantized_base(llama_folder, tmp_path):
     inducer.save_adapter(model, tmp_path / "adapter")
     full = inducer.load_adapter(LlamaForCausalLM.from_pretrained(llama_folder), tmp_path / "adapter")
     assert inducer.count_parameters(full).added == inducer.count_parameters(model).added
+
+
+METHODS = {
+    "inducer": lambda: [inducer.InducerConfig()],
+    "lora": lambda: [inducer.LoRAConfig(r=2, targets=["q", "v", "ffn_in", "ffn_out"])],
+    "prefix": lambda: [inducer.PrefixConfig(length=3)],
+    "adapter": lambda: [inducer.AdapterConfig()],
+    "kernel-mix": lambda: [inducer.KernelMixConfig(r=2)],
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("kind", sorted(QUANTIZED_WEIGHT))
+def test_every_method_trains_a_step_on_a_quantized_base(llama_folder, kind, method):
+    model = inducer.attach(_load(llama_folder, kind), METHODS[method]()).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    grads = [p.grad for p in trainable]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
