@@ -531,8 +531,9 @@ def aggregate(runs: list[dict], seeds: list[int]) -> dict:
         lr = chosen.get((base_config(config), budget)) if config != base_config(config) else chosen.get(key)
         stage1 = sorted([r for r in rows if r["stage"] == "1"], key=lambda r: r["lr"])
         seeds_rows = {}
-        # The chosen learning rate's runs: stage 1's seed-0 run and the stage-2 / stage-3 seeds.
-        for r in rows:
+        # The chosen learning rate's runs: stage 1's seed-0 run and the stage-2 / stage-3 seeds. A job
+        # that failed and was run again (--resume) counts once, by its successful run.
+        for r in sorted(rows, key=lambda r: "error" in r):
             if lr is not None and math.isclose(r["lr"], lr) and r["seed"] in seeds:
                 seeds_rows.setdefault(r["seed"], r)
         per_seed = [

@@ -74,3 +74,12 @@ def test_runs_keep_their_loss_curve_as_a_list(tmp_path):
     assert "loss_curve=curve.points" in source
     row = {"loss_curve": [[5, 0.69], [10, 0.6]]}
     assert json.loads(json.dumps(row)) == row
+
+
+def test_a_job_run_again_after_a_failure_counts_by_its_successful_run():
+    failed = {"id": "2:lora@0.5%:lr=0.003:seed=0", "stage": "2", "config": "lora", "budget": "0.5%",
+              "lr": 3e-3, "seed": 0, "error": "TrainingInterrupted: SIGTERM"}
+    done = {**failed, "dev": 80.0, "test": 81.0, "steps": 10}
+    del done["error"]
+    rows = quality_nlu.aggregate([failed, done], [0])["rows"]
+    assert rows[0]["n_seeds"] == 1 and rows[0]["test_mean"] == 81.0
