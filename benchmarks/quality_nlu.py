@@ -1021,14 +1021,15 @@ def merge(summary: Path, run_files: list[Path], out: Path, do_plot: bool) -> Non
     """Re-aggregate a run's ``quality_nlu.json`` with its ``runs.jsonl`` and runs finished elsewhere
     (jobs its deadline cut, run later with the same protocol; each such row names its ``machine``)."""
     data = json.loads(summary.read_text())
-    runs, seen = [], set()
+    by_id: dict[str, dict] = {}
     for path in run_files:
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                if row["id"] not in seen:
-                    seen.add(row["id"])
-                    runs.append(row)
+                # The first row of a job wins, unless it failed and a later one (a rerun) did not.
+                if row["id"] not in by_id or ("error" in by_id[row["id"]] and "error" not in row):
+                    by_id[row["id"]] = row
+    runs, seen = list(by_id.values()), set(by_id)
     data["results"] = aggregate(runs, data["protocol"]["seeds"])
     added = [r for r in runs if r.get("machine")]
     still = [job for job in data.get("unfinished_jobs", []) if job not in seen]
