@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,7 +87,9 @@ class Server:
         if api_key:
             command += ["--api-key", api_key]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        # A file, not a pipe: a full pipe would block the server's request log.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 120.0) -> None:
@@ -106,7 +109,8 @@ class Server:
         """Everything the process printed (once it has exited)."""
         if self.process.poll() is None:
             return "(still running)"
-        return self.process.stdout.read().decode(errors="replace")
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def stop(self) -> int:
         """SIGTERM, then wait; the exit code."""

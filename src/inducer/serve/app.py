@@ -164,7 +164,15 @@ class Generation:
                 )
 
     def _notifier(self, index: int):
-        return lambda _seq: self.loop.call_soon_threadsafe(self.updates.put_nowait, index)
+        streaming = self.body.stream
+
+        def notify(seq: Sequence) -> None:
+            # A whole response waits for the end only: waking the event loop for every token would
+            # take the worker thread's GIL time.
+            if streaming or seq.finished:
+                self.loop.call_soon_threadsafe(self.updates.put_nowait, index)
+
+        return notify
 
     def _record(self, status: int) -> None:
         self.service.record(

@@ -76,7 +76,12 @@ def _setup_logging() -> None:
 
 def run(options: ServeOptions) -> None:
     """Serve until SIGTERM / SIGINT (then drain)."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise ValueError(f"inducer serve needs FastAPI and uvicorn ({err.name} is missing); install them "
+                         "with: pip install 'inducer[serve]'") from err
 
     from .app import Service, build_app
     from .engine import Engine
