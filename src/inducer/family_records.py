@@ -126,4 +126,5 @@ CROSS_ATTENTION_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "c
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
 KV_HEAD_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads")
-SUPPORTED = "BERT, RoBERTa, GPT-2, Llama/Mistral/Qwen, BART/mBART, T5, EncoderDecoderModel"
+SUPPORTED = ("BERT, RoBERTa, GPT-2, Llama/Mistral/Qwen, BART/mBART, T5, EncoderDecoderModel; every "
+             "architecture tried is in docs/model_support.md")

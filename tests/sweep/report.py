@@ -51,12 +51,13 @@ def markdown(results: dict[str, dict[str, Outcome]]) -> str:
     """The support table of ``results`` (architecture name -> method name -> outcome)."""
     notes: dict[str, int] = {}
     methods = [m.name for m in METHODS]
-    rows = ["| architecture | model type | " + " | ".join(methods) + " |",
-            "|---" * (len(methods) + 2) + "|"]
+    rows = ["| architecture | model type | inducers' path | " + " | ".join(methods) + " |",
+            "|---" * (len(methods) + 3) + "|"]
     for arch in ARCHITECTURES:
         outcomes = results[arch.name]
         cells = [_cell(outcomes[m], notes) for m in methods]
-        rows.append(f"| {arch.name} | `{arch.model_type}` | " + " | ".join(cells) + " |")
+        path = outcomes["inducer"].paths or "-"
+        rows.append(f"| {arch.name} | `{arch.model_type}` | {path} | " + " | ".join(cells) + " |")
     passing = {m: sum(results[a.name][m].status == "pass" for a in ARCHITECTURES) for m in methods}
     summary = ", ".join(f"{m} {n}/{len(ARCHITECTURES)}" for m, n in passing.items())
     checks = "\n".join(f"- **{c}**: {_CHECK_TEXT[c]}" for c in CHECKS)
@@ -77,10 +78,11 @@ q, k, v and o (`LoRAConfig(r=2)`), a bottleneck adapter after attention
 
 Passing: {summary}.
 
-Inducers and prefixes use the fused attention path unless the model runs eager attention
-(`inducer.attention_path(model)`); on soft-capped models (Gemma-2) they always take the reference
-path, marked "(reference path)", since the fused kernels cannot cap scores. Attention sinks (gpt-oss)
-work on both paths.
+"inducers' path" is the attention path `attach` chooses for inducers and prefixes: fused unless the
+model runs eager attention (`inducer.set_attention_path` changes it). On soft-capped models
+(Gemma-2) they always take the reference path, marked "(reference path)", since the fused kernels
+cannot cap scores. Attention sinks (gpt-oss) work on both paths. Modules without inducers or
+prefixes always run the model's own attention implementation.
 
 {chr(10).join(rows)}
 
