@@ -34,7 +34,10 @@ def _base_kind(model_name: str, adapter_dirs: dict[str, str]) -> tuple[str, int 
         if info.get("kind"):
             labels = info.get("label_names")
             return info["kind"], (len(labels) if labels else None)
-    config = AutoConfig.from_pretrained(resolve_model_path(model_name))
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_name))
+    except (OSError, ValueError):  # load_model says what is wrong, in one line
+        return "generation", None
     if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
         return "classification", config.num_labels
     return "generation", None
@@ -73,6 +76,8 @@ class Engine:
         self._decoder = copy.deepcopy(tokenizer)
         # Classification heads are base parameters: keep each adapter's trained head to swap in.
         self._heads: dict[str | None, dict[str, torch.Tensor]] = {None: self._head_values(None)}
+        # Replaced, never mutated, by the worker thread: other threads read it without a lock.
+        self._names: tuple[str, ...] = tuple(adapters(model))
 
     @classmethod
     def load(
@@ -112,8 +117,8 @@ class Engine:
 
     # --- adapters -------------------------------------------------------------------------------
     def adapter_names(self) -> list[str]:
-        """The adapters loaded now."""
-        return adapters(self.model)
+        """The adapters loaded now (safe to call from any thread)."""
+        return list(self._names)
 
     def add_adapter(self, name: str, path: str, check_root: bool = True) -> None:
         """Load the adapter saved in ``path`` as ``name`` (validated by ``load_adapter``); a
@@ -142,12 +147,14 @@ class Engine:
             raise ServeError(400, f"cannot load adapter {name!r}: {err}", param="path") from err
         self.model.eval()
         self._heads[name] = self._head_values(name)
+        self._names = tuple(adapters(self.model))
         logger.info("loaded adapter %s from %s", name, folder)
 
     def remove_adapter(self, name: str) -> None:
         """Delete adapter ``name`` (the caller made sure no sequence uses it)."""
         delete_adapter(self.model, name)
         self._heads.pop(name, None)
+        self._names = tuple(adapters(self.model))
         logger.info("deleted adapter %s", name)
 
     def _head_values(self, name: str | None) -> dict[str, torch.Tensor]:
