@@ -149,7 +149,7 @@ def routed_batches(args) -> list[dict]:
         inducer.set_adapter(model, names[0])
         ids = prompt(ROUTED_ADAPTERS, args.prompt, model.config.vocab_size, args.seed)
 
-        def route() -> object:
+        def route(model=model) -> object:
             return inducer.route(model, names)
 
         def forward(routing: bool, ids=ids, model=model) -> None:
@@ -162,7 +162,8 @@ def routed_batches(args) -> list[dict]:
         ):
             result = paired(one, routed, args.repeats)
             rows.append({"method": method, "stage": stage, "one_s": result["first_s"],
-                         "routed_s": result["second_s"], "ratio": result["ratio"], "repeats": result["repeats"]})
+                         "routed_s": result["second_s"], "ratio": result["ratio"],
+                         "repeats": result["repeats"]})
             print(f"{method} {stage}: one adapter {ms(result['first_s'], 2)} ms, 8 routed "
                   f"{ms(result['second_s'], 2)} ms ({result['ratio']:.3f}x)", flush=True)
     return rows
@@ -200,7 +201,8 @@ def render(report: dict) -> str:
         f"{env['git_commit']}{' (src modified)' if env.get('src_modified') else ''}.",
         "",
         f"Random-weight Llama with SmolLM2-135M's geometry{' (tiny: --quick)' if settings['quick'] else ''}, "
-        f"float32, sdpa, eval mode. Inducer adapters `InducerConfig(r_k={INDUCER['r_k']}, r_v={INDUCER['r_v']})` "
+        "float32, sdpa, eval mode. Inducer adapters "
+        f"`InducerConfig(r_k={INDUCER['r_k']}, r_v={INDUCER['r_v']})` "
         f"(cost.py's inducer preset at 0.5% of the model), LoRA `r={LORA['r']}` on q and v. Prompt "
         f"{settings['prompt']} tokens; a decoding step is one cached forward of one new token per row "
         f"(cache cropped back after each, so all steps see the same cache). Steps alternate between "
@@ -220,7 +222,8 @@ def render(report: dict) -> str:
         "(`inducer.route(model, names)`).",
         "",
         *table(["method", "stage", "one adapter ms", f"{ROUTED_ADAPTERS} routed ms", "ratio", "target"],
-               [[r["method"], r["stage"], ms(r["one_s"], 2), ms(r["routed_s"], 2), f"{number(r['ratio'], 3)}x",
+               [[r["method"], r["stage"], ms(r["one_s"], 2), ms(r["routed_s"], 2),
+                 f"{number(r['ratio'], 3)}x",
                  f"<= {TARGET_ROUTED}x: {'met' if r['ratio'] <= TARGET_ROUTED else 'missed'}"]
                 for r in report["routed"]]),
         "",

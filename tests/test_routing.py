@@ -270,3 +270,18 @@ def test_loras_of_one_shape_are_gathered_per_row(family, monkeypatch):
     for row, name in enumerate(routes):
         with _alone(model, name):
             torch.testing.assert_close(routed[row], logits_of(model, _row(batch, row))[0])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_disable_is_the_base_bit_identical_and_none_rows_too(family, method):
+    model = _routed_model(family, method)
+    batch = make_batch(family)
+    # Without gradients: whether inputs need them can change sdpa's kernel choice, hence the last bit.
+    with torch.no_grad():
+        base = logits_of(make_model(family).double(), batch)
+        with inducer.disable_adapter(model):
+            assert torch.equal(logits_of(model, batch), base)
+            with inducer.route(model, ["a", "b", "a"]):  # disabled wins over routing
+                assert torch.equal(logits_of(model, batch), base)
+        with inducer.route(model, [None, None, None]):
+            torch.testing.assert_close(logits_of(model, batch), base)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from .adapter import AttachState, adapter_state, apply_trainable, detach
+from .attention import current_implementations, restore_implementation
 from .routing import check_routes, remove_adapter_hooks
 
 __all__ = ["adapters", "delete_adapter", "disable_adapter", "route", "set_adapter"]
@@ -65,11 +66,15 @@ def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block the model is exactly its base (bit-identical outputs): no adapter runs."""
     state = _state(model, "disable_adapter")
     _refuse_merged(model, "disable_adapter")
-    before = state.router.disabled
+    before, implementations = state.router.disabled, current_implementations(model)
     state.router.disabled = True
+    # The model's own attention functions too, not inducer's wrappers of them: the same masks and
+    # kernels the base model picks (T5's differ in the last bit otherwise).
+    restore_implementation(model, state.implementations)
     try:
         yield model
     finally:
+        restore_implementation(model, implementations)
         state.router.disabled = before
 
 
@@ -111,5 +116,7 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
 
 
 def _refuse_merged(model: nn.Module, caller: str) -> None:
-    if any(getattr(module, "merged", False) for module in model.modules()):
+    # Only added modules merge (LoRA); looking at them alone keeps route() cheap enough to enter per step.
+    state = adapter_state(model)
+    if any(getattr(model.get_submodule(name), "merged", False) for name in state.added):
         raise ValueError(f"{caller}: LoRA is merged into the base weights; call inducer.unmerge(model) first")

@@ -34,7 +34,7 @@ class Router:
         self.active: list[str] = []
         self.routes: list[str | None] | None = None
         self.disabled = False
-        self._masks: dict = {}  # (batch, device) -> {adapter: row mask}, for the current routes
+        self._masks: dict = {}  # (batch, device) -> {adapter: row mask or True}, for the current routes
 
     def set_routes(self, routes: Sequence[str | None] | None) -> None:
         """Route row i of every batch to ``routes[i]`` (None: the base); ``None`` ends routing."""
@@ -51,10 +51,7 @@ class Router:
         masks = self._masks.get(key)
         if masks is None:
             masks = self._masks[key] = self._row_masks(batch, device)
-        mask = masks.get(adapter)
-        if mask is None:
-            return False
-        return True if bool(mask.all()) else mask
+        return masks.get(adapter, False)
 
     def _row_masks(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         routes = self.routes
@@ -64,7 +61,9 @@ class Router:
         # Beam search and num_return_sequences repeat each row k times in place (repeat_interleave).
         repeat = batch // len(routes)
         names = [name for name in routes for _ in range(repeat)]
-        return {name: torch.tensor([n == name for n in names], device=device)
+        # An adapter serving every row is True (no mask to apply), one serving none is absent.
+        return {name: True if all(n == name for n in names) else torch.tensor([n == name for n in names],
+                                                                               device=device)
                 for name in dict.fromkeys(names) if name is not None}
 
 

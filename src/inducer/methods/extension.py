@@ -71,10 +71,13 @@ def routed_row_index(items: list, batch: int, device: torch.device) -> torch.Ten
     """(batch,) position in ``items`` (``(thing, rows)`` pairs, rows a (batch,) bool mask or True)
     of the item serving each row, -1 for rows none serves: how a routed batch gathers each row's
     adapter tensors (``compose_routed``, ``routed`` hooks)."""
-    index = torch.full((batch,), -1, dtype=torch.long, device=device)
-    for position, (_, rows) in enumerate(items):
-        index = index.fill_(position) if rows is True else index.masked_fill(rows, position)
-    return index
+    if any(rows is True for _, rows in items):
+        index = torch.full((batch,), -1, dtype=torch.long, device=device)
+        for position, (_, rows) in enumerate(items):
+            index = index.fill_(position) if rows is True else index.masked_fill(rows, position)
+        return index
+    masks = torch.stack([rows for _, rows in items])  # (items, batch); routed rows are disjoint
+    return masks.to(torch.uint8).argmax(0).masked_fill(~masks.any(0), -1)
 
 
 def attention_extensions(module: nn.Module) -> list[AttentionExtension]:

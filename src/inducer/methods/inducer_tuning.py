@@ -294,7 +294,8 @@ class InducerModule(AttentionExtension):
         differ (the caller then composes them one by one); rows no inducer serves are unchanged."""
         modules = [module for module, _ in items]
         first = modules[0]
-        if any(module._shape() != first._shape() for module in modules) or first.record_lam:
+        shape = first._shape()
+        if first.record_lam or any(module._shape() != shape for module in modules[1:]):
             return None
         c, batch = first.config, query.shape[0]
         index = routed_row_index(items, batch, query.device)

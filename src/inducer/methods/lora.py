@@ -180,7 +180,8 @@ class LoRAModule(nn.Module):
         row b uses ``modules[index[b]]`` (nothing where ``index`` is -1), one batched product with
         each row's gathered A and B. None when their shapes differ or one is merged."""
         first = modules[0]
-        if first.merged or any(module._shape() != first._shape() for module in modules):
+        shape = first._shape()
+        if first.merged or any(module._shape() != shape for module in modules[1:]):
             return None
         pick = index.clamp(min=0)
         a = torch.stack([module.a for module in modules])[pick]  # (B, in, r)
