@@ -14,7 +14,7 @@ import inducer
 from inducer.adapter_format import AdapterFormatError
 from inducer.hub import model_card
 
-from .integrations.common import saved_base
+from .integrations.common import perturb, saved_base
 
 IDS = torch.tensor([[5, 9, 13, 7, 21, 30]])
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -39,12 +39,7 @@ def offline(monkeypatch):
 
 def _trained_adapter(tmp_path: Path, base_name: str | None = None):
     configs = [inducer.InducerConfig(), inducer.LoRAConfig(r=2)]
-    model = inducer.attach(saved_base("gpt2", tmp_path / "base"), configs)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    model = perturb(inducer.attach(saved_base("gpt2", tmp_path / "base"), configs), seed=4)
     if base_name is not None:
         model.config._name_or_path = base_name  # as if loaded from the hub by that id
     inducer.save_adapter(model, tmp_path / "adapter")

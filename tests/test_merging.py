@@ -8,16 +8,11 @@ import torch
 import inducer
 
 from .conftest import make_batch, make_model
+from .integrations.common import perturb
 
 
 def _trained(family: str, configs):
-    model = inducer.attach(make_model(family), configs, train_head=False)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return perturb(inducer.attach(make_model(family), configs, train_head=False), seed=5)
 
 
 MERGEABLE = {

@@ -14,6 +14,7 @@ import inducer
 from inducer.adapter import adapter_state
 
 from .conftest import DECODERS, FAMILIES, make_batch, make_model
+from .integrations.common import perturb
 
 METHODS = {
     "inducer": lambda: [inducer.InducerConfig(r_k=2, r_v=4)],
@@ -27,22 +28,13 @@ LOGIT_TOLERANCE = 0.05  # of the float32 logits' largest magnitude
 GRADIENT_COSINE = 0.99
 
 
-def _perturb(model) -> None:
-    """Move the adapters off their (near-)identity init so the comparison tests the update too."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05)
-
-
 def _run(family: str, method: str, attn: str, dtype: torch.dtype | None, autocast: bool = False):
     """Logits (float32) and the adapters' gradients, flattened, for one precision setting."""
     model = make_model(family, attn)
     if dtype is not None:
         model = model.to(dtype)
     inducer.attach(model, METHODS[method](), train_head=False)
-    _perturb(model)
+    perturb(model, seed=3, scale=0.05)  # the comparison then tests the update too
     batch = make_batch(family)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         logits = model(**batch).logits

@@ -33,6 +33,17 @@ def saved_base(family: str, folder: Path):
     return getattr(transformers, type(model).__name__).from_pretrained(folder).eval()
 
 
+def perturb(model, seed: int, scale: float = 0.1):
+    """Move every trainable tensor off its init (zero LoRA B, near-identity inducers) so a round
+    trip that lost the adapter, or an update, shows in the outputs; returns ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * scale)
+    return model
+
+
 def lm_rows(count: int = 8, length: int = 6, seed: int = 0) -> list[dict]:
     """Causal-LM training rows (input_ids and labels) of a tiny vocabulary."""
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import torch
 
 import inducer
 
-from .common import saved_base
+from .common import perturb, saved_base
 
 IDS = torch.tensor([[5, 9, 13, 7, 21, 30]])
 
@@ -16,12 +16,8 @@ IDS = torch.tensor([[5, 9, 13, 7, 21, 30]])
 def test_auto_peft_model_loads_an_exported_lora(tmp_path):
     from peft import AutoPeftModelForCausalLM
 
-    model = inducer.attach(saved_base("llama", tmp_path / "base"), [inducer.LoRAConfig(r=2)])
-    g = torch.Generator().manual_seed(1)
+    model = perturb(inducer.attach(saved_base("llama", tmp_path / "base"), [inducer.LoRAConfig(r=2)]), seed=1)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
         expected = model(input_ids=IDS).logits
     inducer.export_peft(model, tmp_path / "peft")
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())

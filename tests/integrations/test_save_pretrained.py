@@ -10,19 +10,13 @@ import torch
 import inducer
 from inducer.adapter_format import AdapterFormatError
 
-from .common import logits_in_fresh_process, saved_base
+from .common import logits_in_fresh_process, perturb, saved_base
 
 IDS = torch.tensor([[5, 9, 13, 7, 21, 30]])
 
 
 def _trained(model, configs):
-    inducer.attach(model, configs)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return perturb(inducer.attach(model, configs), seed=2)
 
 
 def test_save_pretrained_writes_the_adapter_only_with_its_base(tmp_path):
