@@ -116,7 +116,10 @@ def delete_adapter(model: nn.Module, name: str) -> nn.Module:
 
 
 def _refuse_merged(model: nn.Module, caller: str) -> None:
-    # Only added modules merge (LoRA); looking at them alone keeps route() cheap enough to enter per step.
+    # Only added modules merge (LoRA), and only on a model with one adapter (merge refuses more):
+    # looking at those alone keeps route() cheap to enter for every step.
     state = adapter_state(model)
+    if len(state.adapters) > 1:
+        return
     if any(getattr(model.get_submodule(name), "merged", False) for name in state.added):
         raise ValueError(f"{caller}: LoRA is merged into the base weights; call inducer.unmerge(model) first")
