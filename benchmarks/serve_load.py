@@ -10,13 +10,16 @@ Run from the repository root:
 For each model, K adapters (inducer, and inducer + LoRA, alternately; random tensors) are saved
 next to the base; the same server command is started twice, ``--max-batch-size 1`` (the baseline:
 one sequence at a time) and ``--max-batch-size B`` (continuous batching, requests for different
-adapters routed per row in shared forward passes). Each of C clients sends R requests one after the
-other, cycling over the adapters; every request is greedy with ``ignore_eos`` so each one asks for
-exactly ``--max-tokens`` tokens. Reported: throughput (completion tokens per second of wall time),
-p50 / p99 request latency, the mean decode batch size (from ``/metrics``), that every request was
-answered exactly once, and that the batched answers equal the one-at-a-time answers.
+adapters routed per row in shared forward passes). In each of ``--rounds`` rounds, each of C
+clients sends R requests one after the other, cycling over the adapters; every request is greedy
+with ``ignore_eos``, so each one asks for exactly ``--max-tokens`` tokens. Reported: throughput
+(completion tokens per second of wall time), p50 / p99 request latency, the mean decode batch size
+(from ``/metrics``), that every request was answered exactly once, and that the batched answers
+equal the one-at-a-time answers.
 
-Bounded: at most C x R requests per server, and no new request after ``--time-limit`` seconds.
+The two servers run side by side (an idle one takes no CPU) and get the load in turn, round by
+round, so that noise from other work on the machine hits both alike. Bounded: at most C x R x
+rounds requests per server, and no new request after ``--time-limit`` seconds per model.
 """
 
 from __future__ import annotations
@@ -217,38 +220,55 @@ async def _load(
     return answers, time.perf_counter() - started
 
 
-def measure(server: Server, adapters: list[str], args) -> dict:
-    """One load against a running server: throughput, latencies, batch size, completeness."""
-    for name in adapters:  # warm-up: first-call costs out of the measurement
+def warm_up(server: Server, adapters: list[str]) -> None:
+    """One short request per adapter: first-call costs out of the measurement."""
+    for name in adapters:
         httpx.post(
             f"{server.url}/v1/completions",
             timeout=600,
             json={"model": name, "prompt": PROMPTS[0], "max_tokens": 2, "temperature": 0},
         )
+
+
+def load_round(server: Server, adapters: list[str], args, seconds_left: float) -> dict:
+    """One round of the load against a running server: its answers, wall time and decode steps."""
     steps0, rows0 = server.batch_totals()
     answers, wall = asyncio.run(
-        _load(server.url, adapters, args.clients, args.requests, args.max_tokens, args.time_limit)
+        _load(server.url, adapters, args.clients, args.requests, args.max_tokens, seconds_left)
     )
     steps1, rows1 = server.batch_totals()
+    return {"answers": answers, "wall_s": wall, "steps": steps1 - steps0, "rows": rows1 - rows0}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Throughput (all tokens over all rounds' wall time), latencies, batch size, completeness."""
+    answers = [a for r in rounds for a in r["answers"]]
+    wall, steps, rows = (sum(r[k] for r in rounds) for k in ("wall_s", "steps", "rows"))
     ok = [a for a in answers if a["status"] == 200]
     latencies = sorted(a["latency_s"] for a in ok)
     tokens = sum(a["tokens"] for a in ok)
     return {
+        "rounds": len(rounds),
         "requests": len(answers),
         "answered_ok": len(ok),
         "answered_exactly_once": len(ok) == len(answers) and len({a["id"] for a in ok}) == len(ok),
         "completion_tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall else None,
+        "round_tokens_per_s": [sum(a.get("tokens", 0) for a in r["answers"]) / r["wall_s"] for r in rounds],
         "p50_s": statistics.median(latencies) if latencies else None,
         "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
-        "mean_batch_size": (rows1 - rows0) / (steps1 - steps0) if steps1 > steps0 else None,
+        "mean_batch_size": rows / steps if steps else None,
         "outputs": {f"{a['adapter']}|{a['prompt']}": a["token_ids"] for a in ok},
     }
 
 
+MODES = ("one at a time", "batched")
+
+
 def run_model(model_key: str, args, work: Path) -> dict:
-    """Both servers for one model, one after the other, under the same load."""
+    """Both servers for one model, running side by side (an idle one takes no CPU), the load sent to
+    each in turn, round by round, so that machine noise hits both alike."""
     folder = work / model_key
     folder.mkdir(parents=True)
     base, adapters = prepare(model_key, folder, args.adapters)
@@ -257,21 +277,35 @@ def run_model(model_key: str, args, work: Path) -> dict:
         "model": model_key,
         "clients": args.clients,
         "adapters": len(names),
-        "requests_per_client": args.requests,
+        "requests_per_client": args.requests * args.rounds,
         "max_tokens": args.max_tokens,
     }
-    for mode, batch, wait in (("one at a time", 1, 0), ("batched", args.max_batch_size, args.max_wait_ms)):
-        print(f"{model_key}: {mode} (--max-batch-size {batch} --max-wait-ms {wait})", flush=True)
-        server = Server(base, adapters, batch, wait, args.threads, folder / f"server-{batch}.log")
-        try:
-            result[mode] = measure(server, names, args)
-        finally:
+    settings = {"one at a time": (1, 0), "batched": (args.max_batch_size, args.max_wait_ms)}
+    servers: dict[str, Server] = {}
+    rounds: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    started = time.perf_counter()
+    try:
+        for mode in MODES:
+            batch, wait = settings[mode]
+            servers[mode] = Server(base, adapters, batch, wait, args.threads, folder / f"server-{batch}.log")
+            warm_up(servers[mode], names)
+        for index in range(args.rounds):
+            for mode in MODES:
+                left = args.time_limit - (time.perf_counter() - started)
+                if left <= 0:
+                    break
+                print(f"{model_key}: round {index + 1}, {mode}", flush=True)
+                rounds[mode].append(load_round(servers[mode], names, args, left))
+    finally:
+        for server in servers.values():
             server.stop()
+    for mode in MODES:
+        result[mode] = summarise(rounds[mode])
     alone, batched = result["one at a time"], result["batched"]
     shared = set(alone["outputs"]) & set(batched["outputs"])
     result["batched_equals_alone"] = sum(alone["outputs"][k] == batched["outputs"][k] for k in shared)
     result["compared_outputs"] = len(shared)
-    for mode in ("one at a time", "batched"):
+    for mode in MODES:
         del result[mode]["outputs"]
     if alone["tokens_per_s"] and batched["tokens_per_s"]:
         result["speedup"] = batched["tokens_per_s"] / alone["tokens_per_s"]
@@ -282,7 +316,7 @@ def render(report: dict) -> str:
     """The markdown table."""
     rows = []
     for r in report["results"]:
-        for mode in ("one at a time", "batched"):
+        for mode in MODES:
             m = r[mode]
             rows.append(
                 [
@@ -346,7 +380,8 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (C)")
     parser.add_argument("--adapters", type=int, default=4, help="adapters the clients cycle over (K)")
-    parser.add_argument("--requests", type=int, default=4, help="requests per client (R)")
+    parser.add_argument("--requests", type=int, default=2, help="requests per client in each round (R)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating the two servers")
     parser.add_argument("--max-tokens", type=int, default=24, help="tokens per request")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -358,7 +393,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.models, args.clients, args.adapters, args.requests, args.max_tokens = ["tiny"], 4, 2, 2, 8
+        args.models, args.clients, args.adapters, args.requests, args.rounds = ["tiny"], 4, 2, 2, 1
+        args.max_tokens = 8
     report = {
         "environment": environment(),
         "threads": args.threads,

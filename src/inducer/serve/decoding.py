@@ -99,7 +99,8 @@ def pick(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
         if seq.generator is None:
             tokens.append(greedy[row])
             continue
-        probs = torch.softmax(logits[row] / seq.sampling.temperature, dim=-1)
+        # On the CPU: the sequence's generator is a CPU one, whatever device the model is on.
+        probs = torch.softmax(logits[row].cpu() / seq.sampling.temperature, dim=-1)
         if seq.sampling.top_p < 1.0:
             ordered, order = probs.sort(descending=True)
             keep = ordered.cumsum(0) - ordered < seq.sampling.top_p  # the smallest set reaching top_p
