@@ -1,0 +1,52 @@
+"""Which base model an adapter belongs to: its :func:`fingerprint` (architecture and parameter shapes,
+checked on every load) and :func:`base_model_source` (where it was loaded from, so an adapter folder
+alone can be loaded by ``inducer.from_pretrained``)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+from .adapter import adapter_state, added_parameter_names
+
+__all__ = ["base_model_source", "fingerprint", "logical_shape"]
+
+
+def logical_shape(parameter: torch.Tensor) -> tuple[int, ...]:
+    """The shape a parameter stands for: bitsandbytes' 4-bit weights are stored packed (and repacked
+    by its CPU kernel on first use), their ``quant_state`` keeps the layer's real shape."""
+    shape = getattr(getattr(parameter, "quant_state", None), "shape", None)
+    return tuple(shape) if shape is not None else tuple(parameter.shape)
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """Architecture and parameter shapes of the base model (ignoring anything attach added); a
+    quantized base has the fingerprint of its unquantized self."""
+    state = adapter_state(model)
+    skip = set(added_parameter_names(model, state)) if state else set()
+    shapes = [(name, logical_shape(p)) for name, p in model.named_parameters() if name not in skip]
+    lines = [f"{name}:{shape}" for name, shape in shapes]
+    config = getattr(model, "config", None)
+    return {
+        "architecture": type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "num_parameters": sum(math.prod(shape) for _, shape in shapes),
+        "shapes_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+
+
+def base_model_source(model: nn.Module) -> dict:
+    """``base_model_name_or_path`` (the hub id or folder the base was loaded from) and ``revision``
+    (its hub commit) of ``model``, where transformers recorded them; empty for a model built in code."""
+    config = getattr(model, "config", None)
+    source = {}
+    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if isinstance(name, str) and name:
+        source["base_model_name_or_path"] = name
+    revision = getattr(config, "_commit_hash", None)
+    if isinstance(revision, str) and revision:
+        source["revision"] = revision
+    return source
