@@ -106,6 +106,16 @@ def logits_of(model, kwargs) -> torch.Tensor:
     return model(**kwargs).logits
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose mixed precision cannot change once set; a test
+    that runs transformers' Trainer in bf16 would otherwise make every later Accelerator() fail."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
