@@ -830,7 +830,8 @@ def comparison_section(entries: list[dict]) -> list[str]:
     return lines
 
 
-INIT_STEPS = (20, 40, 60, 100, 160)
+INIT_STEPS = (20, 40, 60, 80, 120)  # the init study runs ~120 steps
+INIT_LOSS_STEPS = (25, 50, 80, 120)
 
 
 def _dev_at(per_seed: list[dict], step: int) -> float | None:
@@ -859,15 +860,15 @@ def init_section(rows: list[dict], curves: dict) -> list[str]:
         "only. Validation accuracy @s: mean over seeds at the last evaluation up to step s.",
         "",
         "| init | seeds | " + " | ".join(f"val @{s}" for s in INIT_STEPS) + " | "
-        + " | ".join(f"loss @{s}" for s in (20, 50, 100, 150)) + " | best val | test |",
-        "|---|---:|" + "---:|" * (len(INIT_STEPS) + 4) + "---:|---:|",
+        + " | ".join(f"loss @{s}" for s in INIT_LOSS_STEPS) + " | best val | test |",
+        "|---|---:|" + "---:|" * (len(INIT_STEPS) + len(INIT_LOSS_STEPS)) + "---:|---:|",
     ]
     for name, t in variants:
         if t is None:
             continue
         ok = [p for p in t["per_seed"] if not p["error"]]
         dev = [_dev_at(ok, s) for s in INIT_STEPS]
-        loss = [_loss_at(curves.get(name, {}), s) for s in (20, 50, 100, 150)]
+        loss = [_loss_at(curves.get(name, {}), s) for s in INIT_LOSS_STEPS]
         lines.append(
             f"| {name} | {len(ok)} | " + " | ".join(_fmt(v) for v in dev) + " | "
             + " | ".join("-" if v is None else f"{v:.3f}" for v in loss)
