@@ -258,9 +258,37 @@ STUDIES = (
      "The same runs as the NLU table, compared seed by seed."),
     ("quality_nlu_init", "NLU: inducer-tuning's initialisation (issue 16)",
      "Paper init vs LoRA-style init at inducer's rate, same seeds; a short run to see the first steps."),
-    ("quality_nlu_prefix", "NLU: our prefix-tuning vs PEFT's, same protocol and rate",
-     "Both with Li & Liang's reparameterisation MLP (hidden 512) at the same length and rate."),
 )
+
+
+def _prefix_vs_peft(data: dict) -> list[str]:
+    """Our prefix-tuning against PEFT's, from the NLU runs: validation per learning rate (seed 0) and
+    every seed's test accuracy at each one's chosen rate, with runs stuck at chance marked."""
+    rows = {r["config"]: r for r in data["results"]["rows"] if r["budget"] == "0.5%"}
+    ours, peft = rows.get("prefix"), rows.get("peft-prefix")
+    if not ours or not peft:
+        return []
+    rates = sorted({float(k) for r in (ours, peft) for k in r["lr_dev"]})
+
+    def dev(r, lr):
+        value = {float(k): v for k, v in r["lr_dev"].items()}.get(lr)
+        return "-" if value is None else f"{value:.2f}" + (" (chance)" if value < 55 else "")
+
+    def seeds(r):
+        return ", ".join(f"{p['test']:.2f}" + (" (chance)" if p["test"] < 55 else "") for p in r["per_seed"])
+
+    return [
+        "**Our prefix-tuning vs PEFT's** (0.5%, same data, loop, length and reparameterisation MLP)",
+        "",
+        "| lr | ours: dev (seed 0) | PEFT: dev (seed 0) |",
+        "|---:|---:|---:|",
+        *(f"| {lr:g} | {dev(ours, lr)} | {dev(peft, lr)} |" for lr in rates),
+        "",
+        f"Test per seed at the chosen rate: ours (lr {ours['chosen_lr']:g}) {seeds(ours)}; PEFT "
+        f"(lr {peft['chosen_lr']:g}) {seeds(peft)}.",
+        "",
+    ]
+
 
 
 def section() -> str:
@@ -270,6 +298,7 @@ def section() -> str:
         if data:
             lines += render(data)
         if name == "quality_nlu.json":
+            lines += _prefix_vs_peft(data) if data else []
             for file, title, note in STUDIES:
                 study = _load(f"{file}.json")
                 if study:
