@@ -88,8 +88,9 @@ class Server:
             command += ["--api-key", api_key]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # A file, not a pipe: a full pipe would block the server's request log.
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.log_path = Path(tempfile.mkdtemp()) / "server.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 120.0) -> None:
@@ -106,11 +107,8 @@ class Server:
         raise AssertionError(f"inducer serve did not start in {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
-        """Everything the process printed (once it has exited)."""
-        if self.process.poll() is None:
-            return "(still running)"
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
         """SIGTERM, then wait; the exit code."""

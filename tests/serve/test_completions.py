@@ -134,3 +134,19 @@ def test_stop_strings_end_the_text(server):
     events = [line[6:] for line in chunks.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == stopped["text"]
+
+
+def test_metrics_and_structured_request_logs(server):
+    answer = complete(server, "pre", PROMPTS[3], max_tokens=5)
+    text = httpx.get(f"{server.url}/metrics").text
+    for series in ('inducer_requests_total{adapter="pre",endpoint="completions",status="200"}',
+                   'inducer_completion_tokens_total{adapter="pre"}',
+                   'inducer_prompt_tokens_total{adapter="pre"}',
+                   'inducer_request_seconds_count{adapter="pre",endpoint="completions"}',
+                   "inducer_batch_size_count", "inducer_sequences_active"):
+        assert series in text, series
+    logged = [json.loads(line.split("inducer.serve.requests INFO ", 1)[1])
+              for line in server.output().splitlines() if "inducer.serve.requests INFO " in line]
+    entry = next(e for e in logged if e["id"] == answer["id"])
+    assert entry["model"] == "pre" and entry["status"] == 200 and entry["completion_tokens"] == 5
+    assert entry["latency_ms"] > 0 and entry["finish_reasons"] == ["length"]

@@ -6,7 +6,8 @@ Requests name an adapter as their ``model`` (the base model's name: no adapter).
 different adapters share forward passes through per-row routing (``inducer.route``), with
 continuous batching (:mod:`inducer.serve.scheduler`). Modules: ``protocol`` (request bodies, limits,
 errors), ``decoding`` (per-sequence KV caches, batched steps), ``engine`` (the model and its
-adapters), ``scheduler`` (the worker thread), ``gate`` (auth, drain), ``app`` (the routes),
+adapters), ``scheduler`` (the worker thread), ``gate`` (auth, drain), ``app`` (the routes), ``generation``
+(one request's sequences and answer),
 ``metrics``, ``server`` (start and SIGTERM drain), ``command`` (the CLI options).
 """
 
