@@ -111,12 +111,13 @@ class Service:
 
 
 async def _read(request: Request, model: type[BaseModel], limit: int):
-    """The body parsed as ``model``; 413 past ``limit`` bytes, 400 for invalid JSON or fields."""
+    """The body parsed as ``model``; 400 past ``limit`` bytes (like every request limit), for invalid
+    JSON or for invalid fields."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ServeError(413, f"request body over {limit} bytes; send a smaller request")
+            raise ServeError(400, f"request body over {limit} bytes; send a smaller request")
     try:
         return model.model_validate_json(bytes(body))
     except ValidationError as err:

@@ -16,7 +16,8 @@ OPEN_PATHS = ("/health",)  # answered without the API key (load balancers probe 
 
 
 class Gate:
-    """Wraps the app: refuses unauthorised (401), oversized (413) and, while draining, new (503)
+    """Wraps the app: refuses unauthorised (401), oversized (400, like the other limits) and, while
+    draining, new (503)
     requests, and counts the requests in flight."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
@@ -55,7 +56,7 @@ class Gate:
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await _refuse(
                 send,
-                ServeError(413, f"request body over {self.max_body_bytes} bytes; send a smaller request"),
+                ServeError(400, f"request body over {self.max_body_bytes} bytes; send a smaller request"),
             )
         self._enter()
         try:  # a streamed response returns from the app after its last byte
