@@ -17,8 +17,7 @@ OPEN_PATHS = ("/health",)  # answered without the API key (load balancers probe 
 
 class Gate:
     """Wraps the app: refuses unauthorised (401), oversized (400, like the other limits) and, while
-    draining, new (503)
-    requests, and counts the requests in flight."""
+    draining, new (503) requests, and counts the requests in flight."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
