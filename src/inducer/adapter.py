@@ -15,13 +15,14 @@ from torch import nn
 from . import attention
 from .families import SkippedAttentionWarning, find_attention_sites, scan_attention
 from .methods import METHOD_CONFIGS, MethodConfig
-from .methods.base import MethodHook, remove_method_hooks
+from .methods.base import remove_method_hooks
 from .routing import (
     EndRouteFromKeyword,
     RouteFromKeyword,
     Router,
     generate_with_adapter_names,
     method_hook_ids,
+    remove_hooks_except,
     tag_extensions,
     wrap_new_hooks,
 )
@@ -247,7 +248,7 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
         # reported): every new top-most module and every new hook goes.
         new = set(dict(model.named_modules())) - existing
         _remove_modules(model, [n for n in new if n.rpartition(".")[0] not in new])
-        _remove_hooks(model, hooks_before)
+        remove_hooks_except(model, hooks_before)
         for other, temporary in hidden.items():
             _move(model, temporary, other)
         if not state.adapters:
@@ -280,16 +281,6 @@ def _remove_modules(model: nn.Module, names: list[str]) -> None:
     for name in names:
         parent_name, _, child = name.rpartition(".")
         delattr(model.get_submodule(parent_name), child)
-
-
-def _remove_hooks(model: nn.Module, keep: set[int]) -> None:
-    """Remove the method hooks whose ids are not in ``keep``."""
-    for module in model.modules():
-        for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
-                                   (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
-            for key in [k for k, h in hooks.items() if isinstance(h, MethodHook) and id(h) not in keep]:
-                del hooks[key]
-                with_kwargs.pop(key, None)
 
 
 def apply_trainable(model: nn.Module) -> None:

@@ -205,6 +205,16 @@ def method_hook_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def remove_hooks_except(model: nn.Module, keep: set[int]) -> None:
+    """Remove the method hooks whose ids are not in ``keep`` (what a failed attach registered)."""
+    for module in model.modules():
+        for hooks, with_kwargs in ((module._forward_hooks, module._forward_hooks_with_kwargs),
+                                   (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs)):
+            for key in [k for k, h in hooks.items() if isinstance(h, MethodHook) and id(h) not in keep]:
+                del hooks[key]
+                with_kwargs.pop(key, None)
+
+
 def remove_adapter_hooks(model: nn.Module, adapter: str) -> None:
     """Remove the hooks of one adapter from every module of ``model``."""
     for module in model.modules():
