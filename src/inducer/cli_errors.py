@@ -12,7 +12,6 @@ import traceback
 
 USER_ERROR = 2
 BUG = 1
-REPORT_URL = "https://github.com/inducer-tuning/inducer/issues"
 
 
 def explain(err: BaseException) -> tuple[str, int] | None:
@@ -54,12 +53,18 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def bug_report(err: BaseException) -> str:
     """The traceback of an unexpected error and how to report it."""
     trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     return (
-        f"{trace}\nThis is a bug in inducer, not something you did wrong: please report it at "
-        f"{REPORT_URL} with the command line and the traceback above."
+        f"{trace}\nThis is a bug in inducer, not something you did wrong: please report it to the "
+        f"inducer maintainers (inducer {_version()}) with the command line and the traceback above."
     )
 
 
