@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "adapters": "named_adapters",
     "attach": "adapter",
     "attention_path": "attention",
+    "count_budget": "budget",
     "count_parameters": "adapter",
     "delete_adapter": "named_adapters",
     "detach": "adapter",
