@@ -181,7 +181,7 @@ def weights_path(directory: str | os.PathLike) -> Path:
     """The weights file of the adapter in ``directory``, as its config names it (format 1: the fixed
     ``adapter.safetensors``; format 2: ``adapter-<sha256[:16]>.safetensors``)."""
     directory = Path(directory)
-    config = _read_config(directory)
+    config = read_config(directory)
     if config["format_version"] == 1:
         return directory / WEIGHTS_FILE
     name = config.get("weights_file")
@@ -194,7 +194,7 @@ def weights_path(directory: str | os.PathLike) -> Path:
     return directory / name
 
 
-def _read_config(directory: Path) -> dict:
+def read_config(directory: Path) -> dict:
     """The adapter config, with every key checked for presence and JSON type."""
     path = directory / CONFIG_FILE
     if not directory.is_dir():
@@ -233,7 +233,8 @@ def _read_config(directory: Path) -> dict:
     return config
 
 
-def _check_base(saved: dict, actual: dict, directory: Path) -> None:
+def check_base(saved: dict, actual: dict, directory: Path) -> None:
+    """Refuse, naming the differing fields, an adapter whose base fingerprint is not the model's."""
     if saved == actual:
         return
     differences = [f"{k}: adapter {saved.get(k)!r} vs model {actual.get(k)!r}"
@@ -245,7 +246,8 @@ def _check_base(saved: dict, actual: dict, directory: Path) -> None:
     )
 
 
-def _method_configs(config: dict, directory: Path) -> list[MethodConfig]:
+def method_configs(config: dict, directory: Path) -> list[MethodConfig]:
+    """The adapter's method configs, each validated by its class (errors as AdapterFormatError)."""
     methods = []
     for entry in config["methods"]:
         if not isinstance(entry, dict):
@@ -263,7 +265,8 @@ def _method_configs(config: dict, directory: Path) -> list[MethodConfig]:
     return methods
 
 
-def _read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[str, torch.Tensor]:
+def read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[str, torch.Tensor]:
+    """The weights file's tensors after the checksum (unless opted out), dtype and finiteness checks."""
     if not weights.is_file():
         raise AdapterFormatError(f"{weights} is missing; the adapter directory is incomplete")
     recorded = config.get("weights_sha256")
@@ -353,7 +356,7 @@ def load_adapter(
     adapters included). Files are never unpickled (safetensors and JSON only).
     """
     directory = Path(directory)
-    config = _read_config(directory)
+    config = read_config(directory)
     state = adapter_state(model)
     if state is not None and name is None:
         raise ValueError("load_adapter: the model is already adapted; pass the plain base model, or "
@@ -365,9 +368,9 @@ def load_adapter(
                          "name, or inducer.delete_adapter(model, name) first")
     name = DEFAULT_ADAPTER if name is None else name
     weights = weights_path(directory)
-    tensors = _read_tensors(weights, config, verify_checksum)
-    _check_base(config["base_model"], fingerprint(model), directory)
-    methods = _method_configs(config, directory)
+    tensors = read_tensors(weights, config, verify_checksum)
+    check_base(config["base_model"], fingerprint(model), directory)
+    methods = method_configs(config, directory)
     if inference:
         methods = [m.inference_config() for m in methods]
     expected = _expected_tensors(model, methods, config, inference, weights, name)

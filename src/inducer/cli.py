@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import cli_options as opt
+from .cli_errors import guard as _guard
 from .demo import DEMO_METHODS
 from .serve.command import serve as serve_command
 
@@ -29,7 +30,6 @@ app = typer.Typer(
     help="Inducer-tuning and PEFT baselines: train, evaluate, generate and compare.",
 )
 console = Console(stderr=False)
-errors = Console(stderr=True)
 
 
 _GLOBAL: dict = {"threads": None}
@@ -50,27 +50,6 @@ def _global_options(
         import torch
 
         torch.set_num_threads(threads)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _guard(fn):
-    """Run a command body: a user's error is one line (exit 2), a bug a traceback (``cli_errors``)."""
-    from .cli_errors import BUG, bug_report, explain
-
-    try:
-        return fn()
-    except (typer.Exit, typer.Abort):
-        raise
-    except (Exception, KeyboardInterrupt) as err:
-        explained = explain(err)
-        if explained is None:
-            errors.print(bug_report(err), highlight=False, markup=False, soft_wrap=True)
-            raise typer.Exit(BUG) from None
-        _fail(*explained)
 
 
 def _spec(command: str, recipe: str | None, data: dict, **cli_args):

@@ -91,3 +91,29 @@ def _from_datasets(err: BaseException) -> bool:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def fail(message: str, code: int = USER_ERROR) -> None:
+    """Print ``error: message`` on stderr and exit with ``code`` (a user's error: exit 2)."""
+    import typer
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guard(fn):
+    """Run a command body: a user's error is one line (exit 2), a bug a traceback (exit 1)."""
+    import typer
+    from rich.console import Console
+
+    try:
+        return fn()
+    except (typer.Exit, typer.Abort):
+        raise
+    except (Exception, KeyboardInterrupt) as err:
+        explained = explain(err)
+        if explained is None:
+            Console(stderr=True).print(bug_report(err), highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(BUG) from None
+        fail(*explained)

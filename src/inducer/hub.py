@@ -18,9 +18,9 @@ from .adapter import adapter_state, count_parameters
 from .adapter_format import (
     CONFIG_FILE,
     AdapterFormatError,
-    _read_config,
     base_model_source,
     load_adapter,
+    read_config,
     save_adapter,
 )
 
@@ -75,7 +75,7 @@ def from_pretrained(adapter: str | os.PathLike, *, base_model: str | os.PathLike
     :func:`~inducer.load_adapter`).
     """
     folder = adapter_folder(adapter, revision, token, cache_dir, local_files_only)
-    config = _read_config(folder)
+    config = read_config(folder)
     base = base_model or config.get("base_model_name_or_path")
     if not base:
         raise AdapterFormatError(f"{folder / CONFIG_FILE} records no base model (saved from a model built in "

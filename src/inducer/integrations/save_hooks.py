@@ -22,11 +22,11 @@ from ..adapter import adapter_state, added_parameter_names
 from ..adapter_format import (
     CONFIG_FILE,
     AdapterFormatError,
-    _check_base,
-    _method_configs,
-    _read_config,
-    _read_tensors,
+    check_base,
     fingerprint,
+    method_configs,
+    read_config,
+    read_tensors,
     save_adapter,
     weights_path,
 )
@@ -85,7 +85,7 @@ def has_adapter(directory: str | os.PathLike) -> bool:
 
 def _is_inducer_config(directory: Path) -> bool:
     try:
-        _read_config(directory)
+        read_config(directory)
     except AdapterFormatError:
         return False
     return True
@@ -99,10 +99,10 @@ def restore_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module
     state = adapter_state(model)
     if state is None:
         raise ValueError("restore_adapter: the model is not adapted; use inducer.load_adapter on a base")
-    config = _read_config(directory)
-    tensors = _read_tensors(weights_path(directory), config, verify_checksum=True)
-    _check_base(config["base_model"], fingerprint(model), directory)
-    saved = [m.to_dict() for m in _method_configs(config, directory)]
+    config = read_config(directory)
+    tensors = read_tensors(weights_path(directory), config, verify_checksum=True)
+    check_base(config["base_model"], fingerprint(model), directory)
+    saved = [m.to_dict() for m in method_configs(config, directory)]
     if saved != [c.to_dict() for c in state.configs]:
         raise AdapterFormatError(f"{directory}: the checkpoint's methods {saved} differ from the model's "
                                  f"{[c.to_dict() for c in state.configs]}; attach the same configs to resume")

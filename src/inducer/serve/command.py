@@ -53,7 +53,7 @@ def serve(
 ) -> None:
     """Serve a base model and its adapters over an OpenAI-compatible HTTP API (completions, chat,
     models, classify), batching requests for different adapters into shared forward passes."""
-    from ..cli import _guard
+    from ..cli_errors import guard
     from .protocol import Limits
     from .server import ServeOptions, parse_adapters, run
 
@@ -63,4 +63,4 @@ def serve(
         run(ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, adapter_root,
                          limits, device, drain_timeout, base_name))  # fmt: skip
 
-    _guard(body)
+    guard(body)
