@@ -71,8 +71,7 @@ def method_counts(
     import inducer
 
     from .base_models import load_model
-    from .experiment import check_method
-    from .presets import PRESETS
+    from .presets import PRESETS, check_method
     from .tasks import get_task
 
     kind, labels = "classification", num_labels

@@ -24,7 +24,7 @@ from .atomic import atomic_write_text
 from .base_models import LoadedModel, load_model
 from .callbacks import TrainerCallback
 from .encoding import EncodeOptions
-from .presets import PRESETS, PresetChoice, preset
+from .presets import PresetChoice, check_method, preset
 from .run_folder import CONFIG_FILE, base_weights_sha256, folder_lock, prepare_run_folder
 from .task_source import TaskSource  # noqa: F401  (re-exported: its home was here)
 from .tasks import TaskData
@@ -44,12 +44,6 @@ def is_main_process() -> bool:
     from .training import cpu_processes
 
     return PartialState(cpu=cpu_processes()).is_main_process
-
-
-def check_method(method: str) -> None:
-    """Refuse an unknown method name, listing the known ones."""
-    if method not in PRESETS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(PRESETS)}")
 
 
 def build(

@@ -189,6 +189,12 @@ def _candidates(spec: PresetSpec, counter: _Counter, budget: int, n_layers: int)
                 yield chosen, predict({first: value, **rest})
 
 
+def check_method(method: str) -> None:
+    """Refuse an unknown method name, listing the known ones."""
+    if method not in PRESETS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(PRESETS)}")
+
+
 def preset(name: str, model: nn.Module, budget: int | str | None = None,
            sizes: dict | None = None) -> PresetChoice:
     """The configs of a named method for ``model``, as a :class:`PresetChoice`.

@@ -148,7 +148,7 @@ def resolve(recipe: Recipe | None, cli_args: dict, command: str = "compare") -> 
     picks the others on validation. A command-line ``budget`` replaces the recipe's sizes and
     command-line ``sizes`` the recipe's budget; both on the command line are an error.
     """
-    from .experiment import check_method
+    from .presets import check_method
 
     if command not in COMMANDS:
         raise ValueError(f"resolve: command must be one of {COMMANDS}, got {command!r}")
