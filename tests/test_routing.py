@@ -11,6 +11,7 @@ from inducer.methods.inducer_tuning import InducerModule
 from inducer.methods.lora import LoRAModule
 
 from .conftest import DECODERS, SEQ2SEQ, enable_checkpointing, logits_of, make_batch, make_model
+from .test_adapter import VARIANTS  # the inducer variants the whole suite uses
 
 METHODS = {
     "inducer": lambda: inducer.InducerConfig(r_k=2, r_v=3),
@@ -223,21 +224,11 @@ def test_eight_rows_eight_adapters():
         torch.testing.assert_close(routed[row], logits_of(model, _row(batch, row))[0])
 
 
-INDUCER_VARIANTS = {
-    "default": dict(r_k=2, r_v=3),
-    "no-key-mlp": dict(r_k=0, r_v=3),
-    "gated": dict(r_k=2, r_v=3, composition="gated"),
-    "not-extended": dict(r_k=2, r_v=3, value_extension=False),
-    "shared-basis": dict(r_k=2, r_v=3, shared_value_basis=True),
-    "no-lambda": dict(r_k=0, r_v=3, use_lambda=False),
-}
-
-
-@pytest.mark.parametrize("variant", list(INDUCER_VARIANTS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_inducers_of_one_shape_are_gathered_per_row(variant, monkeypatch):
     model = make_model("llama").double()
     for name in ("a", "b", "c"):
-        inducer.attach(model, inducer.InducerConfig(**INDUCER_VARIANTS[variant]), name=name)
+        inducer.attach(model, inducer.InducerConfig(**VARIANTS[variant]), name=name)
     _randomise(model)
     calls = []
     original = InducerModule.compose_routed.__func__
