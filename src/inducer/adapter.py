@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from . import attention
+from . import attention, seams
 from .families import SkippedAttentionWarning, find_attention_sites, scan_attention
 from .methods import METHOD_CONFIGS, MethodConfig
 from .methods.base import remove_method_hooks
@@ -211,8 +211,15 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
         requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         # A model whose attention never calls the registry keeps its implementation: some branch on
         # its name themselves (Falcon), and inducer's attention function would never run anyway.
-        routed = any(site.routed for site in scan_attention(model)[0])
-        implementations = attention.set_implementation(model, attention.wrapped_name) if routed else {}
+        # Seam families (inducer.seams) run the implementation their seam needs instead.
+        seamed = seams.install(model)
+        registry = any(site.routed and site.name not in seamed for site in scan_attention(model)[0])
+        if registry:
+            implementations = attention.set_implementation(model, attention.wrapped_name)
+        elif (needed := seams.required_implementation(model)) is not None:
+            implementations = attention.set_implementation(model, lambda current: needed)
+        else:
+            implementations = {}
         state = AttachState({}, requires_grad, implementations)
         model._inducer_state = state
         # PEFT's spelling of routing: model(..., adapter_names=[...]) and generate(..., adapter_names=).
@@ -339,6 +346,7 @@ def detach(model: nn.Module) -> nn.Module:
     remove_method_hooks(model)
     _remove_modules(model, state.added)
     attention.restore_implementation(model, state.implementations)
+    seams.remove(model)
     if getattr(model.__dict__.get("generate"), "__func__", None) is generate_with_adapter_names:
         del model.__dict__["generate"]
     for name, p in model.named_parameters():

@@ -1,5 +1,7 @@
 """The one place where inducer hooks attention: transformers' attention-function registry.
 
+(Families whose attention is inline reach the same function through a seam: :mod:`inducer.seams`.)
+
 ``attach`` switches the model's attention implementation from ``X`` to ``inducer_X``. For a module
 without :class:`~inducer.methods.extension.AttentionExtension` children, ``inducer_X`` calls ``X``
 unchanged. For a module with some, the extensions first extend its keys, values and mask (prefixes),
@@ -39,7 +41,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from . import routing
+from . import routing, seams
 from .kernels import add_sink, additive_mask, fused_attention, reference_attention, repeat_kv
 
 # Every wrapper name: (the path modules with extensions use, the base the others run).
@@ -227,9 +229,12 @@ def restore_implementation(model: nn.Module, before: dict[int, str | None]) -> N
 def set_attention_path(model: nn.Module, path: str) -> None:
     """Choose how inducers and prefixes compute attention: ``"reference"`` (materialised scores)
     or ``"fused"`` (fused kernels). Both give the same results up to rounding. Modules without
-    them keep running the model's own implementation; soft-capped modules always use the reference."""
+    them keep running the model's own implementation; soft-capped modules and modules reached
+    through a seam (:mod:`inducer.seams`) always use the reference."""
     if path not in ("reference", "fused"):
         raise ValueError(f"path must be 'reference' or 'fused', got {path!r}")
+    if seams.installed(model) and attention_path(model) is None:
+        return  # only seam modules (inducer.seams): they use the reference path, on the model's own base
     set_implementation(model, lambda current: implementation_name(path, _base_of(current)))
 
 

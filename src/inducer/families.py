@@ -6,9 +6,10 @@ names of the head geometry, how a fused q/k/v projection is laid out, where the 
 is. Those facts live in :mod:`inducer.family_records` (one :class:`Family` per family,
 re-exported here); this module holds the lookups that read them.
 
-Attention modules that do not call the registry (DeBERTa-v2, MPNet, GPT-Neo, Bloom, Falcon,
-LongT5's local attention) are sites too, with ``routed=False``: methods on their linear layers
-(LoRA, adapters, BitFit) adapt them, methods inside attention (inducers, prefixes) refuse them.
+Attention modules that do not call the registry are reached through a seam where their family
+record names one (GPT-Neo, MPNet, Falcon: :mod:`inducer.seams`), and are otherwise (DeBERTa-v2,
+RoFormer, Bloom, LongT5's local attention) sites with ``routed=False``: methods on their linear
+layers (LoRA, adapters, BitFit) adapt them, methods inside attention (inducers, prefixes) refuse them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from . import seams
 from .family_records import (  # noqa: F401 (re-exported: the records are read through this module)
     CROSS_ATTENTION_NAMES,
     FAMILIES,
@@ -40,7 +42,7 @@ _BY_LAYER = {cls: family for family in FAMILIES for cls in family.layer_classes 
 
 def attention_family(module: nn.Module) -> Family | None:
     """The family record of an attention module (None when its class is of no known family)."""
-    return _BY_ATTENTION.get(type(module).__name__)
+    return _BY_ATTENTION.get(seams.original_class(module).__name__)
 
 
 def layer_family(module: nn.Module) -> Family | None:
@@ -85,7 +87,8 @@ def _looks_like_attention(module: nn.Module) -> bool:
 
 
 def _calls_attention_registry(module: nn.Module) -> bool:
-    return _class_calls_attention_registry(type(module))
+    # A module with a seam (inducer.seams) reaches inducer's attention function through it.
+    return _class_calls_attention_registry(seams.original_class(module)) or seams.seam_for(module) is not None
 
 
 @functools.cache

@@ -62,6 +62,11 @@ class Family:
         feed_forward: where that block starts and ends (None: the family has none inducer knows).
         fused_qkv: the fused query/key/value projection and its layout (roles "q", "k", "v" are
             then slices of it, found from the module's head geometry).
+        seam: for attention that does not call transformers' registry, the name of the seam in
+            :data:`inducer.seams.SEAMS` through which inducer's attention function reaches it.
+        kv_expanded_when: a module attribute that, when true, means keys and values reach attention
+            already repeated for every query head (Falcon's ``new_decoder_architecture``), so
+            added keys (prefixes) need one head per query head.
     """
 
     name: str
@@ -73,8 +78,13 @@ class Family:
     layer_classes: tuple[str, ...] = ()
     feed_forward: FeedForwardFacts | None = None
     fused_qkv: FusedQKV | None = None
+    seam: str | None = None
+    kv_expanded_when: str | None = None
 
 
+# Falcon's attention is inline: the seam catches its own sdpa call; its new decoder architecture
+# hands attention keys and values already repeated for every query head.
+_FALCON_SEAM = dict(seam="sdpa-call", kv_expanded_when="new_decoder_architecture")
 _BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
 _GATED_FFN = FeedForwardFacts("mlp", "mlp", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
 
@@ -106,9 +116,14 @@ FAMILIES: tuple[Family, ...] = tuple(
     Family("ModernBert", ("ModernBertAttention",), ("Wo",), fused_qkv=FusedQKV("Wqkv", "grouped")),
     Family("DebertaV2", ("DisentangledSelfAttention",), ("../output.dense",),
            _roles("query_proj", "key_proj", "value_proj")),
+    # Inline attention reached through a seam (inducer.seams).
+    Family("GPTNeo", ("GPTNeoSelfAttention",), ("out_proj",), _roles("q_proj", "k_proj", "v_proj"),
+           seam="gpt-neo-attn"),
+    Family("MPNet", ("MPNetSelfAttention",), ("o",), _roles("q", "k", "v"), seam="projections-forward"),
     Family("Phi3", ("Phi3Attention",), ("o_proj",), fused_qkv=FusedQKV("qkv_proj", "grouped")),
 ) + tuple(
-    Family(name, (f"{name}Attention",), ("dense",), fused_qkv=FusedQKV("query_key_value", "per_group"))
+    Family(name, (f"{name}Attention",), ("dense",), fused_qkv=FusedQKV("query_key_value", "per_group"),
+           **(_FALCON_SEAM if name == "Falcon" else {}))
     for name in ("GPTNeoX", "Bloom", "Falcon")
 ) + (
     Family("GPTBigCode", ("GPTBigCodeAttention",), ("c_proj",), fused_qkv=FusedQKV("c_attn", "per_group")),

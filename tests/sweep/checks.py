@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 import inducer
+import inducer.seams
 from inducer.adapter import adapter_state, added_parameter_names
 from inducer.families import SkippedAttentionWarning, UnsupportedModelError
 
@@ -164,6 +165,10 @@ def check_method(arch: Architecture, base, method: Method, base_holds: dict[str,
     expected = _logits(base, batch)
     adapted = _logits(model, batch)
     path = inducer.attention_path(model)
+    paths = _paths(base, method, path) if path is not None else ""
+    if path is None and inducer.seams.installed(model) and method.name in ("inducer", "prefix"):
+        seam = next(s for m in model.modules() if (s := inducer.seams.seam_for(m)))
+        paths = f"reference (seam {seam.name!r})"
     results = {"acts": not _close(adapted, expected, 1e-4),
                "gradient": _gradient_reaches_everything(model, batch),
                "padding": _padding_holds(arch, model), "cache": _cache_holds(arch, model)}
@@ -186,7 +191,6 @@ def check_method(arch: Architecture, base, method: Method, base_holds: dict[str,
         inducer.detach(model)
         results["detach"] = torch.equal(_logits(model, batch), expected)
     failed = [c for c in CHECKS if c in results and not results[c] and base_holds.get(c, True)]
-    paths = "" if path is None else _paths(base, method, path)
     if failed:
         return Outcome("fail", ", ".join(failed), skipped, paths)
     return Outcome("pass", "", skipped, paths)

@@ -39,7 +39,7 @@ def _cell(outcome: Outcome, notes: dict[str, int]) -> str:
     if outcome.status == "fail":
         return f"**fails**: {outcome.reason}"
     text = "yes"
-    if outcome.paths.startswith("reference ("):
+    if outcome.paths.startswith("reference (") and "seam" not in outcome.paths:
         text += " (reference path)"
     for warning in outcome.warnings:
         number = notes.setdefault(_short(warning), len(notes) + 1)
@@ -82,7 +82,11 @@ Passing: {summary}.
 model runs eager attention (`inducer.set_attention_path` changes it). On soft-capped models
 (Gemma-2) they always take the reference path, marked "(reference path)", since the fused kernels
 cannot cap scores. Attention sinks (gpt-oss) work on both paths. Modules without inducers or
-prefixes always run the model's own attention implementation.
+prefixes always run the model's own attention implementation. Families whose attention does not
+call transformers' registry are reached through a *seam* where their family record names one
+(`inducer.seams`: GPT-Neo's `_attn`, MPNet's projection-only forward, Falcon's own sdpa call); they
+use the reference path, marked "reference (seam ...)". The rest are refused at attach for inducers
+and prefixes, naming the module class.
 
 {chr(10).join(rows)}
 
