@@ -37,7 +37,8 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     hook and setting, and return ``model``: a plain transformers model of the base's class that
     gives the adapted model's outputs (``save_pretrained`` then writes an ordinary model).
 
-    BitFit's biases and fully fine-tuned weights are already in the base. Raises ``ValueError``
+    BitFit's biases and fully fine-tuned weights are already in the base (biases BitFit added to a
+    bias-free model are not, and are refused). Raises ``ValueError``
     naming the methods that cannot be merged (inducer, prefix, adapter) or a quantized layer, and
     leaves the model as it was.
     """
@@ -46,6 +47,10 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         raise ValueError("merge_and_unload: this model was not adapted by inducer.attach")
     unmergeable = sorted({type(model.get_submodule(name)).__name__ for name in state.added
                           if not isinstance(model.get_submodule(name), LINEAR_UPDATES)})
+    if "AddedBias" in unmergeable:
+        raise ValueError(
+            "merge_and_unload: BitFit added biases to layers of this model that have none, and a model of "
+            "the base's class has nowhere to keep them; keep the adapted model (inducer.save_adapter)")
     if unmergeable:
         methods = sorted({c.method for c in state.configs} - {"lora", "kernel-mix", "bitfit", "full"})
         raise ValueError(
