@@ -1,0 +1,47 @@
+"""quality_nlg_seeds: rows over seeds and the sign conventions of its paired comparisons."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import quality_nlg_seeds  # noqa: E402
+
+
+def _run(tmp_path: Path, seed: int, rows: dict[str, tuple[float, float]]) -> Path:
+    """One seed's quality_nlg.json: method -> (validation loss, BLEU)."""
+    methods = [{"method": m, "lr": 0.003, "parameters": 10, "validation": {"loss": loss},
+                "metrics": {"bleu": bleu, "nist": 8.0, "rougeL": 90.0, "ter": 10.0 - bleu / 20},
+                "train_loss_log": [[5, 3.0 - loss], [10, 2.0 - loss]]} for m, (loss, bleu) in rows.items()]
+    path = tmp_path / f"s{seed}.json"
+    path.write_text(json.dumps({"protocol": {"seed": seed, "description": ["p"]},
+                                "environment": {"command": f"run {seed}"}, "methods": methods}))
+    return path
+
+
+def test_lower_loss_and_higher_bleu_count_as_better(tmp_path):
+    paths = [_run(tmp_path, s, {"a": (0.20 + 0.01 * s, 90.0 + s), "b": (0.30 + 0.012 * s, 85.0 + s)})
+             for s in (1, 2, 3)]
+    report = quality_nlg_seeds.main([*map(str, paths), "--compare", "a:b", "--out", str(tmp_path / "out")])
+    (comparison,) = report["comparisons"]
+    assert comparison["val_loss"]["verdict"] == "wins" and comparison["val_loss"]["result"]["mean"] > 0
+    assert comparison["bleu"]["verdict"] == "wins"
+    assert comparison["bleu"]["result"]["mean"] == pytest.approx(5.0)
+    assert comparison["ter"]["result"]["mean"] > 0  # a's TER is lower: better
+    row = next(r for r in report["rows"] if r["method"] == "a")
+    assert row["seeds"] == [1, 2, 3] and row["val_loss"][0] == pytest.approx(0.22)
+    assert (tmp_path / "out.md").read_text().count("**wins**") >= 3
+
+
+def test_a_seed_given_twice_is_refused(tmp_path):
+    first = _run(tmp_path, 1, {"a": (0.2, 90.0)})
+    copy = tmp_path / "again.json"
+    copy.write_text(first.read_text())
+    with pytest.raises(SystemExit, match="seed 1 is in two inputs"):
+        quality_nlg_seeds.main([str(first), str(copy), "--out", str(tmp_path / "out")])
