@@ -41,7 +41,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from . import routing, seams
+from . import routing
+from .families import seams_installed
 from .kernels import add_sink, additive_mask, fused_attention, reference_attention, repeat_kv
 
 # Every wrapper name: (the path modules with extensions use, the base the others run).
@@ -233,7 +234,7 @@ def set_attention_path(model: nn.Module, path: str) -> None:
     through a seam (:mod:`inducer.seams`) always use the reference."""
     if path not in ("reference", "fused"):
         raise ValueError(f"path must be 'reference' or 'fused', got {path!r}")
-    if seams.installed(model) and attention_path(model) is None:
+    if seams_installed(model) and attention_path(model) is None:
         return  # only seam modules (inducer.seams): they use the reference path, on the model's own base
     set_implementation(model, lambda current: implementation_name(path, _base_of(current)))
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import seams
 from .family_records import (  # noqa: F401 (re-exported: the records are read through this module)
     CROSS_ATTENTION_NAMES,
     FAMILIES,
@@ -40,9 +39,23 @@ _BY_ATTENTION = {cls: family for family in FAMILIES for cls in family.attention_
 _BY_LAYER = {cls: family for family in FAMILIES for cls in family.layer_classes if family.feed_forward}
 
 
+# Class attribute of a module class that inducer.seams swapped in: the class it stands for.
+SEAM_OF = "_inducer_seam_of"
+
+
+def original_class(module: nn.Module) -> type:
+    """The module's own class (the one it had before :mod:`inducer.seams` swapped in a subclass)."""
+    return getattr(type(module), SEAM_OF, type(module))
+
+
+def seams_installed(model: nn.Module) -> bool:
+    """Whether some module of ``model`` runs through a seam (:mod:`inducer.seams`)."""
+    return any(hasattr(type(module), SEAM_OF) for module in model.modules())
+
+
 def attention_family(module: nn.Module) -> Family | None:
     """The family record of an attention module (None when its class is of no known family)."""
-    return _BY_ATTENTION.get(seams.original_class(module).__name__)
+    return _BY_ATTENTION.get(original_class(module).__name__)
 
 
 def layer_family(module: nn.Module) -> Family | None:
@@ -88,7 +101,9 @@ def _looks_like_attention(module: nn.Module) -> bool:
 
 def _calls_attention_registry(module: nn.Module) -> bool:
     # A module with a seam (inducer.seams) reaches inducer's attention function through it.
-    return _class_calls_attention_registry(seams.original_class(module)) or seams.seam_for(module) is not None
+    family = attention_family(module)
+    has_seam = family is not None and family.seam is not None
+    return has_seam or _class_calls_attention_registry(original_class(module))
 
 
 @functools.cache

@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .family_records import FAMILIES, Family
+from . import attention
+from .families import SEAM_OF, Family, attention_family, original_class, seams_installed
 from .methods.extension import attention_extensions
-
-_SEAM_OF = "_inducer_seam_of"  # class attribute of a seamed class: the class it replaces
+from .routing import routed_extensions
 
 
 @dataclass(frozen=True)
@@ -56,25 +57,18 @@ class Seam:
     implementation: str | None = None
 
 
-# Runtime-only imports below (routing, attention): they import the family lookups, which import this.
 def _serves(module: nn.Module, query: torch.Tensor) -> bool:
     """Whether an extension of the module serves some row of this batch."""
-    from .routing import routed_extensions
-
     return bool(routed_extensions(module, query))
 
 
 def _attention_function() -> Callable:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from . import attention
-
     attention.register()
     return ALL_ATTENTION_FUNCTIONS[attention.implementation_name("reference", "eager")]
 
 
 def _family(module: nn.Module) -> Family:
-    return _BY_CLASS[original_class(module).__name__]
+    return attention_family(module)
 
 
 def _gpt_neo_attn(module, original, query, key, value, attention_mask=None, *args, **kwargs):
@@ -150,19 +144,10 @@ SEAMS: dict[str, Seam] = {seam.name: seam for seam in (
 )}
 
 
-def original_class(module: nn.Module) -> type:
-    """The module's class before any seam was installed."""
-    return getattr(type(module), _SEAM_OF, type(module))
-
-
-# The families with a seam, by attention class name.
-_BY_CLASS = {cls: family for family in FAMILIES if family.seam for cls in family.attention_classes}
-
-
 def seam_for(module: nn.Module) -> Seam | None:
     """The seam of the module's family (None: the family calls the registry, or has no seam)."""
-    family = _BY_CLASS.get(original_class(module).__name__)
-    return None if family is None else SEAMS[family.seam]
+    family = attention_family(module)
+    return None if family is None or family.seam is None else SEAMS[family.seam]
 
 
 @functools.cache
@@ -175,7 +160,7 @@ def _seamed_class(cls: type, seam: Seam) -> type:
     method.__name__ = method.__qualname__ = seam.method
     method.__doc__ = f"{cls.__name__}.{seam.method} through inducer's '{seam.name}' seam."
     # Same name and module: family lookups, messages and the eager function next to it still work.
-    return type(cls.__name__, (cls,), {seam.method: method, _SEAM_OF: cls, "__module__": cls.__module__})
+    return type(cls.__name__, (cls,), {seam.method: method, SEAM_OF: cls, "__module__": cls.__module__})
 
 
 def install(model: nn.Module) -> list[str]:
@@ -184,7 +169,7 @@ def install(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         seam = seam_for(module)
         if seam is not None:
-            if not hasattr(type(module), _SEAM_OF):
+            if not hasattr(type(module), SEAM_OF):
                 module.__class__ = _seamed_class(type(module), seam)
             names.append(name)
     return names
@@ -193,14 +178,12 @@ def install(model: nn.Module) -> list[str]:
 def remove(model: nn.Module) -> None:
     """Undo :func:`install`: every module gets its own class back."""
     for module in model.modules():
-        if hasattr(type(module), _SEAM_OF):
+        if hasattr(type(module), SEAM_OF):
             module.__class__ = original_class(module)
             module.__dict__.pop("_inducer_seam_site", None)
 
 
-def installed(model: nn.Module) -> bool:
-    """Whether some module of ``model`` runs through a seam."""
-    return any(hasattr(type(module), _SEAM_OF) for module in model.modules())
+installed = seams_installed  # re-exported: whether some module of a model runs through a seam
 
 
 def required_implementation(model: nn.Module) -> str | None:
