@@ -219,6 +219,22 @@ def test_compare_writes_table_json_and_plot(tiny_models, tmp_path):
     assert "pearson" in result.output
 
 
+def test_compare_refuses_a_folder_holding_an_earlier_comparison(tiny_models, tmp_path):
+    args = ["compare", "--model", tiny_models["bert"], "--task", "regression", "--train-file",
+            FIXTURES / "files" / "rating.jsonl", "--methods", "lora", "--budget", "2%", "--output", tmp_path,
+            "--max-steps", "1", "--lr", "1e-3", "--max-length", "16", "-q"]
+    (tmp_path / "results.json").write_text("{}")
+    refused = run_cli(*args, expect=2)
+    assert "already holds files (results.json)" in refused.output and "--overwrite" in refused.output
+    assert (tmp_path / "results.json").read_text() == "{}"  # untouched
+    (tmp_path / "notes.txt").write_text("mine")
+    refused = run_cli(*args, "--overwrite", expect=2)
+    assert "does not write (notes.txt)" in refused.output and "nothing was removed" in refused.output
+    (tmp_path / "notes.txt").unlink()
+    run_cli(*args, "--overwrite")
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["method"] == "lora"
+
+
 def test_compare_picks_the_learning_rate_on_validation(tiny_models, tmp_path, monkeypatch):
     from inducer import compare
 

@@ -22,10 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import TEMPORARY_SUFFIX, atomic_write, atomic_write_text
 from .experiment import TaskSource, check_method, is_main_process, run_one
 from .metrics import better
-from .run_folder import folder_lock
+from .run_folder import LOCK_FILE, RunFolderError, folder_lock
 from .tasks import TaskData
 from .training_config import TrainConfig
 
@@ -267,7 +267,30 @@ def compare(
     output = Path(spec.output) if spec.output else None
     # One comparison per results folder at a time (its runs' folders are locked by run_one too).
     with folder_lock(output) if output and is_main_process() else contextlib.nullcontext():
+        if output and is_main_process():
+            _check_results_folder(output, spec)
         return _compare(spec, on_row, task, output)
+
+
+RESULT_FILES = ("results.json", "results.md", "results.png")
+
+
+def _check_results_folder(output: Path, spec: RunSpec) -> None:
+    """Refuse a results folder holding an earlier comparison unless ``spec.overwrite`` (one run owns
+    its folder); with it, only files a comparison writes may be there (nothing else is touched)."""
+    if not output.is_dir():
+        return
+    entries = sorted(p.name for p in output.iterdir() if p.name != LOCK_FILE)
+    if entries and not spec.overwrite:
+        raise RunFolderError(
+            f"{output} already holds files ({', '.join(entries[:4])}{', ...' if len(entries) > 4 else ''}); "
+            "replace that comparison with --overwrite, or choose another --output")
+    ours = set(RESULT_FILES) | set(spec.methods)
+    foreign = [name for name in entries if name not in ours and not name.endswith(TEMPORARY_SUFFIX)]
+    if foreign:
+        raise RunFolderError(
+            f"--overwrite: {output} holds files a comparison does not write ({', '.join(foreign[:4])}); "
+            "nothing was removed: move them away or choose another --output")
 
 
 def _compare(spec: RunSpec, on_row, task: TaskData, output: Path | None) -> dict:

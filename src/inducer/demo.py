@@ -66,6 +66,8 @@ def demo_spec(
     cli_args = dict(model=model, task=task, methods=methods, budget=budget, output=output, progress=progress)
     spec = resolve(None, {**cli_args, "training": training}, "demo")
     spec.lrs = {m: DEMO_LRS.get(m, 1e-3) for m in spec.methods}
+    # Running the main job again replaces its own results (files of other kinds there are refused).
+    spec.overwrite = True
     return spec
 
 
