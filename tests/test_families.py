@@ -122,3 +122,26 @@ def test_a_per_head_fused_lora_exports_to_peft_and_back_with_the_same_outputs(tm
     imported = inducer.import_peft(base, tmp_path / "peft")
     with torch.no_grad():
         torch.testing.assert_close(imported(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_sweep_architecture_has_one_feed_forward_block_per_layer_of_the_model_width():
+    import warnings
+
+    from inducer.families import find_feed_forward_sites, scan_attention
+    from tests.sweep.architectures import ARCHITECTURES
+
+    for arch in ARCHITECTURES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = arch.build()
+        modules = dict(model.named_modules())
+        sites = find_feed_forward_sites(model)
+        self_attention = [s for s in scan_attention(model)[0] if not s.is_cross]
+        assert len(sites) == len(self_attention), arch.name
+        for site in sites:
+            assert site.width == 32, (arch.name, site.name)
+            for name in site.first:  # the block's first layers read the model width...
+                layer = modules[name]
+                assert getattr(layer, "in_features", None) in (None, 32) and name.startswith(site.name)
+            if site.last:  # ...and its last layer writes it
+                assert getattr(modules[site.last], "out_features", 32) == 32, (arch.name, site.last)

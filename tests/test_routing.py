@@ -276,3 +276,33 @@ def test_disable_is_the_base_bit_identical_and_none_rows_too(family, method):
                 assert torch.equal(logits_of(model, batch), base)
         with inducer.route(model, [None, None, None]):
             torch.testing.assert_close(logits_of(model, batch), base)
+
+
+def test_feed_forward_adapters_of_a_mixture_route_per_row():
+    # gpt-oss's MLP returns (hidden states, router logits): routing keeps rows in the first element.
+    import warnings
+
+    from tests.sweep.architectures import ARCHITECTURES
+
+    arch = next(a for a in ARCHITECTURES if a.name == "gpt-oss")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = arch.build()
+    for name in ("a", "b"):
+        inducer.attach(model, inducer.AdapterConfig(kind="houlsby", placement="ffn", bottleneck=4), name=name)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter_name, parameter in model.named_parameters():
+            if "adapter_ffn" in parameter_name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    ids = torch.randint(3, 90, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        alone = {}
+        for name in ("a", "b"):
+            inducer.set_adapter(model, name)
+            alone[name] = model(input_ids=ids).logits
+        with inducer.route(model, ["a", "b"]):
+            routed = model(input_ids=ids).logits
+    assert not torch.allclose(alone["a"], alone["b"])
+    torch.testing.assert_close(routed[0], alone["a"][0])
+    torch.testing.assert_close(routed[1], alone["b"][1])

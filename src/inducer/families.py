@@ -25,6 +25,7 @@ from torch import nn
 from .family_records import (  # noqa: F401 (re-exported: the records are read through this module)
     CROSS_ATTENTION_NAMES,
     FAMILIES,
+    FEED_FORWARD_LAYOUTS,
     GENERIC,
     HEAD_COUNT_ATTRS,
     HEAD_DIM_ATTRS,
@@ -367,19 +368,44 @@ class FeedForwardSite:
     in_decoder: bool
 
 
+def _generic_layout(modules: dict[str, nn.Module], name: str, module: nn.Module) -> FeedForwardFacts | None:
+    # A transformer layer of no known family: the first layout of FEED_FORWARD_LAYOUTS that fits.
+    cls = type(module).__name__
+    if "Layer" not in cls and "Block" not in cls:
+        return None
+    prefix = f"{name}." if name else ""
+    for facts in FEED_FORWARD_LAYOUTS:
+        linears = [prefix + f for f in (*facts.first, facts.last) if f]
+        present = [n for n in linears if n in modules and _width(modules[n]) is not None]
+        marker = [prefix + facts.marker] if facts.marker else []
+        needed = [prefix + facts.input, prefix + facts.output, *marker]
+        if facts.first and not any(prefix + f in present for f in facts.first):
+            continue
+        if (not facts.last or prefix + facts.last in present) and all(n in modules for n in needed):
+            return facts
+    return None
+
+
+def _model_width(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    return getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+
+
 def find_feed_forward_sites(model: nn.Module) -> list[FeedForwardSite]:
-    """Every feed-forward block of a supported family; raises for a model with none."""
+    """Every feed-forward block: of a known family's layer, or of a transformer layer matching one
+    of :data:`FEED_FORWARD_LAYOUTS`; raises for a model with none."""
     modules = dict(model.named_modules())
     sites = []
     for name, module in modules.items():
         family = layer_family(module)
-        if family is None:
+        facts = family.feed_forward if family is not None else _generic_layout(modules, name, module)
+        if facts is None:
             continue
-        facts = family.feed_forward
         prefix = f"{name}." if name else ""
         first = tuple(prefix + f for f in facts.first if prefix + f in modules)
-        last = prefix + facts.last
-        width = _width(modules[last])[1]
+        last = prefix + facts.last if facts.last else ""
+        width = _width(modules[last])[1] if last else _model_width(model)
         sites.append(FeedForwardSite(name, modules[prefix + facts.input], modules[prefix + facts.output],
                                      first, last, width, _layer_index(name), "decoder" in name))
     if not sites:

@@ -15,13 +15,15 @@ class FeedForwardFacts:
 
     ``input``: the module whose input is the FFN input; ``output``: the module whose output is the
     FFN output (before dropout, residual and LayerNorm); ``first``/``last``: its first linear
-    layer(s) and last linear layer (LoRA's ``ffn_in`` / ``ffn_out`` roles).
+    layer(s) and last linear layer (LoRA's ``ffn_in`` / ``ffn_out`` roles; empty for a mixture of
+    experts, whose experts are not linear layers).
     """
 
     input: str
     output: str
     first: tuple[str, ...]
     last: str
+    marker: str = ""  # a child that must exist for a generic layout to apply (a mixture's experts)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,28 @@ FAMILIES: tuple[Family, ...] = tuple(
     for name in ("GPTNeoX", "Bloom", "Falcon")
 ) + (
     Family("GPTBigCode", ("GPTBigCodeAttention",), ("c_proj",), fused_qkv=FusedQKV("c_attn", "per_group")),
+)
+
+# Feed-forward layouts tried, in order, on a transformer layer (a module named *Layer* or *Block*)
+# of no known family: the first whose linear layers all exist applies. Outputs are the last linear
+# layer where the block's own module also adds dropout or the residual (Bloom's MLP does).
+FEED_FORWARD_LAYOUTS: tuple[FeedForwardFacts, ...] = (
+    _BERT_FFN,  # XLM-R, ELECTRA, CamemBERT, Data2Vec, RoFormer, MPNet, DeBERTa-v2
+    _GATED_FFN,  # Gemma, OLMo, Cohere, Granite, SmolLM3, StableLM, ...
+    FeedForwardFacts("mlp", "mlp.c_proj", ("mlp.c_fc",), "mlp.c_proj"),  # GPT-Neo, BigCode, Starcoder2
+    FeedForwardFacts("mlp", "mlp.fc_out", ("mlp.fc_in",), "mlp.fc_out"),  # GPT-J
+    FeedForwardFacts("mlp", "mlp.fc2", ("mlp.fc1",), "mlp.fc2"),  # Phi
+    # GPT-NeoX, Bloom, Falcon
+    FeedForwardFacts("mlp", "mlp.dense_4h_to_h", ("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h"),
+    FeedForwardFacts("mlp", "mlp.down_proj", ("mlp.gate_up_proj",), "mlp.down_proj"),  # Phi-3 (fused gate/up)
+    FeedForwardFacts("mlp", "mlp.Wo", ("mlp.Wi",), "mlp.Wo"),  # ModernBERT (fused GLU input)
+    FeedForwardFacts("fc1", "fc2", ("fc1",), "fc2"),  # BART-style: Pegasus, Marian, Blenderbot, OPT, BioGPT
+    FeedForwardFacts("ffn", "ffn.lin2", ("ffn.lin1",), "ffn.lin2"),  # DistilBERT
+    FeedForwardFacts("ffn", "ffn_output", ("ffn",), "ffn_output"),  # ALBERT
+    FeedForwardFacts("DenseReluDense", "DenseReluDense",
+                     ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
+                     "DenseReluDense.wo"),  # mT5, LongT5
+    FeedForwardFacts("mlp", "mlp", (), "", marker="mlp.experts"),  # Mixtral, Qwen2-MoE, gpt-oss
 )
 
 # What is tried for an attention module of no known family: projections used when the path

@@ -94,11 +94,15 @@ def generate_with_adapter_names(model: nn.Module, *args, adapter_names=None, **k
 
 
 def keep_rows(rows: bool | torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """``new`` on the rows ``rows`` selects, ``old`` elsewhere (batch dimension first)."""
+    """``new`` on the rows ``rows`` selects, ``old`` elsewhere (batch dimension first). Outputs that
+    are tuples (hidden states, extras: a mixture's router logits) are kept row-wise in their first
+    element; the extras are the base's, the same for both."""
     if rows is True:
         return new
     if rows is False:
         return old
+    if isinstance(new, tuple):
+        return (keep_rows(rows, new[0], old[0]), *new[1:])
     return torch.where(rows.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 

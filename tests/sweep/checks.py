@@ -52,6 +52,11 @@ METHODS: tuple[Method, ...] = (
     Method("adapter", lambda: inducer.AdapterConfig(kind="houlsby", placement="attn", bottleneck=4),
            _zero_parameters("adapter_attn.up.weight", "adapter_attn.up.bias")),
     Method("bitfit", lambda: inducer.BitFitConfig(), None),
+    # The feed-forward side: a bottleneck adapter after each FFN block, LoRA on its linear layers.
+    Method("adapter-ffn", lambda: inducer.AdapterConfig(kind="houlsby", placement="ffn", bottleneck=4),
+           _zero_parameters("adapter_ffn.up.weight", "adapter_ffn.up.bias")),
+    Method("lora-ffn", lambda: inducer.LoRAConfig(r=2, alpha=2, targets=["ffn_in", "ffn_out"]),
+           _zero_parameters(".b")),
 )
 CHECKS = ("acts", "gradient", "fused=reference", "padding", "cache", "save/load", "detach", "zero=base",
           "bf16")

@@ -71,7 +71,12 @@ by hand.
 Every architecture is a tiny random model (2 layers, width 32) of the model type named. Methods:
 inducer-tuning (`InducerConfig(r_k=2, r_v=2)`), prefix-tuning (`PrefixConfig(length=2)`), LoRA on
 q, k, v and o (`LoRAConfig(r=2)`), a bottleneck adapter after attention
-(`AdapterConfig(kind="houlsby", placement="attn")`) and BitFit. "yes" means every check below held
+(`AdapterConfig(kind="houlsby", placement="attn")`), BitFit (zero biases added where a model has
+none), and on the feed-forward side a bottleneck adapter after each FFN block
+(`AdapterConfig(kind="houlsby", placement="ffn")`, "adapter-ffn") and LoRA on the FFN's first and
+last linear layers (`LoRAConfig(r=2, targets=["ffn_in", "ffn_out"])`, "lora-ffn"); a family's FFN
+is found from its record or from the generic layouts (`FEED_FORWARD_LAYOUTS` in
+`inducer/family_records.py`). "yes" means every check below held
 (a check the base model itself fails, such as padding invariance, is not held against a method):
 
 {checks}

@@ -20,6 +20,7 @@ ATTENTION_SIDE = ("inducer", "prefix")
 # have no seam (inducer.seams): inducers and prefixes are refused there, at attach time.
 NOT_ROUTED = {"DeBERTa-v2": "DisentangledSelfAttention", "RoFormer": "RoFormerSelfAttention",
               "Bloom": "BloomAttention"}
+MIXTURES = ("Mixtral", "Qwen2-MoE", "gpt-oss")
 # Architectures reached through a seam, by the seam's name: they use the reference path.
 SEAMED = {"GPT-Neo": "gpt-neo-attn", "MPNet": "projections-forward", "Falcon": "sdpa-call"}
 
@@ -45,8 +46,13 @@ def test_every_method_passes_or_is_refused_with_a_reason(arch: Architecture):
     outcomes = _outcomes(arch.name)
     failed = {m: o.reason for m, o in outcomes.items() if o.status == "fail"}
     assert not failed, f"{arch.name}: checks failed: {failed}"
-    for method in ("lora", "adapter", "bitfit"):
+    for method in ("lora", "adapter", "bitfit", "adapter-ffn"):
         assert outcomes[method].status == "pass", (method, outcomes[method].reason)
+    if arch.name in MIXTURES:  # experts are no linear layers: LoRA's FFN roles are refused, saying so
+        refused = outcomes["lora-ffn"]
+        assert refused.status == "refused" and "mixture of experts" in refused.reason
+    else:
+        assert outcomes["lora-ffn"].status == "pass", outcomes["lora-ffn"].reason
     for method in ATTENTION_SIDE:
         outcome = outcomes[method]
         if arch.name in NOT_ROUTED:

@@ -170,13 +170,16 @@ class AddAdapterOutput(MethodHook):
         self.adapter, self.parallel = adapter, parallel
 
     def __call__(self, _module, _inputs, output):
+        # Some blocks return (hidden states, extras): a mixture's router logits (gpt-oss).
+        hidden = output[0] if isinstance(output, tuple) else output
         if self.parallel:
             x, self.adapter._pending_input = self.adapter._pending_input, None
             if x is None:
                 raise RuntimeError("parallel adapter: the sub-layer's input was not captured")
         else:
-            x = output
-        return output + self.adapter(x).to(output.dtype)
+            x = hidden
+        hidden = hidden + self.adapter(x).to(hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 register_presets(

@@ -63,6 +63,10 @@ def resolve_targets(
         elif target in FFN_ROLES:
             for ffn in find_feed_forward_sites(model):
                 names = ffn.first if target == "ffn_in" else (ffn.last,)
+                if not any(names):  # a mixture of experts: its experts are no linear layers
+                    raise ValueError(f"{owner}.targets: {target!r}: the feed-forward block at {ffn.name!r} "
+                                     "is a mixture of experts without linear layers to adapt; target "
+                                     "attention roles (q, k, v, o) on this model")
                 matches += [linear_target(modules, name, target) for name in names]
         else:
             matches = [t for name in fnmatch.filter(modules, target)
