@@ -49,6 +49,28 @@ def _value(row: dict, key: str) -> float | None:
     return row["validation"]["loss"] if key == "val_loss" else row.get("metrics", {}).get(key)
 
 
+def choose_lrs(runs: dict) -> dict[str, tuple[float, bool]]:
+    """Each method's learning rate, and whether it is at an edge of the rates tried (with several).
+
+    Chosen like the NLU study: on the validation loss of the smallest seed that every rate of the
+    method ran (so seeds added later at one rate do not tilt the choice); without such a seed, on the
+    mean over seeds."""
+    chosen = {}
+    for method in sorted({m for m, _ in runs}):
+        rates = sorted(lr for m, lr in runs if m == method)
+        common = set.intersection(*(set(runs[(method, lr)]) for lr in rates))
+
+        def loss(lr, common=common, method=method):
+            by_seed = runs[(method, lr)]
+            if common:
+                return by_seed[min(common)]["validation"]["loss"]
+            return mean_std(r["validation"]["loss"] for r in by_seed.values())[0]
+
+        lr = min(rates, key=loss)
+        chosen[method] = (lr, len(rates) > 1 and lr in (rates[0], rates[-1]))
+    return chosen
+
+
 def summarise(runs: dict, compare: list[tuple[str, str]]) -> dict:
     """Rows (mean ± std per metric) and the paired comparisons, as plain JSON."""
     rows = []
@@ -59,12 +81,10 @@ def summarise(runs: dict, compare: list[tuple[str, str]]) -> dict:
             row[key] = mean_std(_value(r, key) for r in by_seed.values())
         row["loss_at"] = {step: mean_std(_loss_at(r, step) for r in by_seed.values()) for step in LOSS_STEPS}
         rows.append(row)
-    # Each method's comparisons use its learning rate with the lowest mean validation loss.
-    best = {}
-    for (method, lr), by_seed in runs.items():
-        loss = mean_std(r["validation"]["loss"] for r in by_seed.values())[0]
-        if method not in best or loss < best[method][1]:
-            best[method] = (lr, loss)
+    best = choose_lrs(runs)
+    for row in rows:
+        row["chosen"] = best[row["method"]][0] == row["lr"]
+        row["edge"] = row["chosen"] and best[row["method"]][1]
     comparisons = []
     for a, b in compare:
         if a not in best or b not in best:
@@ -88,8 +108,12 @@ def render(report: dict) -> str:
     lines += [f"- `{command}`" for command in report["inputs"]]
     lines += ["", "Protocol of each run: " + report["protocol_note"], "",
               "## Mean ± std over seeds (test split; validation loss on 60 validation rows)", ""]
+    lines += ["The rate each comparison uses is marked *chosen* (lowest validation loss on the first seed "
+              "all of the method's rates ran), *edge* when it is the lowest or highest rate tried.", ""]
     header = ["method", "lr", "seeds", "parameters", "val loss", *(name for _, name, _ in METRICS)]
-    body = [[r["method"], f"{r['lr']:g}", ",".join(map(str, r["seeds"])), f"{r['parameters']:,}",
+    marks = {(False, False): "", (True, False): " chosen", (True, True): " chosen, edge"}
+    body = [[r["method"], f"{r['lr']:g}" + marks[(r["chosen"], bool(r["edge"]))],
+             ",".join(map(str, r["seeds"])), f"{r['parameters']:,}",
              pm(*r["val_loss"], digits=3), *(pm(*r[key]) for key, _, _ in METRICS)] for r in report["rows"]]
     lines += table(header, body, "lrlrrrrrr")
     lines += ["", "## Training loss early on", "",

@@ -45,3 +45,19 @@ def test_a_seed_given_twice_is_refused(tmp_path):
     copy.write_text(first.read_text())
     with pytest.raises(SystemExit, match="seed 1 is in two inputs"):
         quality_nlg_seeds.main([str(first), str(copy), "--out", str(tmp_path / "out")])
+
+
+def test_the_rate_is_chosen_on_the_first_common_seed_and_edges_are_flagged(tmp_path):
+    def run(seed, lr, loss):
+        path = _run(tmp_path, seed, {"a": (loss, 90.0)})
+        data = json.loads(path.read_text())
+        data["methods"][0]["lr"] = lr
+        target = tmp_path / f"s{seed}_{lr}.json"
+        target.write_text(json.dumps(data))
+        return target
+
+    # 0.01 wins on seed 1 (the seed both rates ran); 0.003's extra seeds have a lower mean: ignored.
+    paths = [run(1, 0.003, 0.30), run(1, 0.01, 0.25), run(2, 0.003, 0.10), run(3, 0.003, 0.10)]
+    report = quality_nlg_seeds.main([*map(str, paths), "--out", str(tmp_path / "out")])
+    rows = {r["lr"]: r for r in report["rows"]}
+    assert rows[0.01]["chosen"] and rows[0.01]["edge"] and not rows[0.003]["chosen"]
