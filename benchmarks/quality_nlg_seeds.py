@@ -119,8 +119,9 @@ def render(report: dict) -> str:
     lines += ["", "## Training loss early on", "",
               "Mean over seeds of the last 3 logged losses up to the step.", ""]
     header = ["method", "lr", *(f"loss @{s}" for s in LOSS_STEPS)]
-    body = [[r["method"], f"{r['lr']:g}", *(pm(*r["loss_at"][s], digits=3) for s in LOSS_STEPS)]
-            for r in report["rows"]]
+    # Keys are ints in memory and strings once read back from the JSON.
+    body = [[r["method"], f"{r['lr']:g}", *(pm(*(r["loss_at"].get(s) or r["loss_at"][str(s)]), digits=3)
+                                             for s in LOSS_STEPS)] for r in report["rows"]]
     lines += table(header, body, "lr" + "r" * len(LOSS_STEPS))
     lines += ["", "## Paired comparisons over seeds (a vs b; positive: a is better)", "",
               "Each cell: mean difference [95% t interval], p (paired t-test), seeds a won; then the verdict "

@@ -61,3 +61,10 @@ def test_the_rate_is_chosen_on_the_first_common_seed_and_edges_are_flagged(tmp_p
     report = quality_nlg_seeds.main([*map(str, paths), "--out", str(tmp_path / "out")])
     rows = {r["lr"]: r for r in report["rows"]}
     assert rows[0.01]["chosen"] and rows[0.01]["edge"] and not rows[0.003]["chosen"]
+
+
+def test_the_report_renders_again_from_its_json(tmp_path):
+    paths = [_run(tmp_path, s, {"a": (0.2, 90.0 + s), "b": (0.3, 85.0)}) for s in (1, 2)]
+    quality_nlg_seeds.main([*map(str, paths), "--compare", "a:b", "--out", str(tmp_path / "out")])
+    again = quality_nlg_seeds.render(json.loads((tmp_path / "out.json").read_text()))
+    assert again == (tmp_path / "out.md").read_text()
