@@ -71,8 +71,9 @@ def choose_lrs(runs: dict) -> dict[str, tuple[float, bool]]:
     return chosen
 
 
-def summarise(runs: dict, compare: list[tuple[str, str]]) -> dict:
-    """Rows (mean ± std per metric) and the paired comparisons, as plain JSON."""
+def summarise(runs: dict, compare: list[tuple[str, str]], pinned: dict[str, float] | None = None) -> dict:
+    """Rows (mean ± std per metric) and the paired comparisons, as plain JSON. ``pinned``: rates the
+    comparisons use instead of the chosen ones (when the chosen one has too few seeds)."""
     rows = []
     for (method, lr), by_seed in sorted(runs.items()):
         row = {"method": method, "lr": lr, "seeds": sorted(by_seed),
@@ -85,6 +86,11 @@ def summarise(runs: dict, compare: list[tuple[str, str]]) -> dict:
     for row in rows:
         row["chosen"] = best[row["method"]][0] == row["lr"]
         row["edge"] = row["chosen"] and best[row["method"]][1]
+        row["compared"] = (pinned or {}).get(row["method"], best[row["method"]][0]) == row["lr"]
+    for method, lr in (pinned or {}).items():
+        if (method, lr) not in runs:
+            raise SystemExit(f"--compare-lr {method}={lr:g}: no runs of {method} at that rate")
+        best[method] = (lr, False)
     comparisons = []
     for a, b in compare:
         if a not in best or b not in best:
@@ -109,10 +115,17 @@ def render(report: dict) -> str:
     lines += ["", "Protocol of each run: " + report["protocol_note"], "",
               "## Mean ± std over seeds (test split; validation loss on 60 validation rows)", ""]
     lines += ["The rate each comparison uses is marked *chosen* (lowest validation loss on the first seed "
-              "all of the method's rates ran), *edge* when it is the lowest or highest rate tried.", ""]
+              "all of the method's rates ran), *edge* when it is the lowest or highest rate tried, and "
+              "*compared* where the comparisons use another rate (given with --compare-lr: the chosen one "
+              "ran too few seeds).", ""]
     header = ["method", "lr", "seeds", "parameters", "val loss", *(name for _, name, _ in METRICS)]
     marks = {(False, False): "", (True, False): " chosen", (True, True): " chosen, edge"}
-    body = [[r["method"], f"{r['lr']:g}" + marks[(r["chosen"], bool(r["edge"]))],
+
+    def mark(r):
+        compared = " compared" if r.get("compared", r["chosen"]) and not r["chosen"] else ""
+        return marks[(r["chosen"], bool(r["edge"]))] + compared
+
+    body = [[r["method"], f"{r['lr']:g}" + mark(r),
              ",".join(map(str, r["seeds"])), f"{r['parameters']:,}",
              pm(*r["val_loss"], digits=3), *(pm(*r[key]) for key, _, _ in METRICS)] for r in report["rows"]]
     lines += table(header, body, "lrlrrrrrr")
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("inputs", nargs="+", type=Path, help="quality_nlg.json files, one seed each")
     parser.add_argument("--compare", action="append", default=[], metavar="A:B",
                         help="a paired comparison of method A with method B (repeatable)")
+    parser.add_argument("--compare-lr", action="append", default=[], metavar="METHOD=LR",
+                        help="compare METHOD at this rate instead of its chosen one (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     compare = []
@@ -151,11 +166,21 @@ def main(argv: list[str] | None = None) -> dict:
     missing = [str(p) for p in args.inputs if not p.is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
+    pinned = {}
+    for item in args.compare_lr:
+        method, sep, lr = item.partition("=")
+        try:
+            pinned[method] = float(lr)
+        except ValueError:
+            parser.error(f"--compare-lr takes METHOD=LR, got {item!r}")
+        if not sep or not method:
+            parser.error(f"--compare-lr takes METHOD=LR, got {item!r}")
     runs = collect(args.inputs)
-    report = summarise(runs, compare)
+    report = summarise(runs, compare, pinned)
     first = json.loads(args.inputs[0].read_text())
     report["command"] = "python benchmarks/quality_nlg_seeds.py " + " ".join(
-        [str(p) for p in args.inputs] + [f"--compare {a}:{b}" for a, b in compare] + [f"--out {args.out}"])
+        [str(p) for p in args.inputs] + [f"--compare {a}:{b}" for a, b in compare]
+        + [f"--compare-lr {item}" for item in args.compare_lr] + [f"--out {args.out}"])
     report["inputs"] = sorted({r["command"] for by_seed in runs.values() for r in by_seed.values()})
     report["protocol_note"] = " ".join(first["protocol"]["description"])
     report["environment"] = first["environment"]

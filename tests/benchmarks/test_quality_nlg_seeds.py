@@ -68,3 +68,23 @@ def test_the_report_renders_again_from_its_json(tmp_path):
     quality_nlg_seeds.main([*map(str, paths), "--compare", "a:b", "--out", str(tmp_path / "out")])
     again = quality_nlg_seeds.render(json.loads((tmp_path / "out.json").read_text()))
     assert again == (tmp_path / "out.md").read_text()
+
+
+def test_compare_lr_pins_the_rate_the_comparisons_use(tmp_path):
+    def run(seed, method_rates):
+        path = _run(tmp_path, seed, {m: (loss, 90.0 + seed) for m, (_, loss) in method_rates.items()})
+        data = json.loads(path.read_text())
+        for row in data["methods"]:
+            row["lr"] = method_rates[row["method"]][0]
+        target = tmp_path / f"s{seed}_{'_'.join(str(v[0]) for v in method_rates.values())}.json"
+        target.write_text(json.dumps(data))
+        return target
+
+    paths = [run(1, {"a": (0.03, 0.1)})]  # a's best rate ran one seed only
+    paths += [run(s, {"a": (0.01, 0.2), "b": (0.01, 0.3)}) for s in (1, 2, 3)]
+    args = [*map(str, paths), "--compare", "a:b", "--out", str(tmp_path / "out")]
+    assert quality_nlg_seeds.main(args)["comparisons"][0]["val_loss"]["result"] is None  # one seed
+    pinned = quality_nlg_seeds.main([*args, "--compare-lr", "a=0.01"])
+    (comparison,) = pinned["comparisons"]
+    assert comparison["lr_a"] == 0.01 and comparison["val_loss"]["verdict"] == "wins"
+    assert "0.01 compared" in (tmp_path / "out.md").read_text()
