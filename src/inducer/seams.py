@@ -37,7 +37,7 @@ from torch.overrides import TorchFunctionMode
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from . import attention
-from .families import SEAM_OF, Family, attention_family, original_class, seams_installed
+from .families import SEAM_OF, attention_family, original_class, seams_installed
 from .methods.extension import attention_extensions
 from .routing import routed_extensions
 
@@ -67,10 +67,6 @@ def _attention_function() -> Callable:
     return ALL_ATTENTION_FUNCTIONS[attention.implementation_name("reference", "eager")]
 
 
-def _family(module: nn.Module) -> Family:
-    return attention_family(module)
-
-
 def _gpt_neo_attn(module, original, query, key, value, attention_mask=None, *args, **kwargs):
     if not _serves(module, query):
         return original(query, key, value, attention_mask, *args, **kwargs)
@@ -89,7 +85,7 @@ def _projections_forward(module, original, hidden_states, attention_mask=None, p
                          output_attentions=False, **kwargs):
     if not _serves(module, hidden_states):  # rows are batch rows: the hidden states tell them too
         return original(hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
-    family = _family(module)
+    family = attention_family(module)
     head_dim = module.attention_head_size
     shape = (*hidden_states.shape[:-1], -1, head_dim)
     q, k, v = (module.get_submodule(family.roles[role][0])(hidden_states).view(shape).transpose(1, 2)
@@ -180,7 +176,6 @@ def remove(model: nn.Module) -> None:
     for module in model.modules():
         if hasattr(type(module), SEAM_OF):
             module.__class__ = original_class(module)
-            module.__dict__.pop("_inducer_seam_site", None)
 
 
 installed = seams_installed  # re-exported: whether some module of a model runs through a seam
