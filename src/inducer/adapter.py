@@ -5,6 +5,7 @@ Saving and loading adapters lives in :mod:`inducer.adapter_format`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import types
 import warnings
@@ -212,7 +213,7 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
         # A model whose attention never calls the registry keeps its implementation: some branch on
         # its name themselves (Falcon), and inducer's attention function would never run anyway.
         # Seam families (inducer.seams) run the implementation their seam needs instead.
-        seamed = seams.install(model)
+        seamed = seams.install(model, skip=seams.refusals(model))
         registry = any(site.routed and site.name not in seamed for site in scan_attention(model)[0])
         if registry:
             implementations = attention.set_implementation(model, attention.wrapped_name)
@@ -242,7 +243,10 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
     hooks_before = method_hook_ids(model)
     existing = set(dict(model.named_modules()))
     try:
-        sites = find_attention_sites(model)
+        # Seam modules whose code changed under a new transformers: not routed, with the reason.
+        refused = seams.refusals(model)
+        sites = [dataclasses.replace(site, routed=False, refusal=str(refused[site.name]))
+                 if site.name in refused else site for site in find_attention_sites(model)]
         for config in configs:
             applied = config.apply(model, sites)
             entry.added += applied.modules

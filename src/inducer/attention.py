@@ -87,7 +87,7 @@ def _base_function(base: str, module: nn.Module) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[base]
 
 
-def _is_causal(module: nn.Module, query: torch.Tensor, attention_mask, is_causal: bool | None) -> bool:
+def is_causal(module: nn.Module, query: torch.Tensor, attention_mask, is_causal: bool | None) -> bool:
     # Mirrors transformers' sdpa: a causal flag is only used when no explicit mask was built.
     flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     return bool(query.shape[2] > 1 and attention_mask is None and flag)
@@ -126,7 +126,7 @@ def _make_attention_function(path: str, base: str) -> Callable:
         needs_lse = any(extension.needs_lse for extension in extensions)
         extends_keys = any(extension.extends_keys for extension in extensions)
         position_bias = kwargs.get("position_bias")
-        causal = _is_causal(module, query, attention_mask, kwargs.get("is_causal"))
+        causal = is_causal(module, query, attention_mask, kwargs.get("is_causal"))
         if causal and key.shape[2] > query.shape[2]:
             # sdpa's causal flag is top-left aligned: only the first N keys exist (empty static cache).
             key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
@@ -227,21 +227,38 @@ def restore_implementation(model: nn.Module, before: dict[int, str | None]) -> N
             config._attn_implementation = before[id(config)]
 
 
-def set_attention_path(model: nn.Module, path: str) -> None:
+def set_attention_path(model: nn.Module, path: str | None) -> None:
     """Choose how inducers and prefixes compute attention: ``"reference"`` (materialised scores)
     or ``"fused"`` (fused kernels). Both give the same results up to rounding. Modules without
     them keep running the model's own implementation; soft-capped modules and modules reached
-    through a seam (:mod:`inducer.seams`) always use the reference."""
+    through a seam (:mod:`inducer.seams`) always use the reference.
+
+    Round-trips with :func:`attention_path`: ``set_attention_path(model, attention_path(model))``
+    changes nothing, also where that is None (a model without inducer's attention)."""
+    if path is None:
+        if attention_path(model) is not None:
+            raise ValueError("set_attention_path: None means 'no inducer attention', but this model's "
+                             f"inducers use the {attention_path(model)!r} path; pass 'reference' or 'fused'")
+        return
     if path not in ("reference", "fused"):
         raise ValueError(f"path must be 'reference' or 'fused', got {path!r}")
-    if seams_installed(model) and attention_path(model) is None:
+    if seams_installed(model) and _registry_path(model) is None:
         return  # only seam modules (inducer.seams): they use the reference path, on the model's own base
     set_implementation(model, lambda current: implementation_name(path, _base_of(current)))
 
 
-def attention_path(model: nn.Module) -> str | None:
-    """The path the model's inducers currently use, or None if none is set."""
+def _registry_path(model: nn.Module) -> str | None:
     for impl in current_implementations(model).values():
         if impl in NAMES:
             return NAMES[impl][0]
     return None
+
+
+def attention_path(model: nn.Module) -> str | None:
+    """The path the model's inducers currently use: ``"reference"`` or ``"fused"``, or None if the
+    model has no inducer attention (not attached). Models whose only adapted attention is reached
+    through seams (:mod:`inducer.seams`) use the reference path."""
+    path = _registry_path(model)
+    if path is None and seams_installed(model):
+        return "reference"
+    return path

@@ -59,6 +59,33 @@ def attention_family(module: nn.Module) -> Family | None:
     return _BY_ATTENTION.get(original_class(module).__name__)
 
 
+def key_value_heads(module: nn.Module, heads: int, through_seam: bool | None = None) -> int:
+    """How many key/value heads reach the attention function of ``module`` (``heads`` query heads).
+
+    Fewer than ``heads`` under grouped- or multi-query attention. A family record's
+    ``kv_expanded_when`` is a fact of its seam (the inline code repeats keys per query head before
+    attending), so it counts only where the module runs through that seam: ``through_seam`` None
+    reads it off the module (a seam installed or not); :mod:`inducer.seams` passes True when it
+    checks a module before installing.
+    """
+    family = attention_family(module)
+    seamed = hasattr(type(module), SEAM_OF) if through_seam is None else through_seam
+    expanded_when = family.kv_expanded_when if family is not None else None
+    if seamed and expanded_when and getattr(module, expanded_when, False):
+        return heads
+    groups = getattr(module, "num_key_value_groups", None)
+    if isinstance(groups, int) and groups > 0 and heads % groups == 0:
+        return heads // groups
+    # The module's own count first: Falcon's config says num_kv_heads=4 where its multi-query
+    # module holds num_kv_heads=1.
+    candidates = [getattr(module, name, None) for name in KV_HEAD_COUNT_ATTRS]
+    candidates.append(getattr(getattr(module, "config", None), "num_key_value_heads", None))
+    for count in candidates:
+        if isinstance(count, int) and count > 0:
+            return count
+    return heads
+
+
 def layer_family(module: nn.Module) -> Family | None:
     """The family record of a module holding a feed-forward block (None when none is known)."""
     return _BY_LAYER.get(type(module).__name__)
@@ -87,6 +114,7 @@ class AttentionSite:
     # function runs for it: methods acting inside attention (inducers, prefixes) need that; methods
     # on its linear layers (LoRA, adapters) do not.
     routed: bool = True
+    refusal: str | None = None  # why a module that is not routed cannot be (None: the generic reason)
 
 
 class SkippedAttentionWarning(UserWarning):
@@ -104,11 +132,16 @@ def _calls_attention_registry(module: nn.Module) -> bool:
     # A module with a seam (inducer.seams) reaches inducer's attention function through it.
     family = attention_family(module)
     has_seam = family is not None and family.seam is not None
-    return has_seam or _class_calls_attention_registry(original_class(module))
+    return has_seam or class_calls_attention_registry(original_class(module))
 
 
 @functools.cache
-def _class_calls_attention_registry(cls: type) -> bool:
+def class_calls_attention_registry(cls: type) -> bool:
+    """Whether the ``forward`` of an attention class calls transformers' attention registry.
+
+    Read from the installed transformers' source, so a family whose attention moves into the
+    registry in a new release (Falcon in 5.25) is found to call it without a record change.
+    """
     try:
         source = inspect.getsource(cls.forward)
     except (OSError, TypeError):
@@ -236,7 +269,8 @@ def routed_sites(sites: list[AttentionSite], owner: str) -> list[AttentionSite]:
     :class:`SkippedAttentionWarning` naming the ones left out when only some do (LongT5's local
     encoder attention).
     """
-    left_out = {site.name: f"{type(site.module).__name__} {NOT_ROUTED}" for site in sites if not site.routed}
+    left_out = {site.name: site.refusal or f"{type(site.module).__name__} {NOT_ROUTED}"
+                for site in sites if not site.routed}
     routed = [site for site in sites if site.routed]
     if left_out and not routed:
         raise UnsupportedModelError(f"{owner}: {_describe(left_out)}")

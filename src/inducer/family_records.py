@@ -68,7 +68,10 @@ class Family:
             :data:`inducer.seams.SEAMS` through which inducer's attention function reaches it.
         kv_expanded_when: a module attribute that, when true, means keys and values reach attention
             already repeated for every query head (Falcon's ``new_decoder_architecture``), so
-            added keys (prefixes) need one head per query head.
+            added keys (prefixes) need one head per query head. A fact of the seam: it counts only
+            where the module runs through it.
+        seam_tested_on: the transformers versions the seam was tested on (messages and
+            docs/model_support.md); the seam checks itself at attach on any version.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Family:
     fused_qkv: FusedQKV | None = None
     seam: str | None = None
     kv_expanded_when: str | None = None
+    seam_tested_on: str | None = None
 
 
 # Falcon's attention is inline: the seam catches its own sdpa call; its new decoder architecture

@@ -169,7 +169,11 @@ def check_method(arch: Architecture, base, method: Method, base_holds: dict[str,
     batch = _inputs(arch, (6, 9))
     expected = _logits(base, batch)
     adapted = _logits(model, batch)
-    path = inducer.attention_path(model)
+    # Models adapted only through seams report the reference path their seams use; the path
+    # switch and its check are about registry modules.
+    registry = any(impl in inducer.attention.NAMES
+                   for impl in inducer.attention.current_implementations(model).values())
+    path = inducer.attention_path(model) if registry else None
     paths = _paths(base, method, path) if path is not None else ""
     if path is None and inducer.seams.installed(model) and method.name in ("inducer", "prefix"):
         seam = next(s for m in model.modules() if (s := inducer.seams.seam_for(m)))

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...families import KV_HEAD_COUNT_ATTRS, AttentionSite, attention_family
+from ... import families
+from ...families import AttentionSite
 from ..base import adapter_dtype
 from ..extension import AttentionExtension
 
@@ -73,21 +74,7 @@ def site_dtype(site: AttentionSite) -> torch.dtype:
 
 def key_value_heads(site: AttentionSite) -> int:
     """Number of key/value heads of an attention module (fewer than query heads under GQA)."""
-    module = site.module
-    family = attention_family(module)
-    if family is not None and family.kv_expanded_when and getattr(module, family.kv_expanded_when, False):
-        return site.heads
-    groups = getattr(module, "num_key_value_groups", None)
-    if isinstance(groups, int) and groups > 0 and site.heads % groups == 0:
-        return site.heads // groups
-    # The module's own count first: Falcon's config says num_kv_heads=4 where its multi-query
-    # module holds num_kv_heads=1.
-    candidates = [getattr(module, name, None) for name in KV_HEAD_COUNT_ATTRS]
-    candidates.append(getattr(getattr(module, "config", None), "num_key_value_heads", None))
-    for heads in candidates:
-        if isinstance(heads, int) and heads > 0:
-            return heads
-    return site.heads
+    return families.key_value_heads(site.module, site.heads)
 
 
 class PrefixEncoder(nn.Module):
