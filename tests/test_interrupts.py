@@ -35,6 +35,7 @@ _CHILD = textwrap.dedent(
         print("step", state.step, flush=True)
 
     def pausing(self, rows, state, bar):
+        print("in step", state.step + 1, flush=True)  # a micro-batch of this step is under way
         time.sleep(pause)
         return forward_backward(self, rows, state, bar)
 
@@ -60,11 +61,15 @@ def _start(tiny_models, out, pause: float, *extra: str) -> subprocess.Popen:
     )
 
 
-def _wait_for_step(child: subprocess.Popen, step: int) -> None:
+def _wait_for_line(child: subprocess.Popen, expected: str) -> None:
     for line in child.stdout:
-        if line.strip() == f"step {step}":
+        if line.strip() == expected:
             return
-    raise AssertionError(f"the child ended before step {step}: {child.stderr.read()}")
+    raise AssertionError(f"the child ended before printing {expected!r}: {child.stderr.read()}")
+
+
+def _wait_for_step(child: subprocess.Popen, step: int) -> None:
+    _wait_for_line(child, f"step {step}")
 
 
 @pytest.mark.parametrize(
@@ -75,8 +80,10 @@ def test_first_signal_saves_a_checkpoint_and_last_then_exits(
 ):
     child = _start(tiny_models, tmp_path, 1.0, "--grad-accum", accumulation)
     try:
-        _wait_for_step(child, 2)
-        child.send_signal(signum)  # during step 3's first micro-batch: training stops after step 3
+        # During step 3's first micro-batch (not merely after step 2, which on a loaded machine can be
+        # before step 3 began): training stops after step 3.
+        _wait_for_line(child, "in step 3")
+        child.send_signal(signum)
         stdout, stderr = child.communicate(timeout=120)
     finally:
         child.kill()
