@@ -122,12 +122,12 @@ def family(request) -> str:
 
 
 def enable_checkpointing(model) -> None:
-    """Activation (gradient) checkpointing on every layer, non-reentrant, on transformers 5.x."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    """What training turns on (:func:`inducer.optimization.enable_checkpointing`), checked to be in
+    effect: the tests that compare gradients with and without it test the real call."""
+    from inducer.optimization import enable_checkpointing as enable
+
+    enable(model)
+    assert getattr(model, "is_gradient_checkpointing", False), "gradient checkpointing did not turn on"
 
 
 def padded_positions(mask: torch.Tensor) -> torch.Tensor:

@@ -60,8 +60,17 @@ def test_every_preset_attaches_to_a_tiny_model():
 
     for name in inducer.PRESETS:
         model = make_model("bert")
-        inducer.attach(model, inducer.preset(name, model))
-        model(**make_batch("bert")).logits.sum().backward()
+        configs = inducer.preset(name, model)
+        # The preset counts what remains at inference (prefix-tuning drops its reparameterisation).
+        inference = inducer.attach(make_model("bert"), [c.inference_config() for c in configs])
+        assert inducer.count_parameters(inference).budget == configs.count, name
+        # What the preset chose trains: every trainable tensor reached by the loss, finite outputs.
+        inducer.attach(model, configs)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        logits = model(**make_batch("bert")).logits
+        assert trainable and torch.isfinite(logits).all(), name
+        logits.sum().backward()
+        assert [n for n, p in trainable.items() if p.grad is None] == [], name
 
 
 @pytest.mark.parametrize(("budget", "message"), [("lots", "neither a count"), (0, "less than one"),
