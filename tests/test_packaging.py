@@ -8,8 +8,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from inducer.recipes import bundled
 
 ROOT = Path(__file__).resolve().parents[1]
