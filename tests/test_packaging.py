@@ -5,8 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
+
+import pytest
 
 from inducer.recipes import bundled
 
@@ -43,3 +46,60 @@ def _imported_after(statement: str) -> list[str]:
 def test_importing_the_cli_loads_no_deep_learning_library():
     assert _imported_after("import inducer") == []  # the package's names load on first use (PEP 562)
     assert _imported_after("import inducer.cli") == []
+
+
+# The extras of pyproject.toml that the core install leaves out (import names).
+APPLICATION = ("typer", "rich", "datasets", "pandas", "matplotlib", "tensorboard", "sacrebleu", "rouge_score",
+               "nltk", "accelerate", "fastapi", "uvicorn", "peft", "trl", "bitsandbytes", "torchao")
+_CORE_USE = textwrap.dedent(f"""
+    import sys, tempfile
+    for name in {APPLICATION!r}:
+        sys.modules[name] = None  # 'import name' raises ImportError, as when it is not installed
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    import inducer
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=100)
+    model = BertForSequenceClassification(config).eval()
+    inducer.attach(model, inducer.InducerConfig(r_k=2, r_v=2))
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+    with tempfile.TemporaryDirectory() as folder:
+        inducer.save_adapter(model, folder)
+        model = inducer.load_adapter(inducer.detach(model), folder).eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, adapted)
+    print(inducer.count_parameters(model))
+""")
+
+
+def test_the_core_install_attaches_saves_and_loads_without_the_application():
+    # Every package of the extras made unimportable: the library works, and did not try them.
+    out = subprocess.run([sys.executable, "-c", _CORE_USE], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "trainable" in out.stdout
+
+
+def test_the_command_without_its_extra_names_the_extra_in_one_line():
+    code = "import sys; sys.modules['typer'] = None; from inducer.launch import main; main()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "pip install -e '.[cli]'" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_fresh_venv_with_the_core_install_only(tmp_path):
+    # The real thing (make test-slow): a new venv, torch's CPU wheel, the project without extras
+    # (versions from the lock), then the same use; no package of an extra is installed at all.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    python = venv / "bin" / "python"
+    pip = [python, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, "-c", ROOT / "requirements" / "lock.txt", ROOT], check=True)
+    installed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True,
+                               text=True, check=True).stdout.lower()
+    assert not [name for name in APPLICATION if f"{name.replace('_', '-')}==" in installed]
+    out = subprocess.run([python, "-c", _CORE_USE], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr

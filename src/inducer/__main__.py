@@ -1,5 +1,5 @@
 """``python -m inducer``: the command-line interface (see ``inducer --help``)."""
 
-from .cli import main
+from .launch import main
 
 main()
