@@ -117,7 +117,7 @@ def test_import_peft_adapter_and_round_trip(family, tmp_path):
     peft_model = _peft_model(family)
     peft_model.save_pretrained(tmp_path / "peft")
     ours = inducer.import_peft(make_model(family).double(), tmp_path / "peft")
-    (config,) = ours._inducer_state.configs
+    (config,) = ours._inducer_state.adapters["default"].configs
     assert config == inducer.PrefixConfig(length=LENGTH, reparam_hidden=None, attention="self")
     batch = make_batch(family)
     with torch.no_grad():

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import importlib
 
+from . import listeners as _listeners
+
 __version__ = "0.1.0"
+
+# The composition root wires the built-in integration into attach's extension point (the core never
+# imports an integration): every adapted model's save_pretrained then writes its adapter. The module is
+# imported at the first attach, not here, so ``import inducer`` stays free of torch.
+_listeners.register("inducer.integrations.save_hooks", "install_save_hooks", "remove_save_hooks")
 
 # Public name -> the submodule defining it.
 _EXPORTS: dict[str, str] = {

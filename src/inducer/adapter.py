@@ -6,89 +6,34 @@ Saving and loading adapters lives in :mod:`inducer.adapter_format`.
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import warnings
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from . import attention, seams
+from . import attention, listeners, seams
 from .families import SkippedAttentionWarning, find_attention_sites, scan_attention
 from .methods import METHOD_CONFIGS, MethodConfig
 from .methods.base import remove_method_hooks
+from .naming import DEFAULT_ADAPTER, check_adapter_name
 from .routing import (
     EndRouteFromKeyword,
     RouteFromKeyword,
-    Router,
     generate_with_adapter_names,
     method_hook_ids,
     remove_hooks_except,
     tag_extensions,
     wrap_new_hooks,
 )
+from .state import AttachState, NamedAdapter, adapter_state, task_head_names
 
-DEFAULT_ADAPTER = "default"
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
-HEAD_CLASS_SUFFIXES = (
-    "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice",
-)
-
-@dataclass
-class NamedAdapter:
-    """One adapter of a model: what its ``attach`` did (kept in the model's :class:`AttachState`)."""
-
-    configs: list
-    train_head: bool
-    added: list[str]  # qualified names (in the model) of the modules its attach created
-    unfrozen: list[str]  # base parameters its methods train (BitFit's biases, full fine-tuning)
-    head: list[str]  # base parameters it trains as the task head
-    # Module names in the model -> their names in the adapter format, for the modules that differ
-    # (an adapter other than "default" keeps its modules as ``inducer__<name>``).
-    saved_names: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class AttachState:
-    """Every adapter ``attach`` added, kept on the model as ``model._inducer_state`` so ``detach``
-    can undo it all; the read-only fields of a single-adapter model read its one adapter."""
-
-    adapters: dict[str, NamedAdapter]
-    requires_grad: dict[str, bool]
-    implementations: dict
-    router: Router = field(default_factory=Router)
-
-    def only(self) -> NamedAdapter:
-        """The model's one adapter; a ``ValueError`` naming them when it holds several."""
-        if len(self.adapters) != 1:
-            raise ValueError(f"this model holds the adapters {list(self.adapters)}; name the one you mean "
-                             "(name=...)")
-        return next(iter(self.adapters.values()))
-
-    @property
-    def configs(self) -> list:
-        """The single adapter's method configs."""
-        return self.only().configs
-
-    @property
-    def train_head(self) -> bool:
-        """Whether the single adapter trains the task head."""
-        return self.only().train_head
-
-    @property
-    def unfrozen(self) -> list[str]:
-        """Base parameters the single adapter's methods train."""
-        return self.only().unfrozen
-
-    @property
-    def head(self) -> list[str]:
-        """Base parameters the single adapter trains as the task head."""
-        return self.only().head
-
-    @property
-    def added(self) -> list[str]:
-        """Every module attach created, for all adapters."""
-        return [name for adapter in self.adapters.values() for name in adapter.added]
+# Re-exported: these lived here before inducer.state and inducer.naming held them.
+__all__ = ["DEFAULT_ADAPTER", "AttachState", "NamedAdapter", "ParameterCount", "adapter_state",
+           "added_parameter_names", "apply_trainable", "attach", "attach_methods", "check_adapter_name",
+           "count_parameters", "detach", "merge", "task_head_names", "unmerge"]
+# Old private name of task_head_names, still imported by inducer.serve.engine.
+_task_head_names = task_head_names
 
 
 @dataclass(frozen=True)
@@ -127,22 +72,6 @@ class ParameterCount:
                 f"of base) | task head {self.head:,} | base {self.base:,}")
 
 
-def adapter_state(model: nn.Module) -> AttachState | None:
-    """What ``attach`` did to ``model`` (None for a model it has not adapted)."""
-    return getattr(model, "_inducer_state", None)
-
-
-def _task_head_names(model: nn.Module) -> list[str]:
-    """Base parameters outside the backbone of a classification-style model (a new task head)."""
-    if not type(model).__name__.endswith(HEAD_CLASS_SUFFIXES):
-        return []
-    backbone = getattr(model, "base_model", model)
-    if backbone is model:
-        return []
-    backbone_ids = {id(p) for p in backbone.parameters()}
-    return [name for name, p in model.named_parameters() if id(p) not in backbone_ids]
-
-
 def _as_list(configs) -> list[MethodConfig]:
     # A preset's choice (inducer.preset) carries its configs; attach takes it as it is.
     configs = getattr(configs, "configs", configs)
@@ -170,7 +99,18 @@ def attach(model: nn.Module, configs, train_head: bool = True, strict: bool = Fa
 
     A model holds several adapters under different names (``inducer.adapters(model)``); the first
     one is active, later ones are added inactive and frozen (``inducer.set_adapter`` switches).
+    Integrations registered with :mod:`inducer.listeners` run afterwards (``model.save_pretrained``
+    then writes the adapter, not the base).
     """
+    attach_methods(model, configs, train_head, strict, name)
+    listeners.attached(model)
+    return model
+
+
+def attach_methods(model: nn.Module, configs, train_head: bool = True, strict: bool = False,
+                   name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """:func:`attach` without the integrations' listeners: for the parameter-free twins that counting
+    and checking adapt and throw away, which need no save hooks (``detach`` undoes either)."""
     check_adapter_name(name)
     state = adapter_state(model)
     if state is not None and name in state.adapters:
@@ -181,65 +121,45 @@ def attach(model: nn.Module, configs, train_head: bool = True, strict: bool = Fa
         if strict:
             warnings.simplefilter("error", SkippedAttentionWarning)
         _attach(model, configs, train_head, name)
-    from .integrations.save_hooks import install_save_hooks  # here: it imports this module
-
-    install_save_hooks(model)  # model.save_pretrained / Trainer saves write the adapter, not the base
     return model
 
 
-def check_adapter_name(name) -> None:
-    """Refuse adapter names that cannot be part of a module name (letters, digits, ``_``, ``-``)."""
-    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
-        raise ValueError(f"adapter name must be letters, digits, '_' or '-' (e.g. 'sst2'), got {name!r}")
-
-
-def model_module_name(saved_name: str, adapter: str) -> str:
-    """The name in the model of an added module whose adapter-format name is ``saved_name``."""
-    if adapter == DEFAULT_ADAPTER:
-        return saved_name
-    return f"{saved_name}__{adapter}"
-
-
-def _move(model: nn.Module, old: str, new: str) -> None:
-    parent_name, _, child = old.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    parent.add_module(new.rpartition(".")[2], parent._modules.pop(child))
+def _start(model: nn.Module) -> AttachState:
+    """The model's attach state, made (with the attention implementation switched) on first attach."""
+    state = adapter_state(model)
+    if state is not None:
+        return state
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    # A model whose attention never calls the registry keeps its implementation: some branch on
+    # its name themselves (Falcon), and inducer's attention function would never run anyway.
+    # Seam families (inducer.seams) run the implementation their seam needs instead.
+    seamed = seams.install(model, skip=seams.refusals(model))
+    registry = any(site.routed and site.name not in seamed for site in scan_attention(model)[0])
+    if registry:
+        implementations = attention.set_implementation(model, attention.wrapped_name)
+    elif (needed := seams.required_implementation(model)) is not None:
+        implementations = attention.set_implementation(model, lambda current: needed)
+    else:
+        implementations = {}
+    state = AttachState({}, requires_grad, implementations)
+    model._inducer_state = state
+    # PEFT's spelling of routing: model(..., adapter_names=[...]) and generate(..., adapter_names=).
+    start = RouteFromKeyword(state.router)
+    start.register(model)
+    EndRouteFromKeyword(start).register(model)
+    if callable(getattr(model, "generate", None)):
+        model.generate = types.MethodType(generate_with_adapter_names, model)
+    return state
 
 
 def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, name: str) -> nn.Module:
-    state = adapter_state(model)
-    if state is None:
-        requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        # A model whose attention never calls the registry keeps its implementation: some branch on
-        # its name themselves (Falcon), and inducer's attention function would never run anyway.
-        # Seam families (inducer.seams) run the implementation their seam needs instead.
-        seamed = seams.install(model, skip=seams.refusals(model))
-        registry = any(site.routed and site.name not in seamed for site in scan_attention(model)[0])
-        if registry:
-            implementations = attention.set_implementation(model, attention.wrapped_name)
-        elif (needed := seams.required_implementation(model)) is not None:
-            implementations = attention.set_implementation(model, lambda current: needed)
-        else:
-            implementations = {}
-        state = AttachState({}, requires_grad, implementations)
-        model._inducer_state = state
-        # PEFT's spelling of routing: model(..., adapter_names=[...]) and generate(..., adapter_names=).
-        start = RouteFromKeyword(state.router)
-        start.register(model)
-        EndRouteFromKeyword(start).register(model)
-        if callable(getattr(model, "generate", None)):
-            model.generate = types.MethodType(generate_with_adapter_names, model)
+    state = _start(model)
     if any(adapter.unfrozen for adapter in state.adapters.values()):
         raise ValueError("attach: this model's adapter trains base parameters (BitFit / full fine-tuning), "
                          "so no second adapter can share the base; detach it first")
-    # The other adapters step aside while this one's methods run, so they find the plain base and
-    # the slots (``inducer``, ``lora``) free; their modules come back under their own names after.
-    others = state.added
-    hidden = {other: f"{other.rpartition('.')[0]}.__inducer_hidden_{i}".lstrip(".")
-              for i, other in enumerate(others)}
-    for other, temporary in hidden.items():
-        _move(model, other, temporary)
-    entry = NamedAdapter(configs, train_head, [], [], [])
+    # Each method creates its modules in slots keyed by this adapter's name (inducer.naming), so the
+    # other adapters' modules stay where they are.
+    entry = NamedAdapter(name, configs, train_head)
     hooks_before = method_hook_ids(model)
     existing = set(dict(model.named_modules()))
     try:
@@ -248,7 +168,7 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
         sites = [dataclasses.replace(site, routed=False, refusal=str(refused[site.name]))
                  if site.name in refused else site for site in find_attention_sites(model)]
         for config in configs:
-            applied = config.apply(model, sites)
+            applied = config.apply(model, sites, adapter=name)
             entry.added += applied.modules
             entry.unfrozen += [n for n in applied.unfrozen if n not in entry.unfrozen]
         if entry.unfrozen and state.adapters:
@@ -260,26 +180,16 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
         new = set(dict(model.named_modules())) - existing
         _remove_modules(model, [n for n in new if n.rpartition(".")[0] not in new])
         remove_hooks_except(model, hooks_before)
-        for other, temporary in hidden.items():
-            _move(model, temporary, other)
         if not state.adapters:
             detach(model)
         raise
-    for saved in list(entry.added):
-        in_model = model_module_name(saved, name)
-        if in_model != saved:
-            _move(model, saved, in_model)
-            entry.saved_names[in_model] = saved
-    entry.added = [model_module_name(saved, name) for saved in entry.added]
-    for other, temporary in hidden.items():
-        _move(model, temporary, other)
     wrap_new_hooks(model, hooks_before, name, state.router)
     tag_extensions([model.get_submodule(n) for n in entry.added], name, state.router)
     added_ids = {id(p) for n in entry.added for p in model.get_submodule(n).parameters()}
     params = dict(model.named_parameters())
     # Modules a method adds at the model root (prefix-tuning's shared encoder) are outside the backbone
     # too, but they are the method's, not the task head's.
-    entry.head = [n for n in _task_head_names(model) if id(params[n]) not in added_ids] if train_head else []
+    entry.head = [n for n in task_head_names(model) if id(params[n]) not in added_ids] if train_head else []
     entry.unfrozen = [n for n in entry.unfrozen if n not in entry.head]
     state.adapters[name] = entry
     if not state.router.active:
@@ -300,7 +210,7 @@ def apply_trainable(model: nn.Module) -> None:
     active = [state.adapters[name] for name in state.router.active]
     trained_ids = {id(p) for adapter in active for n in adapter.added
                    for p in model.get_submodule(n).parameters()}
-    trained_base = {n for adapter in active for n in adapter.unfrozen + adapter.head}
+    trained_base = {n for adapter in active for n in adapter.trained_base}
     for n, p in model.named_parameters():
         p.requires_grad_(id(p) in trained_ids or n in trained_base)
 
@@ -356,9 +266,7 @@ def detach(model: nn.Module) -> nn.Module:
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad.get(name, p.requires_grad))
     del model._inducer_state
-    from .integrations.save_hooks import remove_save_hooks
-
-    remove_save_hooks(model)
+    listeners.detached(model)
     return model
 
 

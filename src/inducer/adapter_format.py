@@ -12,19 +12,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapter import (
-    DEFAULT_ADAPTER,
-    NamedAdapter,
-    adapter_state,
-    added_parameter_names,
-    attach,
-    check_adapter_name,
-)
+from .adapter import added_parameter_names, attach, attach_methods
 from .atomic import atomic_write, fsync_path, remove_stale_temporaries, sha256_file, write_temporary
 from .base_identity import base_model_source, fingerprint  # re-exported: public here since v1
+from .errors import AdapterFormatError  # re-exported: public here since v1
 from .meta import meta_twin
 from .methods import METHOD_CONFIGS, MethodConfig
 from .named_adapters import delete_adapter
+from .naming import DEFAULT_ADAPTER, check_adapter_name
+from .state import NamedAdapter, adapter_state
 
 # Version 2 names the weights file by its content (``adapter-<sha256[:16]>.safetensors``) so that
 # replacing ``adapter_config.json`` is the one step that switches a folder from the old adapter to the
@@ -35,10 +31,6 @@ WEIGHTS_FILE = "adapter.safetensors"  # format version 1's fixed name
 WEIGHTS_PATTERN = re.compile(r"adapter-([0-9a-f]{16})\.safetensors")
 __all__ = ["AdapterFormatError", "atomic_write", "base_model_source", "fingerprint", "load_adapter",
            "save_adapter", "weights_path"]
-
-
-class AdapterFormatError(ValueError):
-    """An adapter directory is missing, corrupted, from a newer format or for another base model."""
 
 
 def save_adapter(
@@ -68,12 +60,8 @@ def save_adapter(
     state = adapter_state(model)
     if state is None:
         raise ValueError("save_adapter: this model was not adapted by inducer.attach")
-    if name is None and len(state.adapters) > 1:
-        raise ValueError(f"save_adapter: the model holds the adapters {list(state.adapters)}; pass name= "
-                         "to choose the one to save")
-    if name is not None and name not in state.adapters:
-        raise ValueError(f"save_adapter: no adapter named {name!r}; the model has {list(state.adapters)}")
-    entry = state.adapters[name] if name is not None else state.only()
+    # Saving is explicit: with several adapters, even one active, the caller names the one to save.
+    entry = state.adapter(name, "save_adapter", pick_active=False)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
@@ -87,7 +75,7 @@ def save_adapter(
     missing = [name for name in names if name not in source]
     if missing:
         raise ValueError(f"save_adapter: state_dict lacks {missing[:5]} (pass the model's full state dict)")
-    tensors = {saved_name(entry, n): source[n].detach().cpu().contiguous() for n in names}
+    tensors = {entry.saved_name(n): source[n].detach().cpu().contiguous() for n in names}
     empty = [n for n in names if source[n].numel() == 0 and params[n].numel() == 0]
     if empty:
         raise ValueError(
@@ -101,7 +89,7 @@ def save_adapter(
     for module in entry.added:
         fold = getattr(model.get_submodule(module), "inference_tensors", None)
         if fold is not None:
-            derived.update({f"{saved_name(entry, module)}.{key}": tensor for key, tensor in fold().items()})
+            derived.update({f"{entry.saved_name(module)}.{key}": tensor for key, tensor in fold().items()})
     if set(derived) & set(tensors):
         raise RuntimeError(f"save_adapter: inference tensors {sorted(set(derived) & set(tensors))[:5]} "
                            "clash with trained tensors")
@@ -120,14 +108,6 @@ def save_adapter(
     }
     _commit(directory, tensors, config)
     return directory
-
-
-def saved_name(entry: NamedAdapter, name: str) -> str:
-    """The adapter-format name of a module or parameter the model holds as ``name`` for ``entry``."""
-    for in_model, saved in entry.saved_names.items():
-        if name == in_model or name.startswith(in_model + "."):
-            return saved + name[len(in_model):]
-    return name
 
 
 # ---------------------------------------------------------------- loading: validate everything, then act
@@ -302,14 +282,14 @@ def _expected_tensors(model: nn.Module, methods: list[MethodConfig], config: dic
     twin = meta_twin(model)
     try:
         with torch.device("meta"):
-            attach(twin, methods, train_head=True, name=name)
+            attach_methods(twin, methods, train_head=True, name=name)
     except (ValueError, TypeError, KeyError, IndexError) as err:
         raise AdapterFormatError(
             f"{weights.parent}: the adapter's methods do not fit this model ({err})") from err
     entry = adapter_state(twin).adapters[name]
     parameters = adapter_parameters(twin, entry)
     shapes = {key: tuple(p.shape) for key, p in parameters.items()}
-    owned = {saved_name(entry, n) for n in added_parameter_names(twin, entry)}
+    owned = {entry.saved_name(n) for n in entry.parameter_names(twin)}
     head, base = config.get("head_tensors") or [], config.get("base_tensors") or []
     not_head = sorted(set(head) - set(entry.head))
     not_base = sorted(set(base) - set(entry.unfrozen))
@@ -325,9 +305,9 @@ def _expected_tensors(model: nn.Module, methods: list[MethodConfig], config: dic
 def adapter_parameters(model: nn.Module, entry: NamedAdapter) -> dict[str, nn.Parameter]:
     """The parameters one adapter sees, by their adapter-format names: its own and the base's
     (the model's other adapters left out)."""
-    own = set(added_parameter_names(model, entry))
+    own = set(entry.parameter_names(model))
     others = owned_names(model) - own
-    return {saved_name(entry, n): p for n, p in model.named_parameters() if n not in others}
+    return {entry.saved_name(n): p for n, p in model.named_parameters() if n not in others}
 
 
 def load_adapter(

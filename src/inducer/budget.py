@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .adapter import adapter_state, attach, count_parameters
+from .adapter import adapter_state, attach_methods, count_parameters
 from .meta import meta_twin
 from .methods import MethodConfig
 from .presets import PresetChoice
@@ -30,26 +30,35 @@ def count_budget(model: nn.Module, configs: MethodConfig | Iterable[MethodConfig
     configs = [configs] if isinstance(configs, MethodConfig) else list(configs)
     twin = meta_twin(model)
     with torch.device("meta"):
-        attach(twin, [config.inference_config() for config in configs])
+        attach_methods(twin, [config.inference_config() for config in configs])  # no save hooks on a twin
     return count_parameters(twin).budget
 
 
 def explicit_choice(
-    name: str, model: nn.Module, configs: MethodConfig | Iterable[MethodConfig] | None = None
+    name: str, model: nn.Module, configs: MethodConfig | Iterable[MethodConfig] | None = None,
+    adapter: str | None = None,
 ) -> PresetChoice:
-    """Hand-made ``configs`` (None: those attached to ``model``) described as a
-    :class:`PresetChoice` named ``name``, which the training and comparison routes record: ``sizes``
-    holds each config's fields, ``count`` their budget count on ``model``."""
+    """Hand-made ``configs`` (None: those of the adapter ``adapter`` of ``model``, by default its only
+    or active one) described as a :class:`PresetChoice` named ``name``, which the training and
+    comparison routes record: ``sizes`` holds each config's fields, ``count`` their budget count on
+    ``model``."""
     state = adapter_state(model)
+    entry = None
+    if state is not None:
+        entry = state.adapter(adapter, f"explicit configs for {name!r}")
     if configs is None:
-        if state is None:
+        if entry is None:
             raise ValueError(f"{name!r}: give the method configs, or a model with a method attached")
-        configs = state.configs
+        configs = entry.configs
     configs = (configs,) if isinstance(configs, MethodConfig) else tuple(configs)
     if not configs:
         raise ValueError(f"explicit configs for {name!r}: give at least one method config")
     # An adapted model holds these configs already: its own count; a base: counted on a meta twin.
-    count = count_parameters(model).budget if state is not None else count_budget(model, configs)
+    # (With several adapters, the chosen one's count: the others' parameters are not its budget.)
+    if entry is not None:
+        count = count_parameters(model, entry.name if len(state.adapters) > 1 else None).budget
+    else:
+        count = count_budget(model, configs)
     base = count_parameters(model).base
     sizes = {"configs": [config.to_dict() for config in configs]}
     kinds = ", ".join(type(config).__name__ for config in configs)

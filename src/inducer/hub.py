@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .adapter import adapter_state, count_parameters
+from .adapter import count_parameters
 from .adapter_format import (
     CONFIG_FILE,
     AdapterFormatError,
@@ -23,6 +23,7 @@ from .adapter_format import (
     read_config,
     save_adapter,
 )
+from .state import adapter_state, named_adapter
 
 # What an adapter folder holds: the config, the weights of either format version, the model card.
 ADAPTER_PATTERNS = [CONFIG_FILE, "adapter-*.safetensors", "adapter.safetensors", "README.md"]
@@ -89,21 +90,21 @@ def from_pretrained(adapter: str | os.PathLike, *, base_model: str | os.PathLike
     return load_adapter(model.eval(), folder, inference=inference)
 
 
-def model_card(model: nn.Module, metrics: dict | None = None) -> str:
-    """A README.md for the adapter of ``model``: methods and sizes, base, parameter count and, when
-    given, training metrics (e.g. ``trainer.evaluate()``'s)."""
-    state = adapter_state(model)
-    if state is None:
-        raise ValueError("model_card: this model was not adapted by inducer.attach")
+def model_card(model: nn.Module, metrics: dict | None = None, name: str | None = None) -> str:
+    """A README.md for the adapter ``name`` of ``model`` (default: its only or active one): methods and
+    sizes, base, parameter count and, when given, training metrics (e.g. ``trainer.evaluate()``'s)."""
+    entry = named_adapter(model, name, "model_card")
     base = base_model_source(model).get("base_model_name_or_path")
     front = ["---", "library_name: inducer", *([f"base_model: {base}"] if base else []), "tags:", "- inducer",
-             *[f"- {c.method}" for c in state.configs], "---"]
-    title = f"# {', '.join(c.method for c in state.configs)} adapter for {base or type(model).__name__}"
+             *[f"- {c.method}" for c in entry.configs], "---"]
+    title = f"# {', '.join(c.method for c in entry.configs)} adapter for {base or type(model).__name__}"
     lines = [*front, "", title,
              "", f"An [inducer](https://pypi.org/project/inducer/) adapter of `{type(model).__name__}`"
              f"{f' (`{base}`)' if base else ''}.", "", "## Methods and sizes", ""]
-    lines += [f"- `{json.dumps(c.to_dict(), sort_keys=True)}`" for c in state.configs]
-    lines += ["", "## Parameters", "", str(count_parameters(model)), ""]
+    lines += [f"- `{json.dumps(c.to_dict(), sort_keys=True)}`" for c in entry.configs]
+    # One adapter: the model's whole count (base parameters a user unfroze included), as before names.
+    several = len(adapter_state(model).adapters) > 1
+    lines += ["", "## Parameters", "", str(count_parameters(model, entry.name if several else None)), ""]
     if metrics:
         lines += ["## Training metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.6g} |" if isinstance(value, float) else f"| {name} | {value} |"
@@ -117,15 +118,16 @@ def model_card(model: nn.Module, metrics: dict | None = None) -> str:
 
 def push_to_hub(model: nn.Module, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str | None = None, revision: str | None = None,
-                metrics: dict | None = None) -> object:
-    """Upload the adapter of ``model`` and a generated model card (:func:`model_card`) to the hub repo
-    ``repo_id`` (created when missing) through ``huggingface_hub``; returns its commit info."""
+                metrics: dict | None = None, name: str | None = None) -> object:
+    """Upload the adapter ``name`` of ``model`` (needed when it holds several) and a generated model
+    card (:func:`model_card`) to the hub repo ``repo_id`` (created when missing) through
+    ``huggingface_hub``; returns its commit info."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        save_adapter(model, tmp)
-        (Path(tmp) / "README.md").write_text(model_card(model, metrics))
+        save_adapter(model, tmp, name=name)
+        (Path(tmp) / "README.md").write_text(model_card(model, metrics, name=name))
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model", revision=revision,
                                  commit_message=commit_message or "Upload inducer adapter")

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .adapter import AttachState, adapter_state, apply_trainable, detach
+from .adapter import apply_trainable, detach
 from .attention import current_implementations, restore_implementation
 from .routing import check_routes, remove_adapter_hooks
+from .state import AttachState, adapter_state
 
 __all__ = ["adapters", "delete_adapter", "disable_adapter", "route", "set_adapter"]
 

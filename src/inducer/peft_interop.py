@@ -30,6 +30,7 @@ from .adapter import adapter_state, attach, detach
 from .adapter_format import AdapterFormatError, base_model_source
 from .atomic import atomic_write
 from .methods.peft_conversion import BY_METHOD, BY_PEFT_TYPE, PeftInteropError
+from .state import named_adapter
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -50,19 +51,19 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     prefixes, prefixes on only some layers, encoders, several methods in one adapter, a trained task
     head. Mind the position shift described in this module's docstring.
     """
-    state = adapter_state(model)
-    if state is None:
+    if adapter_state(model) is None:
         raise ValueError("export_peft: this model was not adapted by inducer.attach")
-    methods = [c.method for c in state.configs]
-    if len(state.configs) != 1 or methods[0] not in BY_METHOD:
+    entry = named_adapter(model, None, "export_peft")  # its only or active adapter
+    methods = [c.method for c in entry.configs]
+    if len(entry.configs) != 1 or methods[0] not in BY_METHOD:
         raise PeftInteropError(
             f"export_peft: a PEFT adapter holds one method, of those inducer can export "
             f"({', '.join(sorted(BY_METHOD))}); this model has {methods}"
         )
-    if state.unfrozen or any(p.requires_grad for n, p in model.named_parameters() if n in state.head):
+    if entry.unfrozen or any(p.requires_grad for n, p in model.named_parameters() if n in entry.head):
         raise PeftInteropError("export_peft: trained base parameters (task head, unfrozen weights) are not "
                                "exported; attach with train_head=False or export without them")
-    peft_config, tensors = BY_METHOD[methods[0]].to_peft(model, state.configs[0])
+    peft_config, tensors = BY_METHOD[methods[0]].to_peft(model, entry.configs[0], entry.name)
     # PEFT's AutoPeftModel* builds the base from these (None: "Cannot infer the auto class").
     source = base_model_source(model)
     peft_config["base_model_name_or_path"] = source.get("base_model_name_or_path")

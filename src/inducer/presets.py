@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapter import attach, count_parameters, detach
+from .adapter import attach_methods, count_parameters, detach
 from .methods import PRESETS, MethodConfig, PresetSpec
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class _Counter:
         key = json.dumps(config.to_dict(), sort_keys=True)
         if key not in self.cache:
             with torch.device("meta"):
-                attach(self.twin, config)
+                attach_methods(self.twin, config)  # a throw-away twin: no save hooks
             try:
                 self.cache[key] = count_parameters(self.twin).budget
             finally:

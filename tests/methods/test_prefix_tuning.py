@@ -282,7 +282,8 @@ def test_methods_containing_prefixes_fold_too(tmp_path):
     batch = make_batch("gpt2")
     inducer.save_adapter(model, tmp_path / "mam")
     folded = inducer.load_adapter(make_model("gpt2"), tmp_path / "mam", inference=True)
-    assert folded._inducer_state.configs[0].reparam_hidden is None and not hasattr(folded, ENCODER_NAME)
+    (folded_config,) = folded._inducer_state.adapters["default"].configs
+    assert folded_config.reparam_hidden is None and not hasattr(folded, ENCODER_NAME)
     torch.testing.assert_close(logits_of(folded, batch), logits_of(model, batch), rtol=1e-6, atol=1e-6)
 
 

@@ -1,7 +1,10 @@
 """``save_pretrained`` of an adapted model writes the inducer adapter, not the whole model.
 
 ``inducer.attach`` installs :func:`save_pretrained` on the model instance (the class's method is
-untouched; ``detach`` removes it), so everything that saves through ``model.save_pretrained`` —
+untouched; ``detach`` removes it) through the extension point :mod:`inducer.listeners`, where the
+package root registers :func:`install_save_hooks` / :func:`remove_save_hooks` (the core never imports
+this module; throw-away twins adapted by ``attach_methods`` are not patched), so everything that
+saves through ``model.save_pretrained`` —
 transformers' ``Trainer.save_model`` and its checkpoints, TRL's trainers, user code — writes
 ``adapter_config.json`` + ``adapter-<hash>.safetensors`` (``docs/format.md``), with the base model's
 name or path, as PEFT does. A full save of an adapted model would write ``inducer.*`` tensors that
@@ -18,10 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import adapter_state, added_parameter_names
 from ..adapter_format import (
     CONFIG_FILE,
-    AdapterFormatError,
     check_base,
     fingerprint,
     method_configs,
@@ -30,6 +31,8 @@ from ..adapter_format import (
     save_adapter,
     weights_path,
 )
+from ..errors import AdapterFormatError
+from ..state import adapter_state, named_adapter
 
 HOOK_MARK = "_inducer_save_pretrained"
 __all__ = ["has_adapter", "install_save_hooks", "remove_save_hooks", "restore_adapter", "save_pretrained"]
@@ -66,14 +69,15 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, stat
 
 
 def install_save_hooks(model: nn.Module) -> None:
-    """Make ``model.save_pretrained`` write the inducer adapter (called by ``inducer.attach``)."""
+    """Make ``model.save_pretrained`` write the inducer adapter (run by ``inducer.attach``, as a
+    :mod:`inducer.listeners` listener)."""
     if hasattr(type(model), "save_pretrained") and HOOK_MARK not in vars(model):
         model.save_pretrained = types.MethodType(save_pretrained, model)
         vars(model)[HOOK_MARK] = True
 
 
 def remove_save_hooks(model: nn.Module) -> None:
-    """Undo :func:`install_save_hooks` (called by ``inducer.detach``)."""
+    """Undo :func:`install_save_hooks` (run by ``inducer.detach``, as a listener)."""
     if vars(model).pop(HOOK_MARK, None):
         vars(model).pop("save_pretrained", None)
 
@@ -91,29 +95,33 @@ def _is_inducer_config(directory: Path) -> bool:
     return True
 
 
-def restore_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Copy the adapter saved in ``directory`` into ``model``, already adapted with the same methods
-    (resuming a run, loading the best checkpoint). Everything is checked first, as in
-    ``load_adapter``; a mismatch raises :class:`~inducer.AdapterFormatError` and changes nothing."""
+def restore_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None) -> nn.Module:
+    """Copy the adapter saved in ``directory`` into the adapter ``name`` of ``model`` (default: its
+    only or active one), already attached with the same methods (resuming a run, loading the best
+    checkpoint). Everything is checked first, as in ``load_adapter``; a mismatch raises
+    :class:`~inducer.AdapterFormatError` and changes nothing."""
     directory = Path(directory)
-    state = adapter_state(model)
-    if state is None:
+    if adapter_state(model) is None:
         raise ValueError("restore_adapter: the model is not adapted; use inducer.load_adapter on a base")
+    entry = named_adapter(model, name, "restore_adapter")
     config = read_config(directory)
     tensors = read_tensors(weights_path(directory), config, verify_checksum=True)
     check_base(config["base_model"], fingerprint(model), directory)
     saved = [m.to_dict() for m in method_configs(config, directory)]
-    if saved != [c.to_dict() for c in state.configs]:
+    if saved != [c.to_dict() for c in entry.configs]:
         raise AdapterFormatError(f"{directory}: the checkpoint's methods {saved} differ from the model's "
-                                 f"{[c.to_dict() for c in state.configs]}; attach the same configs to resume")
+                                 f"{[c.to_dict() for c in entry.configs]}; attach the same configs to resume")
     params = dict(model.named_parameters())
-    names = added_parameter_names(model, state) + list(config.get("head_tensors") or []) + list(
-        config.get("base_tensors") or [])
-    wrong = [n for n in names if n not in tensors or tensors[n].shape != params[n].shape]
+    # Model names -> names in the file (the adapter's slots are saved plain: inducer.naming).
+    names = {n: entry.saved_name(n) for n in entry.parameter_names(model)}
+    base = list(config.get("head_tensors") or []) + list(config.get("base_tensors") or [])
+    names.update({n: n for n in base})
+    wrong = [n for n, saved_as in names.items()
+             if saved_as not in tensors or tensors[saved_as].shape != params[n].shape]
     if wrong:
         raise AdapterFormatError(f"{directory}: tensors {wrong[:3]} are missing or of another shape than "
                                  "the model's; the checkpoint is from another run")
     with torch.no_grad():
-        for name in names:
-            params[name].copy_(tensors[name].to(params[name].dtype))
+        for in_model, saved_as in names.items():
+            params[in_model].copy_(tensors[saved_as].to(params[in_model].dtype))
     return model

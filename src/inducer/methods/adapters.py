@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..families import AttentionSite, find_feed_forward_sites
+from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,
@@ -85,25 +86,27 @@ class AdapterConfig(MethodConfig):
         """The effective placement."""
         return self.placement or DEFAULT_PLACEMENT[self.kind]
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Add adapters at the chosen attention outputs and FFN blocks, with their hooks."""
         applied = Applied()
         chosen = lambda layer: self.layers is None or layer in self.layers  # noqa: E731
         parallel = self.kind == "parallel"
         if self.where in ("attn", "both"):
             for site in (s for s in sites if chosen(s.layer)):
-                adapter = self._adapter(site.width, adapter_dtype(site.projection))
-                applied.modules.append(add_child(model, site.name, "adapter_attn", adapter, "AdapterConfig"))
+                block = self._adapter(site.width, adapter_dtype(site.projection))
+                applied.modules.append(add_child(model, site.name, "adapter_attn", block, "AdapterConfig",
+                                                 adapter=adapter))
                 if parallel:
-                    StashInput(adapter, keyword="hidden_states").register(site.module)
-                AddAdapterOutput(adapter, parallel).register(site.projection)
+                    StashInput(block, keyword="hidden_states").register(site.module)
+                AddAdapterOutput(block, parallel).register(site.projection)
         if self.where in ("ffn", "both"):
             for ffn in (f for f in find_feed_forward_sites(model) if chosen(f.layer)):
-                adapter = self._adapter(ffn.width, adapter_dtype(ffn.output))
-                applied.modules.append(add_child(model, ffn.name, "adapter_ffn", adapter, "AdapterConfig"))
+                block = self._adapter(ffn.width, adapter_dtype(ffn.output))
+                applied.modules.append(add_child(model, ffn.name, "adapter_ffn", block, "AdapterConfig",
+                                                 adapter=adapter))
                 if parallel:
-                    StashInput(adapter).register(ffn.input)
-                AddAdapterOutput(adapter, parallel).register(ffn.output)
+                    StashInput(block).register(ffn.input)
+                AddAdapterOutput(block, parallel).register(ffn.output)
         if not applied.modules:
             raise ValueError(f"AdapterConfig(layers={self.layers}) matches no layer of this model")
         return applied

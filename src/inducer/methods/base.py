@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..families import AttentionSite, routed_sites
+from ..naming import DEFAULT_ADAPTER, slot_name
 
 # Method configs by the "method" tag stored in adapter_config.json.
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
@@ -156,8 +157,10 @@ class MethodConfig:
         """
         return self
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
-        """Add this method's modules and hooks to ``model``; ``sites`` are its attention modules."""
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
+        """Add this method's modules and hooks to ``model`` for the adapter named ``adapter``;
+        ``sites`` are its attention modules. Modules go into slots keyed by ``adapter``
+        (:func:`add_child`), so that adapters never meet in one module name."""
         raise NotImplementedError(f"{type(self).__name__} must implement apply()")
 
 
@@ -217,12 +220,16 @@ def execution_device(model: nn.Module, name: str) -> torch.device | None:
     return None
 
 
-def add_child(model: nn.Module, parent_name: str, child: str, module: nn.Module, owner: str) -> str:
-    """Add ``module`` as ``parent.child``, on the parent's execution device (:func:`execution_device`;
-    never ``meta``). Methods create ``module`` in :func:`adapter_dtype` of the layer it adapts.
+def add_child(model: nn.Module, parent_name: str, slot: str, module: nn.Module, owner: str, *,
+              adapter: str) -> str:
+    """Add ``module`` in ``slot`` of ``parent`` for the adapter ``adapter`` (as ``parent.slot`` for
+    ``"default"``, ``parent.slot__<adapter>`` for others: :func:`inducer.naming.slot_name`), on the
+    parent's execution device (:func:`execution_device`; never ``meta``), and return its qualified
+    name. Methods create ``module`` in :func:`adapter_dtype` of the layer it adapts.
 
-    Raises :class:`ConflictError` if the slot is taken (two methods claiming it).
+    Raises :class:`ConflictError` if the adapter's slot is taken (two of its methods claiming it).
     """
+    child = slot_name(slot, adapter)
     parent = model.get_submodule(parent_name)
     if hasattr(parent, child):
         raise ConflictError(

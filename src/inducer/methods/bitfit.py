@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..families import AttentionSite
+from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,
@@ -68,7 +69,7 @@ class BitFitConfig(MethodConfig):
         if self.add_biases not in (None, True, False):
             raise ValueError(f"BitFitConfig: add_biases must be None, True or False, got {self.add_biases!r}")
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Mark every ``*.bias`` parameter trainable; add biases to bias-free linear layers as chosen."""
         biases = [name for name, _ in model.named_parameters() if name.split(".")[-1] == "bias"]
         add = self.add_biases if self.add_biases is not None else not biases
@@ -80,7 +81,7 @@ class BitFitConfig(MethodConfig):
         added = []
         for name, layer in targets:
             module = AddedBias(layer.out_features, dtype=adapter_dtype(layer))
-            added.append(add_child(model, name, CHILD, module, "BitFitConfig"))
+            added.append(add_child(model, name, CHILD, module, "BitFitConfig", adapter=adapter))
             AddLowRankUpdate(module).register(layer)
         return Applied(modules=added, unfrozen=biases)
 

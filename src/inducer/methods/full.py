@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..families import AttentionSite
+from ..naming import DEFAULT_ADAPTER
 from .base import Applied, MethodConfig, PresetSpec, register_method, register_presets
 
 
@@ -18,7 +19,7 @@ class FullFineTuneConfig(MethodConfig):
 
     method: ClassVar[str] = "full"
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Mark every base parameter trainable."""
         return Applied(unfrozen=[name for name, _ in model.named_parameters()])
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..families import AttentionSite
 from ..kernels import as_dtype, compute_dtype
+from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,
@@ -102,14 +103,15 @@ class InducerConfig(MethodConfig):
         if self.composition == "gated" and not self.use_lambda:
             raise ValueError("InducerConfig.composition='gated' needs use_lambda=True (the gate is lam)")
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Give every chosen attention module an ``inducer`` child; hook its output projection."""
         chosen = select_sites(sites, self.layers, self.attention, "InducerConfig")
         applied = Applied()
         for site in chosen:
             dtype = adapter_dtype(site.projection)  # float32 on a half-precision base, cast at use
             module = InducerModule(self, site.heads, site.head_dim, site.width, dtype=dtype)
-            applied.modules.append(add_child(model, site.name, "inducer", module, "InducerConfig"))
+            applied.modules.append(add_child(model, site.name, "inducer", module, "InducerConfig",
+                                             adapter=adapter))
             if self.value_extension:
                 AddExtendedValue(module).register(site.projection)
         return applied

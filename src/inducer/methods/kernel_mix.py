@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..families import AttentionSite, LinearTarget, attention_role_targets
+from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,
@@ -58,7 +59,7 @@ class KernelMixConfig(MethodConfig):
         self.targets = list(self.targets)
         self.layers = check_layers("KernelMixConfig", self.layers)
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Give the q, v and o layers of every chosen attention module a per-head update."""
         modules = dict(model.named_modules())
         applied = Applied()
@@ -74,7 +75,8 @@ class KernelMixConfig(MethodConfig):
                 module = PerHeadLowRank(target, heads, site.head_dim, self.r, self.alpha, self.dropout,
                                         output_side=role != "o", dtype=adapter_dtype(target.module))
                 name = child_name("kernel_mix", target)
-                applied.modules.append(add_child(model, target.name, name, module, "KernelMixConfig"))
+                applied.modules.append(add_child(model, target.name, name, module, "KernelMixConfig",
+                                                 adapter=adapter))
                 AddLowRankUpdate(module).register(target.module)
         if not applied.modules:
             raise ValueError(f"KernelMixConfig(layers={self.layers}) matches no attention module")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import AdapterFormatError
 from ..families import (
     AttentionSite,
     LinearTarget,
@@ -27,6 +28,7 @@ from ..families import (
     find_feed_forward_sites,
     linear_target,
 )
+from ..naming import DEFAULT_ADAPTER, split_slot
 from .base import (
     Applied,
     MethodConfig,
@@ -118,14 +120,14 @@ class LoRAConfig(MethodConfig):
         self.layers = check_layers("LoRAConfig", self.layers)
         check_choice("LoRAConfig", "attention", self.attention, ("all", "self", "cross"))
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Give every target layer a ``lora`` child and a hook adding its update."""
         applied = Applied()
         for target in resolve_targets(model, sites, self.targets, self.layers, self.attention, "LoRAConfig"):
             # Created in float32 for half-precision or quantized layers (QLoRA), cast at use.
             module = LoRAModule(target, self.r, self.alpha, self.dropout, dtype=adapter_dtype(target.module))
             name = child_name("lora", target)
-            applied.modules.append(add_child(model, target.name, name, module, "LoRAConfig"))
+            applied.modules.append(add_child(model, target.name, name, module, "LoRAConfig", adapter=adapter))
             AddLowRankUpdate(module).register(target.module)
         return applied
 
@@ -233,14 +235,16 @@ class LoRAModule(nn.Module):
 PEFT_NAME_PREFIX = "base_model.model."
 
 
-def to_peft(model: nn.Module, config: LoRAConfig) -> tuple[dict, dict[str, torch.Tensor]]:
-    """PEFT's ``LORA`` adapter (config, ``lora_A`` / ``lora_B`` tensors) of a model's LoRA modules."""
+def to_peft(model: nn.Module, config: LoRAConfig,
+            adapter: str = DEFAULT_ADAPTER) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT's ``LORA`` adapter (config, ``lora_A`` / ``lora_B`` tensors) of the LoRA modules that the
+    adapter ``adapter`` added to a model (other adapters' are left out)."""
     # Gather each layer's LoRA modules (several when slices of a fused layer are adapted) and
     # stack them into one PEFT LoRA of rank sum(r): A = [a_1 .. a_k]^T, B = the b's placed in
     # their output rows. The scale alpha / r must survive PEFT's alpha / (k r): alpha becomes k alpha.
     per_layer: dict[str, list[LoRAModule]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, LoRAModule):
+        if isinstance(module, LoRAModule) and split_slot(name.rpartition(".")[2])[1] == adapter:
             per_layer.setdefault(name.rpartition(".")[0], []).append(module)
     tensors, rank_pattern, alpha_pattern = {}, {}, {}
     conv1d = {m.is_conv1d for modules in per_layer.values() for m in modules}
@@ -282,8 +286,6 @@ def _pattern_value(patterns: dict, name: str, default):
 
 def from_peft(base: nn.Module, config: dict, tensors: dict[str, torch.Tensor]):
     """LoRA configs (one per distinct rank and alpha) for a plain PEFT ``LORA`` adapter, and their loader."""
-    from ..adapter_format import AdapterFormatError  # imported late: adapter_format imports methods
-
     for flag, bad in (("use_dora", True), ("use_rslora", True), ("lora_bias", True)):
         if config.get(flag) == bad:
             raise PeftInteropError(f"import_peft: PEFT LoRA with {flag}=true is not supported")

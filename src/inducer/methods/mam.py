@@ -9,6 +9,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..families import AttentionSite
+from ..naming import DEFAULT_ADAPTER
 from .adapters import AdapterConfig
 from .base import Applied, MethodConfig, PresetSpec, check_int, register_method, register_presets
 from .prefix_tuning import PrefixConfig
@@ -46,11 +47,11 @@ class MAMConfig(MethodConfig):
         """Flat prefixes: the reparameterisation MLP is training-only."""
         return replace(self, reparam_hidden=None)
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Apply the prefix and the adapter parts."""
         applied = Applied()
         for part in self.parts():
-            done = part.apply(model, sites)
+            done = part.apply(model, sites, adapter)
             applied.modules += done.modules
             applied.unfrozen += done.unfrozen
         return applied

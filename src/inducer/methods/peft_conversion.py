@@ -21,8 +21,9 @@ class PeftInteropError(ValueError):
     """The adapter uses something PEFT cannot express, or the PEFT adapter does not fit the model."""
 
 
-# fn(adapted model, its method config) -> (PEFT adapter_config dict, tensors by PEFT name)
-ToPeft = Callable[[nn.Module, MethodConfig], tuple[dict, dict[str, torch.Tensor]]]
+# fn(adapted model, its method config, the adapter's name) -> (PEFT adapter_config dict, tensors by PEFT
+# name); the name says which of the model's modules are the adapter's (inducer.naming).
+ToPeft = Callable[[nn.Module, MethodConfig, str], tuple[dict, dict[str, torch.Tensor]]]
 # fn(base model, PEFT config dict, tensors) -> (configs to attach, fn(adapted model) loading the tensors)
 FromPeft = Callable[[nn.Module, dict, dict[str, torch.Tensor]],
                     tuple[list[MethodConfig], Callable[[nn.Module], None]]]

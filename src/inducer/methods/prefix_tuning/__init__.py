@@ -38,6 +38,7 @@ from typing import ClassVar, Literal
 from torch import nn
 
 from ...families import AttentionSite
+from ...naming import DEFAULT_ADAPTER
 from ..base import (
     Applied,
     MethodConfig,
@@ -142,7 +143,7 @@ class PrefixConfig(MethodConfig):
         """Whether the prefixes start at zero (``init="zero"``, or ``init="random"`` with std 0)."""
         return self.init == "zero" or (self.init == "random" and self.init_std == 0)
 
-    def apply(self, model: nn.Module, sites: list[AttentionSite]) -> Applied:
+    def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Give every chosen attention module a ``prefix`` child (and the model a shared encoder)."""
         chosen = select_sites(sites, self.layers, self.attention, "PrefixConfig")
         applied = Applied()
@@ -151,12 +152,14 @@ class PrefixConfig(MethodConfig):
         encoder = None
         if self.reparam_hidden is not None:
             encoder = PrefixEncoder(self, chosen[0].width, dtype=site_dtype(chosen[0]))
-            applied.modules.append(add_child(model, "", ENCODER_NAME, encoder, "PrefixConfig"))
+            applied.modules.append(add_child(model, "", ENCODER_NAME, encoder, "PrefixConfig",
+                                             adapter=adapter))
         modules = []
         for site in chosen:
             module = PrefixModule(self, key_value_heads(site), site.head_dim, encoder, dtype=site_dtype(site))
-            applied.modules.append(add_child(model, site.name, CHILD_NAME, module, "PrefixConfig"))
-            modules.append(site.module.get_submodule(CHILD_NAME))
+            name = add_child(model, site.name, CHILD_NAME, module, "PrefixConfig", adapter=adapter)
+            applied.modules.append(name)
+            modules.append(model.get_submodule(name))
         if self.init == "tokens":
             init_from_tokens(model, modules, self.init_tokens, self.length)
         return applied

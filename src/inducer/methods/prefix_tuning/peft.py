@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import AdapterFormatError
 from ...families import AttentionSite, find_attention_sites
+from ...naming import DEFAULT_ADAPTER, slot_name
 from ..peft_conversion import PeftConversion, PeftInteropError, register_peft
 from . import CHILD_NAME, PrefixConfig
 from .module import PrefixModule, key_value_heads
@@ -35,10 +37,12 @@ def causal_self_attention(model: nn.Module, what: str) -> list[AttentionSite]:
     return sites
 
 
-def to_peft(model: nn.Module, config: PrefixConfig) -> tuple[dict, dict[str, torch.Tensor]]:
-    """PEFT's ``PREFIX_TUNING`` adapter (config, ``prompt_embeddings``) of a causal LM's prefixes."""
+def to_peft(model: nn.Module, config: PrefixConfig,
+            adapter: str = DEFAULT_ADAPTER) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT's ``PREFIX_TUNING`` adapter (config, ``prompt_embeddings``) of the prefixes that the
+    adapter ``adapter`` gave a causal LM."""
     sites = causal_self_attention(model, "export_peft")
-    modules = [getattr(site.module, CHILD_NAME, None) for site in sites]
+    modules = [getattr(site.module, slot_name(CHILD_NAME, adapter), None) for site in sites]
     missing = [site.name for site, module in zip(sites, modules, strict=True)
                if not isinstance(module, PrefixModule)]
     if missing:
@@ -75,8 +79,6 @@ def to_peft(model: nn.Module, config: PrefixConfig) -> tuple[dict, dict[str, tor
 
 def from_peft(base: nn.Module, config: dict, tensors: dict[str, torch.Tensor]):
     """Flat self-attention prefixes for a PEFT ``PREFIX_TUNING`` adapter of a causal LM, and their loader."""
-    from ...adapter_format import AdapterFormatError  # imported late: adapter_format imports methods
-
     task, submodules = config.get("task_type"), config.get("num_transformer_submodules", 1)
     if task != "CAUSAL_LM" or submodules != 1:
         raise PeftInteropError(f"import_peft: only causal-LM prefix adapters are supported (task_type "
