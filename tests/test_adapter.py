@@ -267,3 +267,21 @@ def test_each_family_is_one_record_and_unknown_modules_get_the_generic_one():
     assert record.name == "GPT2" and site.projection_name.endswith(record.output_projection[0])
     assert layer_family(model.transformer.h[0]) is record
     assert attention_family(torch.nn.Linear(2, 2)) is None and GENERIC.roles and GENERIC.output_projection
+
+
+def test_modules_added_to_an_eval_model_run_in_eval_mode(tmp_path):
+    # LoRA's dropout must not run at inference: attach and load_adapter on an eval model add eval modules.
+    model = make_model("bert").eval()
+    inducer.attach(model, inducer.LoRAConfig(r=2, dropout=0.5))
+    batch = make_batch("bert")
+    assert all(not m.training for m in model.modules())
+    first, second = logits_of(model, batch), logits_of(model, batch)
+    assert torch.equal(first, second)
+    inducer.save_adapter(model, tmp_path)
+    loaded = inducer.load_adapter(inducer.detach(model), tmp_path)
+    assert all(not m.training for m in loaded.modules())
+    assert torch.equal(logits_of(loaded, batch), first)
+    # A model in training mode gets training modules.
+    inducer.detach(loaded).train()
+    inducer.attach(loaded, inducer.LoRAConfig(r=2, dropout=0.5))
+    assert all(m.training for m in loaded.modules())

@@ -184,6 +184,10 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
             detach(model)
         raise
     wrap_new_hooks(model, hooks_before, name, state.router)
+    # New modules start in training mode; they follow where they are put, so an eval model (a loaded
+    # adapter at inference, a server) runs no dropout in them.
+    for added in entry.added:
+        model.get_submodule(added).train(model.get_submodule(added.rpartition(".")[0]).training)
     tag_extensions([model.get_submodule(n) for n in entry.added], name, state.router)
     added_ids = {id(p) for n in entry.added for p in model.get_submodule(n).parameters()}
     params = dict(model.named_parameters())
