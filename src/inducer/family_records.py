@@ -90,7 +90,9 @@ class Family:
 
 # Falcon's attention is inline: the seam catches its own sdpa call; its new decoder architecture
 # hands attention keys and values already repeated for every query head.
-_FALCON_SEAM = dict(seam="sdpa-call", kv_expanded_when="new_decoder_architecture")
+# From transformers 5.25 Falcon calls the registry itself and the seam retires (inducer.seams.seam_for).
+# seam_tested_on: docs/compatibility.md (make test-versions).
+_FALCON_SEAM = dict(seam="sdpa-call", kv_expanded_when="new_decoder_architecture", seam_tested_on="5.15.1-5.24.0")
 _BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
 _GATED_FFN = FeedForwardFacts("mlp", "mlp", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
 
@@ -124,8 +126,9 @@ FAMILIES: tuple[Family, ...] = tuple(
            _roles("query_proj", "key_proj", "value_proj")),
     # Inline attention reached through a seam (inducer.seams).
     Family("GPTNeo", ("GPTNeoSelfAttention",), ("out_proj",), _roles("q_proj", "k_proj", "v_proj"),
-           seam="gpt-neo-attn"),
-    Family("MPNet", ("MPNetSelfAttention",), ("o",), _roles("q", "k", "v"), seam="projections-forward"),
+           seam="gpt-neo-attn", seam_tested_on="5.15.1-5.25.0"),
+    Family("MPNet", ("MPNetSelfAttention",), ("o",), _roles("q", "k", "v"), seam="projections-forward",
+           seam_tested_on="5.15.1-5.25.0"),
     Family("Phi3", ("Phi3Attention",), ("o_proj",), fused_qkv=FusedQKV("qkv_proj", "grouped")),
 ) + tuple(
     Family(name, (f"{name}Attention",), ("dense",), fused_qkv=FusedQKV("query_key_value", "per_group"),
