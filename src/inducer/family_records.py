@@ -92,7 +92,8 @@ class Family:
 # hands attention keys and values already repeated for every query head.
 # From transformers 5.25 Falcon calls the registry itself and the seam retires (inducer.seams.seam_for).
 # seam_tested_on: docs/compatibility.md (make test-versions).
-_FALCON_SEAM = dict(seam="sdpa-call", kv_expanded_when="new_decoder_architecture", seam_tested_on="5.15.1-5.24.0")
+_FALCON_SEAM = dict(seam="sdpa-call", kv_expanded_when="new_decoder_architecture",
+                    seam_tested_on="5.15.1-5.24.0")
 _BERT_FFN = FeedForwardFacts("intermediate", "output.dense", ("intermediate.dense",), "output.dense")
 _GATED_FFN = FeedForwardFacts("mlp", "mlp", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
 
