@@ -1,7 +1,8 @@
 """Tasks: built-in task names (the paper's experiments and offline data), local files, and encoding."""
 
-from .base import TASKS, TaskData, TaskError, TaskSpec, get_task, group_references, load_task, register_task
+from .base import TaskData, TaskError, TaskSpec, group_references, load_spec
 from .files import Columns, load_files
+from .registry import TASKS, all_tasks, get_task, load_task, register_task
 
 __all__ = [
     "TASKS",
@@ -9,17 +10,11 @@ __all__ = [
     "TaskData",
     "TaskError",
     "TaskSpec",
+    "all_tasks",
     "get_task",
     "group_references",
     "load_files",
+    "load_spec",
     "load_task",
     "register_task",
-    "all_tasks",
 ]
-
-
-def all_tasks() -> dict[str, TaskSpec]:
-    """Every registered task by name (the built-in ones are registered on first use)."""
-    from . import builtin  # noqa: F401
-
-    return dict(TASKS)

@@ -82,27 +82,6 @@ class TaskSpec:
         return len(self.label_names) if self.label_names else None
 
 
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    """Make a task known to ``--task`` by its name."""
-    TASKS[spec.name] = spec
-    return spec
-
-
-def get_task(name: str) -> TaskSpec:
-    """The registered task ``name``, or a :class:`TaskError` listing the known ones."""
-    from . import builtin  # noqa: F401  (registers the built-in tasks)
-
-    if name not in TASKS:
-        raise TaskError(
-            f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}. For your own data "
-            f"use --task {{{'|'.join(KINDS)}}} with --train-file/--validation-file/--test-file"
-        )
-    return TASKS[name]
-
-
 @dataclass
 class TaskData:
     """A task's normalised splits (``datasets.Dataset`` each) and its label facts."""
@@ -289,12 +268,12 @@ def holdout_split(dataset, size: int, seed: int = 0):
     return parts["train"], parts["test"]
 
 
-def load_task(name: str, data_dir: str | Path | None = None) -> TaskData:
-    """Load built-in task ``name``: from ``data_dir`` when given (files named after the source's splits,
-    in the hub dataset's own format, e.g. the test fixtures), else offline data or the hub."""
+def load_spec(spec: TaskSpec, data_dir: str | Path | None = None) -> TaskData:
+    """Load the data of task ``spec``: from ``data_dir`` when given (files named after the source's
+    splits, in the hub dataset's own format, e.g. the test fixtures), else offline data or the hub."""
     import datasets
 
-    spec = get_task(name)
+    name = spec.name
     wanted = dict(spec.splits)
     if data_dir is not None:
         raw = {source: read_file(local_data_files(data_dir, source)) for source in set(wanted.values())}

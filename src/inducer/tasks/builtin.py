@@ -9,7 +9,16 @@ our validation split is held out of train (fixed seed), so model selection never
 from __future__ import annotations
 
 from . import e2e_synthetic, vader
-from .base import TaskSpec, register_task
+from .base import TaskSpec
+
+# The built-in tasks by name, in the order they are declared below (read by inducer.tasks.registry).
+BUILTIN_TASKS: dict[str, TaskSpec] = {}
+
+
+def _builtin(spec: TaskSpec) -> TaskSpec:
+    BUILTIN_TASKS[spec.name] = spec
+    return spec
+
 
 DATA_TO_TEXT_METRICS = ("bleu", "nist", "meteor", "rougeL", "cider", "ter")
 SUMMARY_METRICS = ("rouge1", "rouge2", "rougeL")
@@ -79,7 +88,7 @@ def _summary(document: str, summary: str):
 
 GLUE_SPLITS = {"train": "train", "test": "validation"}
 
-register_task(
+_builtin(
     TaskSpec(
         "sst2",
         "classification",
@@ -92,7 +101,7 @@ register_task(
         metrics=("accuracy", "f1"),
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "mnli",
         "classification",
@@ -104,7 +113,7 @@ register_task(
         label_names=("entailment", "neutral", "contradiction"),
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "webnlg",
         "generation",
@@ -116,7 +125,7 @@ register_task(
         select="bleu",
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "e2e",
         "generation",
@@ -127,7 +136,7 @@ register_task(
         select="bleu",
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "dart",
         "generation",
@@ -138,7 +147,7 @@ register_task(
         select="bleu",
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "coqa",
         "generation",
@@ -154,7 +163,7 @@ register_task(
         max_new_tokens=24,
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "cnn_dailymail",
         "generation",
@@ -167,7 +176,7 @@ register_task(
         max_new_tokens=100,
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "xsum",
         "generation",
@@ -181,7 +190,7 @@ register_task(
     )
 )
 
-register_task(
+_builtin(
     TaskSpec(
         "vader-movies",
         "classification",
@@ -192,7 +201,7 @@ register_task(
         metrics=("accuracy", "f1"),
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "vader-movies-rating",
         "regression",
@@ -203,7 +212,7 @@ register_task(
         select="pearson",
     )
 )
-register_task(
+_builtin(
     TaskSpec(
         "e2e-synthetic",
         "generation",

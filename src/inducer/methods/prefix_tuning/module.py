@@ -14,7 +14,7 @@ from ..base import adapter_dtype
 from ..extension import AttentionExtension
 
 if TYPE_CHECKING:
-    from . import PrefixConfig
+    from .method import PrefixConfig
 
 INITS = ("random", "zero", "tokens")
 

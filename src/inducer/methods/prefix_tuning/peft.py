@@ -15,7 +15,7 @@ from ...errors import AdapterFormatError
 from ...families import AttentionSite, find_attention_sites
 from ...naming import DEFAULT_ADAPTER, slot_name
 from ..peft_conversion import PeftConversion, PeftInteropError, register_peft
-from . import CHILD_NAME, PrefixConfig
+from .method import CHILD_NAME, PrefixConfig
 from .module import PrefixModule, key_value_heads
 
 
@@ -116,4 +116,4 @@ def from_peft(base: nn.Module, config: dict, tensors: dict[str, torch.Tensor]):
     return [PrefixConfig(length=length, reparam_hidden=None, attention="self")], load
 
 
-register_peft(PeftConversion(PrefixConfig.method, "PREFIX_TUNING", to_peft, from_peft))
+PREFIX_CONVERSION = register_peft(PeftConversion(PrefixConfig.method, "PREFIX_TUNING", to_peft, from_peft))
