@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from . import attention, listeners, seams
+from .errors import ConfigError, UsageError
 from .families import SkippedAttentionWarning, find_attention_sites, scan_attention
 from .methods import METHOD_CONFIGS, MethodConfig
 from .methods.base import remove_method_hooks
@@ -77,7 +78,7 @@ def _as_list(configs) -> list[MethodConfig]:
     configs = getattr(configs, "configs", configs)
     configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
     if not configs:
-        raise ValueError("attach needs at least one method config, e.g. inducer.InducerConfig()")
+        raise ConfigError("attach needs at least one method config, e.g. inducer.InducerConfig()")
     for config in configs:
         if not isinstance(config, MethodConfig) or METHOD_CONFIGS.get(config.method) is not type(config):
             known = ", ".join(c.__name__ for c in METHOD_CONFIGS.values())
@@ -114,7 +115,7 @@ def attach_methods(model: nn.Module, configs, train_head: bool = True, strict: b
     check_adapter_name(name)
     state = adapter_state(model)
     if state is not None and name in state.adapters:
-        raise ValueError(f"attach: this model is already adapted with an adapter named {name!r}; pass "
+        raise UsageError(f"attach: this model is already adapted with an adapter named {name!r}; pass "
                          "another name=... to add one next to it, or call inducer.detach(model) first")
     configs = _as_list(configs)
     with warnings.catch_warnings():
@@ -155,7 +156,7 @@ def _start(model: nn.Module) -> AttachState:
 def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, name: str) -> nn.Module:
     state = _start(model)
     if any(adapter.unfrozen for adapter in state.adapters.values()):
-        raise ValueError("attach: this model's adapter trains base parameters (BitFit / full fine-tuning), "
+        raise UsageError("attach: this model's adapter trains base parameters (BitFit / full fine-tuning), "
                          "so no second adapter can share the base; detach it first")
     # Each method creates its modules in slots keyed by this adapter's name (inducer.naming), so the
     # other adapters' modules stay where they are.
@@ -172,7 +173,7 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
             entry.added += applied.modules
             entry.unfrozen += [n for n in applied.unfrozen if n not in entry.unfrozen]
         if entry.unfrozen and state.adapters:
-            raise ValueError(f"attach: adapter {name!r} trains base parameters (BitFit / full fine-tuning), "
+            raise UsageError(f"attach: adapter {name!r} trains base parameters (BitFit / full fine-tuning), "
                              "which the model's other adapters share; give it a model of its own")
     except BaseException:
         # Undo everything, including modules a method added before it failed (and so never
@@ -223,7 +224,7 @@ def _mergeable(model: nn.Module):
     """(layer, update module) pairs of every added module that can fold into its parent layer."""
     state = adapter_state(model)
     if state is None:
-        raise ValueError("this model was not adapted by inducer.attach")
+        raise UsageError("this model was not adapted by inducer.attach")
     for name in state.added:
         module = model.get_submodule(name)
         if hasattr(module, "merge"):
@@ -238,7 +239,7 @@ def merge(model: nn.Module) -> nn.Module:
     """
     state = adapter_state(model)
     if state is not None and len(state.adapters) > 1:
-        raise ValueError(f"merge: the model holds the adapters {list(state.adapters)}, which share its "
+        raise UsageError(f"merge: the model holds the adapters {list(state.adapters)}, which share its "
                          "base weights; delete_adapter the others first, or serve them unmerged with route()")
     for layer, module in _mergeable(model):
         module.merge(layer)
@@ -259,7 +260,7 @@ def detach(model: nn.Module) -> nn.Module:
     """
     state = adapter_state(model)
     if state is None:
-        raise ValueError("detach: this model was not adapted by inducer.attach")
+        raise UsageError("detach: this model was not adapted by inducer.attach")
     unmerge(model)
     remove_method_hooks(model)
     _remove_modules(model, state.added)
@@ -291,7 +292,7 @@ def count_parameters(model: nn.Module, name: str | None = None) -> ParameterCoun
     entries = dict(state.adapters) if state else {}
     if name is not None:
         if name not in entries:
-            raise ValueError(f"count_parameters: no adapter named {name!r}; the model has {list(entries)}")
+            raise UsageError(f"count_parameters: no adapter named {name!r}; the model has {list(entries)}")
         entries = {name: entries[name]}
     every_added = set(added_parameter_names(model, state)) if state else set()
     by_adapter = {key: _module_parameters(model, entry.added) for key, entry in entries.items()}

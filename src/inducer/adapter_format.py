@@ -15,7 +15,10 @@ from torch import nn
 from .adapter import added_parameter_names, attach, attach_methods
 from .atomic import atomic_write, fsync_path, remove_stale_temporaries, sha256_file, write_temporary
 from .base_identity import base_model_source, fingerprint  # re-exported: public here since v1
-from .errors import AdapterFormatError  # re-exported: public here since v1
+from .errors import (
+    AdapterFormatError,  # re-exported: public here since v1
+    UsageError,
+)
 from .meta import meta_twin
 from .methods import METHOD_CONFIGS, MethodConfig
 from .named_adapters import delete_adapter
@@ -59,7 +62,7 @@ def save_adapter(
 
     state = adapter_state(model)
     if state is None:
-        raise ValueError("save_adapter: this model was not adapted by inducer.attach")
+        raise UsageError("save_adapter: this model was not adapted by inducer.attach")
     # Saving is explicit: with several adapters, even one active, the caller names the one to save.
     entry = state.adapter(name, "save_adapter", pick_active=False)
     directory = Path(directory)
@@ -74,11 +77,11 @@ def save_adapter(
     source = state_dict if state_dict is not None else params
     missing = [name for name in names if name not in source]
     if missing:
-        raise ValueError(f"save_adapter: state_dict lacks {missing[:5]} (pass the model's full state dict)")
+        raise UsageError(f"save_adapter: state_dict lacks {missing[:5]} (pass the model's full state dict)")
     tensors = {entry.saved_name(n): source[n].detach().cpu().contiguous() for n in names}
     empty = [n for n in names if source[n].numel() == 0 and params[n].numel() == 0]
     if empty:
-        raise ValueError(
+        raise UsageError(
             f"save_adapter: {empty[:3]} are empty: the parameters are sharded (FSDP / DeepSpeed ZeRO-3). "
             "Gather them first: save_adapter(model, folder, state_dict=accelerator.get_state_dict(model))"
         )
@@ -339,12 +342,12 @@ def load_adapter(
     config = read_config(directory)
     state = adapter_state(model)
     if state is not None and name is None:
-        raise ValueError("load_adapter: the model is already adapted; pass the plain base model, or "
+        raise UsageError("load_adapter: the model is already adapted; pass the plain base model, or "
                          "name=... to load this adapter next to its adapters")
     if name is not None:
         check_adapter_name(name)
     if state is not None and name in state.adapters:
-        raise ValueError(f"load_adapter: the model already has an adapter named {name!r}; pass another "
+        raise UsageError(f"load_adapter: the model already has an adapter named {name!r}; pass another "
                          "name, or inducer.delete_adapter(model, name) first")
     name = DEFAULT_ADAPTER if name is None else name
     weights = weights_path(directory)

@@ -42,6 +42,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from . import routing
+from .errors import ConfigError
 from .families import seams_installed
 from .kernels import add_sink, additive_mask, fused_attention, reference_attention, repeat_kv
 
@@ -237,11 +238,11 @@ def set_attention_path(model: nn.Module, path: str | None) -> None:
     changes nothing, also where that is None (a model without inducer's attention)."""
     if path is None:
         if attention_path(model) is not None:
-            raise ValueError("set_attention_path: None means 'no inducer attention', but this model's "
+            raise ConfigError("set_attention_path: None means 'no inducer attention', but this model's "
                              f"inducers use the {attention_path(model)!r} path; pass 'reference' or 'fused'")
         return
     if path not in ("reference", "fused"):
-        raise ValueError(f"path must be 'reference' or 'fused', got {path!r}")
+        raise ConfigError(f"path must be 'reference' or 'fused', got {path!r}")
     if seams_installed(model) and _registry_path(model) is None:
         return  # only seam modules (inducer.seams): they use the reference path, on the model's own base
     set_implementation(model, lambda current: implementation_name(path, _base_of(current)))

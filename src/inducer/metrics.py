@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 LOWER_IS_BETTER = {"ter", "mse", "loss", "perplexity"}
 GENERATION_METRICS = (
@@ -226,7 +228,7 @@ def generation_metrics(
     """
     unknown = set(names) - set(GENERATION_METRICS)
     if unknown:
-        raise ValueError(f"unknown generation metrics {sorted(unknown)}; known: {GENERATION_METRICS}")
+        raise ConfigError(f"unknown generation metrics {sorted(unknown)}; known: {GENERATION_METRICS}")
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{len(predictions)} predictions for {len(references)} reference sets")
     predictions = [p.strip() for p in predictions]

@@ -19,6 +19,7 @@ from torch import nn
 
 from .adapter import apply_trainable, detach
 from .attention import current_implementations, restore_implementation
+from .errors import UsageError
 from .routing import check_routes, remove_adapter_hooks
 from .state import AttachState, adapter_state
 
@@ -28,14 +29,14 @@ __all__ = ["adapters", "delete_adapter", "disable_adapter", "route", "set_adapte
 def _state(model: nn.Module, caller: str) -> AttachState:
     state = adapter_state(model)
     if state is None:
-        raise ValueError(f"{caller}: this model has no adapter; add one with inducer.attach(model, config)")
+        raise UsageError(f"{caller}: this model has no adapter; add one with inducer.attach(model, config)")
     return state
 
 
 def _known(state: AttachState, names: list[str], caller: str) -> None:
     unknown = [name for name in names if name not in state.adapters]
     if unknown:
-        raise ValueError(f"{caller}: no adapter named {unknown[0]!r}; the model has {list(state.adapters)}")
+        raise UsageError(f"{caller}: no adapter named {unknown[0]!r}; the model has {list(state.adapters)}")
 
 
 def adapters(model: nn.Module) -> list[str]:
@@ -55,7 +56,7 @@ def set_adapter(model: nn.Module, name: str | Sequence[str]) -> nn.Module:
     state = _state(model, "set_adapter")
     names = [name] if isinstance(name, str) else list(name)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"set_adapter: give one adapter name or a list of distinct names, got {name!r}")
+        raise UsageError(f"set_adapter: give one adapter name or a list of distinct names, got {name!r}")
     _known(state, names, "set_adapter")
     state.router.active = names
     apply_trainable(model)
@@ -123,4 +124,4 @@ def _refuse_merged(model: nn.Module, caller: str) -> None:
     if len(state.adapters) > 1:
         return
     if any(getattr(model.get_submodule(name), "merged", False) for name in state.added):
-        raise ValueError(f"{caller}: LoRA is merged into the base weights; call inducer.unmerge(model) first")
+        raise UsageError(f"{caller}: LoRA is merged into the base weights; call inducer.unmerge(model) first")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import ConfigError
+
 DEFAULT_ADAPTER = "default"
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 SEPARATOR = "__"  # slots never contain it, so the first one in a module's name starts the adapter's name
@@ -28,7 +30,7 @@ __all__ = ["ADAPTER_NAME", "DEFAULT_ADAPTER", "check_adapter_name", "model_modul
 def check_adapter_name(name) -> None:
     """Refuse adapter names that cannot be part of a module name (letters, digits, ``_``, ``-``)."""
     if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
-        raise ValueError(f"adapter name must be letters, digits, '_' or '-' (e.g. 'sst2'), got {name!r}")
+        raise ConfigError(f"adapter name must be letters, digits, '_' or '-' (e.g. 'sst2'), got {name!r}")
 
 
 def slot_name(slot: str, adapter: str) -> str:

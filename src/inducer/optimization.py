@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .training_config import TrainConfig
 
 
@@ -24,7 +25,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
     """``(AdamW, LambdaLR)`` for ``model``'s trainable parameters over ``total_steps`` steps."""
     groups = parameter_groups(model, config.weight_decay)
     if not any(g["params"] for g in groups):
-        raise ValueError("the model has no trainable parameters; attach a method first")
+        raise UsageError("the model has no trainable parameters; attach a method first")
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
     total = total_steps
     warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)

@@ -29,6 +29,7 @@ from torch import nn
 from .adapter import adapter_state, attach, detach
 from .adapter_format import AdapterFormatError, base_model_source
 from .atomic import atomic_write
+from .errors import UsageError
 from .methods.peft_conversion import BY_METHOD, BY_PEFT_TYPE, PeftInteropError
 from .state import named_adapter
 
@@ -52,7 +53,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
     head. Mind the position shift described in this module's docstring.
     """
     if adapter_state(model) is None:
-        raise ValueError("export_peft: this model was not adapted by inducer.attach")
+        raise UsageError("export_peft: this model was not adapted by inducer.attach")
     entry = named_adapter(model, None, "export_peft")  # its only or active adapter
     methods = [c.method for c in entry.configs]
     if len(entry.configs) != 1 or methods[0] not in BY_METHOD:
@@ -113,7 +114,7 @@ def import_peft(base: nn.Module, directory: str | os.PathLike) -> nn.Module:
     except (SafetensorError, OSError) as err:
         raise AdapterFormatError(f"{weights} cannot be read ({err})") from err
     if adapter_state(base) is not None:
-        raise ValueError("import_peft: the model is already adapted; pass the plain base model")
+        raise UsageError("import_peft: the model is already adapted; pass the plain base model")
     configs, load = BY_PEFT_TYPE[peft_type].from_peft(base, config, tensors)
     attach(base, configs)
     try:

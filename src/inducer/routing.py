@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .methods.base import MethodHook
 from .methods.extension import AttentionExtension, attention_extensions
 
@@ -56,7 +57,7 @@ class Router:
     def _row_masks(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         routes = self.routes
         if batch % len(routes):
-            raise ValueError(f"inducer.route: {len(routes)} adapter names for a batch of {batch} rows; "
+            raise UsageError(f"inducer.route: {len(routes)} adapter names for a batch of {batch} rows; "
                              "give one name (or None) per row of the batch")
         # Beam search and num_return_sequences repeat each row k times in place (repeat_interleave).
         repeat = batch // len(routes)
@@ -70,10 +71,10 @@ class Router:
 def check_routes(routes, known, caller: str) -> list[str | None]:
     """``routes`` as a list, refused with one line unless it names one known adapter (or None) per row."""
     if isinstance(routes, str) or not isinstance(routes, Sequence) or not len(routes):
-        raise ValueError(f"{caller}: give a list with one adapter name (or None) per row, got {routes!r}")
+        raise UsageError(f"{caller}: give a list with one adapter name (or None) per row, got {routes!r}")
     unknown = [name for name in routes if name is not None and name not in known]
     if unknown:
-        raise ValueError(f"{caller}: no adapter named {unknown[0]!r}; the model has {list(known)}")
+        raise UsageError(f"{caller}: no adapter named {unknown[0]!r}; the model has {list(known)}")
     return list(routes)
 
 

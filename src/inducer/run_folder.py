@@ -29,6 +29,7 @@ import torch
 
 from .adapter import adapter_state, added_parameter_names
 from .atomic import TEMPORARY_SUFFIX
+from .errors import RunFolderError  # noqa: F401 (defined in the error taxonomy, raised here)
 
 LOCK_FILE = ".inducer.lock"
 CONFIG_FILE = "config.json"
@@ -43,10 +44,6 @@ RESUMABLE_CHANGES = {"eval_batch_size", "log_every", "save_every"}
 SCHEDULE_OPTIONS = {"lr", "max_steps", "epochs", "warmup_steps", "warmup_ratio"}
 SCHEDULE_CHANGES = "schedule_changes"  # config.json's record of the schedules a resumed run switched to
 _held: dict[Path, int] = {}  # folders this process has locked -> nesting depth (run_one, then Trainer)
-
-
-class RunFolderError(ValueError):
-    """The output folder cannot be used as asked (in use, another run's, or not the run to resume)."""
 
 
 @contextlib.contextmanager

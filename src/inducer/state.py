@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .errors import UsageError
 from .naming import saved_module_name
 from .routing import Router
 
@@ -97,13 +98,13 @@ class AttachState:
         the choice is ambiguous (several adapters active, or any several without ``pick_active``)."""
         if name is not None:
             if name not in self.adapters:
-                raise ValueError(f"{caller}: no adapter named {name!r}; the model has {list(self.adapters)}")
+                raise UsageError(f"{caller}: no adapter named {name!r}; the model has {list(self.adapters)}")
             return self.adapters[name]
         if len(self.adapters) == 1:
             return next(iter(self.adapters.values()))
         if pick_active and len(self.router.active) == 1:
             return self.adapters[self.router.active[0]]
-        raise ValueError(f"{caller}: the model holds the adapters {list(self.adapters)} (active: "
+        raise UsageError(f"{caller}: the model holds the adapters {list(self.adapters)} (active: "
                          f"{self.router.active}); pass name= to choose one")
 
 
@@ -118,7 +119,7 @@ def named_adapter(model: nn.Module, name: str | None = None, caller: str = "indu
     naming ``caller`` for a model ``attach`` has not adapted."""
     state = adapter_state(model)
     if state is None:
-        raise ValueError(f"{caller}: this model was not adapted by inducer.attach")
+        raise UsageError(f"{caller}: this model was not adapted by inducer.attach")
     return state.adapter(name, caller, pick_active)
 
 

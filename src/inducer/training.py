@@ -48,6 +48,7 @@ from .data_parallel import (  # noqa: F401  (launched_processes: re-exported)
     weight_by_share,
 )
 from .encoding import Collator, EncodeOptions, encode_options, encode_split
+from .errors import NonFiniteLossError  # noqa: F401 (defined in the error taxonomy, raised here)
 from .evaluation import (  # noqa: F401  (generate_texts, predict_labels, evaluation_loss: re-exported)
     compute_loss,
     evaluate,
@@ -95,10 +96,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     # A pure function of (seed, epoch): resuming recomputes the same order and skips what was seen.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; training stopped before updating the weights."""
 
 
 class Trainer:

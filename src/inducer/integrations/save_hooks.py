@@ -31,7 +31,7 @@ from ..adapter_format import (
     save_adapter,
     weights_path,
 )
-from ..errors import AdapterFormatError
+from ..errors import AdapterFormatError, UsageError
 from ..state import adapter_state, named_adapter
 
 HOOK_MARK = "_inducer_save_pretrained"
@@ -102,7 +102,7 @@ def restore_adapter(model: nn.Module, directory: str | os.PathLike, name: str | 
     :class:`~inducer.AdapterFormatError` and changes nothing."""
     directory = Path(directory)
     if adapter_state(model) is None:
-        raise ValueError("restore_adapter: the model is not adapted; use inducer.load_adapter on a base")
+        raise UsageError("restore_adapter: the model is not adapted; use inducer.load_adapter on a base")
     entry = named_adapter(model, name, "restore_adapter")
     config = read_config(directory)
     tensors = read_tensors(weights_path(directory), config, verify_checksum=True)

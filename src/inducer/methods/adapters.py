@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..families import AttentionSite, find_feed_forward_sites
 from ..naming import DEFAULT_ADAPTER
 from .base import (
@@ -73,12 +74,12 @@ class AdapterConfig(MethodConfig):
         check_choice("AdapterConfig", "kind", self.kind, tuple(DEFAULT_PLACEMENT))
         check_int("AdapterConfig", "bottleneck", self.bottleneck, 1)
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or self.scale <= 0:
-            raise ValueError(f"AdapterConfig.scale must be a number > 0, got {self.scale!r}")
+            raise ConfigError(f"AdapterConfig.scale must be a number > 0, got {self.scale!r}")
         check_choice("AdapterConfig", "placement", self.placement, (None, "attn", "ffn", "both"))
         check_choice("AdapterConfig", "init", self.init, ("lora", "bert"))
         check_choice("AdapterConfig", "non_linearity", self.non_linearity, tuple(ACTIVATIONS))
         if not isinstance(self.layer_norm, bool):
-            raise ValueError(f"AdapterConfig.layer_norm must be True or False, got {self.layer_norm!r}")
+            raise ConfigError(f"AdapterConfig.layer_norm must be True or False, got {self.layer_norm!r}")
         self.layers = check_layers("AdapterConfig", self.layers)
 
     @property
@@ -108,7 +109,7 @@ class AdapterConfig(MethodConfig):
                     StashInput(block).register(ffn.input)
                 AddAdapterOutput(block, parallel).register(ffn.output)
         if not applied.modules:
-            raise ValueError(f"AdapterConfig(layers={self.layers}) matches no layer of this model")
+            raise ConfigError(f"AdapterConfig(layers={self.layers}) matches no layer of this model")
         return applied
 
     def _adapter(self, width: int, dtype: torch.dtype) -> BottleneckAdapter:

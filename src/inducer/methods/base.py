@@ -16,6 +16,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..errors import (
+    ConfigError,
+    ConflictError,  # noqa: F401 (defined in the error taxonomy, raised here)
+)
 from ..families import AttentionSite, routed_sites
 from ..naming import DEFAULT_ADAPTER, slot_name
 
@@ -79,10 +83,6 @@ def register_presets(*specs: PresetSpec) -> None:
         PRESETS[spec.name] = spec
 
 
-class ConflictError(ValueError):
-    """Two methods in one attach claim the same slot of a model in incompatible ways."""
-
-
 @dataclass
 class Applied:
     """What one method did to a model."""
@@ -94,13 +94,13 @@ class Applied:
 def check_int(owner: str, name: str, value, minimum: int) -> None:
     """Raise ``ValueError`` naming ``owner.name`` unless ``value`` is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_choice(owner: str, name: str, value, allowed: tuple) -> None:
     """Raise ``ValueError`` naming ``owner.name`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
-        raise ValueError(f"{owner}.{name} must be one of {allowed}, got {value!r}")
+        raise ConfigError(f"{owner}.{name} must be one of {allowed}, got {value!r}")
 
 
 def check_layers(owner: str, layers) -> list[int] | None:
@@ -108,7 +108,7 @@ def check_layers(owner: str, layers) -> list[int] | None:
     if layers is None:
         return None
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f"{owner}.layers must be None (all layers) or a non-empty list of ints")
+        raise ConfigError(f"{owner}.layers must be None (all layers) or a non-empty list of ints")
     for index in layers:
         check_int(owner, "layers[...]", index, 0)
     return list(layers)
@@ -127,7 +127,7 @@ def select_sites(sites: list[AttentionSite], layers: list[int] | None, attention
     if not chosen:
         present = sorted({s.layer for s in sites if s.layer is not None})
         cross = "cross-attention" if any(s.is_cross for s in sites) else "no cross-attention"
-        raise ValueError(f"{owner}(layers={layers}, attention={attention!r}) matches no attention module; "
+        raise ConfigError(f"{owner}(layers={layers}, attention={attention!r}) matches no attention module; "
                          f"this model has layers {present} and {cross}")
     return chosen
 
@@ -147,7 +147,7 @@ class MethodConfig:
         data = {k: v for k, v in data.items() if k != "method"}
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+            raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}")
         return cls(**data)
 
     def inference_config(self) -> MethodConfig:

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..errors import ConfigError, UnsupportedModelError
 from ..families import AttentionSite
 from ..naming import DEFAULT_ADAPTER
 from .base import (
@@ -67,7 +68,8 @@ class BitFitConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.add_biases not in (None, True, False):
-            raise ValueError(f"BitFitConfig: add_biases must be None, True or False, got {self.add_biases!r}")
+            raise ConfigError(
+                f"BitFitConfig: add_biases must be None, True or False, got {self.add_biases!r}")
 
     def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Mark every ``*.bias`` parameter trainable; add biases to bias-free linear layers as chosen."""
@@ -76,8 +78,9 @@ class BitFitConfig(MethodConfig):
         targets = _backbone_linears_without_bias(model) if add else []
         if not biases and not targets:
             reason = "add_biases=False" if self.add_biases is False else "it has no linear layers either"
-            raise ValueError(f"BitFitConfig: {type(model).__name__} has no bias parameters to train "
-                             f"({reason}); use BitFitConfig(add_biases=True) or another method")
+            raise UnsupportedModelError(
+                f"BitFitConfig: {type(model).__name__} has no bias parameters to train "
+                f"({reason}); use BitFitConfig(add_biases=True) or another method")
         added = []
         for name, layer in targets:
             module = AddedBias(layer.out_features, dtype=adapter_dtype(layer))

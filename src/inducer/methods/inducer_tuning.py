@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..families import AttentionSite
 from ..kernels import as_dtype, compute_dtype
 from ..naming import DEFAULT_ADAPTER
@@ -88,20 +89,20 @@ class InducerConfig(MethodConfig):
         check_int("InducerConfig", "r_v", self.r_v, 1)
         for flag in ("value_extension", "shared_value_basis", "use_lambda"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"InducerConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
+                raise ConfigError(f"InducerConfig.{flag} must be True or False, got {getattr(self, flag)!r}")
         check_choice("InducerConfig", "composition", self.composition, ("residual", "gated"))
         check_choice("InducerConfig", "attention", self.attention, ("all", "self", "cross"))
         check_choice("InducerConfig", "init", self.init, INITS)
         if not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
-            raise ValueError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
+            raise ConfigError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
         self.layers = check_layers("InducerConfig", self.layers)
         if self.shared_value_basis and not self.value_extension:
-            raise ValueError(
+            raise ConfigError(
                 "InducerConfig.shared_value_basis=True needs value_extension=True (the shared basis "
                 "maps to the model width d)"
             )
         if self.composition == "gated" and not self.use_lambda:
-            raise ValueError("InducerConfig.composition='gated' needs use_lambda=True (the gate is lam)")
+            raise ConfigError("InducerConfig.composition='gated' needs use_lambda=True (the gate is lam)")
 
     def apply(self, model: nn.Module, sites: list[AttentionSite], adapter: str = DEFAULT_ADAPTER) -> Applied:
         """Give every chosen attention module an ``inducer`` child; hook its output projection."""

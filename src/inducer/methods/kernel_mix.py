@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..families import AttentionSite, LinearTarget, attention_role_targets
 from ..naming import DEFAULT_ADAPTER
 from .base import (
@@ -50,11 +51,11 @@ class KernelMixConfig(MethodConfig):
     def __post_init__(self) -> None:
         check_int("KernelMixConfig", "r", self.r, 1)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"KernelMixConfig.alpha must be a number > 0, got {self.alpha!r}")
+            raise ConfigError(f"KernelMixConfig.alpha must be a number > 0, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"KernelMixConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"KernelMixConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.targets or not set(self.targets) <= {"q", "v", "o"}:
-            raise ValueError(f"KernelMixConfig.targets must be a non-empty subset of ['q', 'v', 'o'], "
+            raise ConfigError(f"KernelMixConfig.targets must be a non-empty subset of ['q', 'v', 'o'], "
                              f"got {self.targets!r}")
         self.targets = list(self.targets)
         self.layers = check_layers("KernelMixConfig", self.layers)
@@ -79,7 +80,7 @@ class KernelMixConfig(MethodConfig):
                                                  adapter=adapter))
                 AddLowRankUpdate(module).register(target.module)
         if not applied.modules:
-            raise ValueError(f"KernelMixConfig(layers={self.layers}) matches no attention module")
+            raise ConfigError(f"KernelMixConfig(layers={self.layers}) matches no attention module")
         return applied
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import AdapterFormatError
+from ..errors import AdapterFormatError, ConfigError, UnsupportedModelError
 from ..families import (
     AttentionSite,
     LinearTarget,
@@ -66,21 +66,22 @@ def resolve_targets(
             for ffn in find_feed_forward_sites(model):
                 names = ffn.first if target == "ffn_in" else (ffn.last,)
                 if not any(names):  # a mixture of experts: its experts are no linear layers
-                    raise ValueError(f"{owner}.targets: {target!r}: the feed-forward block at {ffn.name!r} "
-                                     "is a mixture of experts without linear layers to adapt; target "
-                                     "attention roles (q, k, v, o) on this model")
+                    raise UnsupportedModelError(
+                        f"{owner}.targets: {target!r}: the feed-forward block at {ffn.name!r} is a "
+                        "mixture of experts without linear layers to adapt; target attention roles "
+                        "(q, k, v, o) on this model")
                 matches += [linear_target(modules, name, target) for name in names]
         else:
             matches = [t for name in fnmatch.filter(modules, target)
                        if (t := linear_target(modules, name)) is not None]
             if not matches:
-                raise ValueError(f"{owner}.targets: pattern {target!r} matches no linear layer "
+                raise ConfigError(f"{owner}.targets: pattern {target!r} matches no linear layer "
                                  f"(roles: {ATTENTION_ROLES + FFN_ROLES})")
         for t in matches:
             if layers is None or t.layer in layers:
                 found[(t.name, t.slice_start, t.rows)] = t
     if not found:
-        raise ValueError(f"{owner}(targets={targets}, layers={layers}) matches no linear layer")
+        raise ConfigError(f"{owner}(targets={targets}, layers={layers}) matches no linear layer")
     return list(found.values())
 
 
@@ -109,12 +110,12 @@ class LoRAConfig(MethodConfig):
     def __post_init__(self) -> None:
         check_int("LoRAConfig", "r", self.r, 1)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"LoRAConfig.alpha must be a number > 0, got {self.alpha!r}")
+            raise ConfigError(f"LoRAConfig.alpha must be a number > 0, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
         targets = self.targets
         if isinstance(targets, str) or not targets or not all(isinstance(t, str) for t in targets):
-            raise ValueError(f"LoRAConfig.targets must be a non-empty list of roles "
+            raise ConfigError(f"LoRAConfig.targets must be a non-empty list of roles "
                              f"{ATTENTION_ROLES + FFN_ROLES} or module-name patterns, got {targets!r}")
         self.targets = list(self.targets)
         self.layers = check_layers("LoRAConfig", self.layers)

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import PeftInteropError  # noqa: F401 (defined in the error taxonomy, raised here)
 from .base import MethodConfig
-
-
-class PeftInteropError(ValueError):
-    """The adapter uses something PEFT cannot express, or the PEFT adapter does not fit the model."""
-
 
 # fn(adapted model, its method config, the adapter's name) -> (PEFT adapter_config dict, tensors by PEFT
 # name); the name says which of the model's modules are the adapter's (inducer.naming).

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import RecipeError  # noqa: F401 (defined in the error taxonomy, raised here)
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
@@ -43,10 +45,6 @@ TOP_KEYS = {
     "method_sizes",
     "notes",
 }
-
-
-class RecipeError(ValueError):
-    """A recipe file is missing, not YAML, or has unknown keys or values."""
 
 
 @dataclass

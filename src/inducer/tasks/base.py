@@ -23,15 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..base_models import TaskKind
+from ..errors import TaskError  # noqa: F401 (defined in the error taxonomy, raised here)
 
 logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("classification", "regression", "generation")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
-
-
-class TaskError(ValueError):
-    """A task or its data is unusable: unknown name, missing columns, empty split, bad labels."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +203,7 @@ def _check_text(path: Path, data: bytes) -> None:
         keys = [key for key, _ in pairs]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:
-            raise ValueError(f"duplicate key(s) {duplicates}")
+            raise TaskError(f"duplicate key(s) {duplicates}")
         return dict(pairs)
 
     try:  # one JSON document (a list of rows) ...

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
+from ...errors import ConfigError
 from ...families import AttentionSite
 from ...naming import DEFAULT_ADAPTER
 from ..base import (
@@ -90,11 +91,11 @@ class PrefixConfig(MethodConfig):
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not (
             self.init_std >= 0
         ):
-            raise ValueError(f"PrefixConfig.init_std must be a float >= 0, got {self.init_std!r}")
+            raise ConfigError(f"PrefixConfig.init_std must be a float >= 0, got {self.init_std!r}")
         check_choice("PrefixConfig", "init", self.init, INITS)
         if self.init == "tokens":
             if not isinstance(self.init_tokens, (list, tuple)) or not self.init_tokens:
-                raise ValueError(
+                raise ConfigError(
                     "PrefixConfig.init_tokens must be a non-empty list of token ids when init='tokens' "
                     f"(e.g. tokenizer(words, add_special_tokens=False).input_ids), got {self.init_tokens!r}"
                 )
@@ -102,7 +103,7 @@ class PrefixConfig(MethodConfig):
                 check_int("PrefixConfig", "init_tokens[...]", token, 0)
             self.init_tokens = list(self.init_tokens)
         elif self.init_tokens is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"PrefixConfig.init_tokens is only used with init='tokens' (init is {self.init!r}); "
                 "leave it None"
             )
