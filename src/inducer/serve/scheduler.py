@@ -4,7 +4,11 @@ Each loop: run queued calls (adapter loads and deletes, classification), admit w
 to ``max_batch_size`` (prefilled together in one pass), then one decode step for every running
 sequence. A new request therefore joins at the next step and a finished one leaves at once; when
 nothing runs, the first arrival waits up to ``max_wait_ms`` for others so that they start together.
-A failing pass is retried one sequence at a time, so one bad request never fails its batch-mates.
+The isolation rule (one request never changes another's result): a failing shared pass commits
+nothing to any sequence (:class:`~inducer.serve.decoding.DecodeBatch`) and is retried one sequence at
+a time; a failure after the pass (one row's sampling or text) fails that row alone. Batch-mates
+therefore generate exactly what they would alone (``tests/serve/test_isolation.py`` injects
+failures at each point and compares with solo runs).
 """
 
 from __future__ import annotations
