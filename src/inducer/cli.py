@@ -45,6 +45,10 @@ def _global_options(
     ] = None,
 ) -> None:
     """Options for every command (given before it: ``inducer --threads 1 train ...``)."""
+    if threads is not None and threads < 1:
+        from .cli_errors import fail
+
+        fail(f"--threads is {threads}; give a number of CPU threads >= 1 (or leave it out)")
     _GLOBAL["threads"] = threads
     if threads:
         import torch

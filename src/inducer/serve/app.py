@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -136,14 +137,23 @@ def build_app(service: Service, api_key: str | None) -> Gate:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, err: Exception):
-        logging.getLogger("inducer.serve").exception("request failed")
-        return JSONResponse(ServeError(500, f"internal error: {type(err).__name__}: {err}").body(), 500)
+        # A bug of ours: its traceback goes to the server's log; the client learns only that it
+        # happened (an exception's text may hold the server's paths).
+        incident = uuid.uuid4().hex[:12]
+        logging.getLogger("inducer.serve").exception("request failed (incident %s)", incident)
+        return JSONResponse(
+            ServeError(500, f"internal error ({type(err).__name__}); the server log has incident "
+                       f"{incident}; please report it").body(), 500,
+        )  # fmt: skip
 
     @app.get("/health")
     async def health():
+        # Open to anyone (load balancers): up or down, nothing about the model or its adapters.
         if gate.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        return {"status": "ok", "model": engine.base_name, "adapters": service.scheduler.adapters()}
+        if not service.scheduler.alive():
+            return JSONResponse({"status": "down"}, status_code=503)
+        return {"status": "ok"}
 
     @app.get("/metrics")
     async def metrics():
@@ -210,21 +220,25 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             "data": [{"index": i, **result} for i, result in enumerate(results)],
         }
 
+    def _admin_allowed():
+        if engine.adapter_root is None:
+            raise ServeError(
+                403,
+                "adapter management over HTTP is off; start the server with --adapter-root DIR to load "
+                "and delete adapters in folders under DIR",
+                code="adapter_admin_disabled",
+            )
+
     @app.post("/v1/adapters")
     async def add_adapter(request: Request):
+        _admin_allowed()
         body = await _read(request, AdapterRequest, limits.max_body_bytes)
-        if body.name in engine.adapter_names():
-            raise ServeError(
-                400,
-                f"an adapter named {body.name!r} is loaded; DELETE /v1/adapters/"
-                f"{body.name} first or choose another name",
-                param="name",
-            )
         await asyncio.wrap_future(service.scheduler.call(lambda: engine.add_adapter(body.name, body.path)))
         return {"id": body.name, "object": "model", "parent": engine.base_name, "loaded": True}
 
     @app.delete("/v1/adapters/{name}")
     async def delete_adapter(name: str):
+        _admin_allowed()
         if name not in service.scheduler.adapters():
             raise ServeError(
                 404,

@@ -110,7 +110,7 @@ class Generation:
         failed = next((s for s in self.sequences if s.error), None)
         if failed is not None:
             self._record(500)
-            raise ServeError(500, f"generation failed: {failed.error}")
+            raise ServeError(500, _failure(failed))
         self._record(200)
         choices = []
         for i, seq in enumerate(self.sequences):
@@ -144,7 +144,7 @@ class Generation:
                     continue
                 if seq.error:
                     status = 500
-                    yield _event(ServeError(500, f"generation failed: {seq.error}").body())
+                    yield _event(ServeError(500, _failure(seq)).body())
                     break
                 final, text = seq.finished, seq.text
                 # Hold back what could still become a stop string or an incomplete character.
@@ -165,6 +165,13 @@ class Generation:
         if self.chat:
             return {"index": index, "delta": {"content": delta} if delta else {}, "finish_reason": reason}
         return {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+
+
+def _failure(seq: Sequence) -> str:
+    """The client's message for a failed sequence: the error's kind only (the server's log holds
+    its traceback; the text of an exception may name the server's files)."""
+    kind = (seq.error or "error").split(":", 1)[0]
+    return f"generation failed ({kind}); the server log has the details; other requests were not affected"
 
 
 def _event(payload: dict) -> str:

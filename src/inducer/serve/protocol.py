@@ -21,6 +21,10 @@ class Limits:
     max_n: int = 8
     max_body_bytes: int = 1 << 20
     max_inputs: int = 64  # prompts in one completion request, texts in one classify request
+    max_queue: int = 256  # requests in flight; more get 429
+    max_adapters: int = 64  # loaded at once (each costs memory and metrics series)
+    max_adapter_bytes: int = 1 << 30  # all files of one adapter folder, checked before reading
+    max_adapter_files: int = 32  # entries of one adapter folder
 
 
 class ServeError(Exception):
@@ -46,8 +50,11 @@ class ServeError(Exception):
 _KINDS = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     503: "server_unavailable",
 }
 

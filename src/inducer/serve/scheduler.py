@@ -41,11 +41,13 @@ class Scheduler:
         self._in_use: Counter[str | None] = Counter()  # waiting + running sequences per adapter
         self._deleting: set[str] = set()
         self._stopping = False
+        self._started = False
         self._thread = threading.Thread(target=self._loop, name="inducer-serve-worker", daemon=True)
 
     # --- called from the event loop ---------------------------------------------------------------
     def start(self) -> None:
         """Start the worker thread."""
+        self._started = True
         self._thread.start()
 
     def stop(self) -> None:
@@ -54,6 +56,10 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout=60)
+
+    def alive(self) -> bool:
+        """Whether the worker thread runs (a dead worker would leave every request waiting)."""
+        return self._thread.is_alive() or not self._started
 
     def adapters(self) -> list[str]:
         """The adapters that accept new requests (not those being deleted)."""

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .protocol import Limits
 
@@ -27,7 +28,39 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
     drain_timeout: float = 300.0
-    base_name: str | None = None  # what requests call the base model (default: ``model`` as given)
+    base_name: str | None = None  # what requests call the base model (default: see ``default_base_name``)
+    insecure: bool = False  # allow a non-loopback interface without an API key
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback interface (only this machine can connect)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond this machine without an API key, unless ``--insecure`` says so."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty; give a long random key (e.g. from `openssl rand -hex 32`)")
+    if not is_loopback(host) and api_key is None and not insecure:
+        raise ValueError(
+            f"--host {host} accepts connections from other machines: give --api-key KEY (or set "
+            "INDUCER_API_KEY), or pass --insecure to serve without one"
+        )
+
+
+def default_base_name(model: str) -> str:
+    """What requests call the base by default: ``--model`` as given, but a local folder by its last
+    part only (clients never learn the server's paths)."""
+
+    path = Path(model).expanduser()
+    return path.resolve().name if path.is_dir() else model
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -89,14 +122,24 @@ def run(options: ServeOptions) -> None:
     from .scheduler import Scheduler
 
     _setup_logging()
-    if options.max_batch_size < 1 or options.max_wait_ms < 0:
-        raise ValueError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
+    check_exposure(options.host, options.api_key, options.insecure)
+    if options.adapter_root is not None and not Path(options.adapter_root).expanduser().is_dir():
+        raise ValueError(f"--adapter-root {options.adapter_root} is not a folder; give an existing folder")
+    if options.insecure and options.api_key is None and not is_loopback(options.host):
+        for line in (
+            f"--insecure: serving on {options.host} WITHOUT an API key.",
+            "Anyone who can reach this port can generate with every adapter"
+            + (" and load or delete adapters under --adapter-root." if options.adapter_root else "."),
+            "Use --api-key (and TLS through a reverse proxy) for anything but a trusted network.",
+        ):
+            logger.warning("INSECURE: %s", line)
     engine = Engine.load(
         options.model,
         options.adapters,
         options.adapter_root,
         device=options.device,
-        base_name=options.base_name,
+        base_name=options.base_name or default_base_name(options.model),
+        limits=options.limits,
     )
     metrics = Metrics()
     scheduler = Scheduler(engine, metrics, options.max_batch_size, options.max_wait_ms)
@@ -125,4 +168,4 @@ def run(options: ServeOptions) -> None:
     logger.info("stopped")
 
 
-__all__ = ["ServeOptions", "parse_adapters", "run"]
+__all__ = ["ServeOptions", "check_exposure", "default_base_name", "is_loopback", "parse_adapters", "run"]
