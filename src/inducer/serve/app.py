@@ -9,6 +9,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -31,6 +34,8 @@ from .protocol import (
 from .scheduler import Scheduler
 
 request_log = logging.getLogger("inducer.serve.requests")
+T = TypeVar("T")
+CHARS_PER_TOKEN = 64  # a generous bound: tokens of real tokenizers are far shorter
 
 
 class Service:
@@ -38,6 +43,31 @@ class Service:
 
     def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics, limits: Limits):
         self.engine, self.scheduler, self.metrics, self.limits = engine, scheduler, metrics, limits
+        # Tokenising a long prompt takes milliseconds: never on the event loop. One thread, because
+        # a fast tokenizer must not be used by two threads at once (the worker has its own copy).
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="inducer-tokenizer")
+
+    async def tokenize(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (which tokenises) on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn)
+
+    def check_length(self, text: str | list[int], param: str) -> None:
+        """Refuse, before tokenising it, a text that cannot fit ``max_prompt_tokens`` (a token is
+        rarely over ``CHARS_PER_TOKEN`` characters), or a token-id prompt over the limit."""
+        limit = self.limits.max_prompt_tokens
+        if isinstance(text, list):
+            if len(text) > limit:
+                raise ServeError(
+                    400, f"the prompt has {len(text)} tokens; this server allows at most {limit}", param=param
+                )
+            return
+        if len(text) > limit * CHARS_PER_TOKEN:
+            raise ServeError(
+                400,
+                f"{param} has {len(text)} characters; this server allows prompts of at most {limit} tokens "
+                f"({limit * CHARS_PER_TOKEN} characters); send a shorter one",
+                param=param,
+            )
 
     def adapter_for(self, model: str) -> str | None:
         """The adapter a request's ``model`` names (None: the base); 404 for an unknown name."""
@@ -186,19 +216,22 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             raise ServeError(
                 400, f"{len(prompts)} prompts; this server allows at most {limits.max_inputs}", param="prompt"
             )
-        generation = Generation(
-            service, False, body, adapter, [engine.encode(p) for p in prompts], body.max_tokens
-        )
-        return generation.stream() if body.stream else await generation.answer()
+        for prompt in prompts:
+            service.check_length(prompt, "prompt")
+        encoded = await service.tokenize(lambda: [engine.encode(p) for p in prompts])
+        generation = Generation(service, False, body, adapter, encoded, body.max_tokens)
+        return generation.stream() if body.stream else await generation.answer(request)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await _read(request, ChatRequest, limits.max_body_bytes)
         _generation_only()
         adapter = service.adapter_for(body.model)
-        prompt = engine.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages])
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        service.check_length("".join(m["content"] for m in messages), "messages")
+        prompt = await service.tokenize(lambda: engine.chat_prompt(messages))
         generation = Generation(service, True, body, adapter, [prompt], body.token_limit())
-        return generation.stream() if body.stream else await generation.answer()
+        return generation.stream() if body.stream else await generation.answer(request)
 
     @app.post("/v1/classify")
     async def classify(request: Request):
@@ -212,6 +245,8 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             raise ServeError(
                 400, f"{len(texts)} inputs; this server allows at most {limits.max_inputs}", "input"
             )
+        for text in texts:
+            service.check_length(text, "input")
         results = await asyncio.wrap_future(service.scheduler.call(lambda: engine.classify(texts, adapter)))
         service.record("classify", adapter, 200, started, inputs=len(texts))
         return {
@@ -249,5 +284,5 @@ def build_app(service: Service, api_key: str | None) -> Gate:
         pending = service.scheduler.delete_adapter(name)
         return {"id": name, "object": "model", "deleted": True, "finishing_sequences": pending}
 
-    gate = Gate(app, api_key, limits.max_body_bytes)
+    gate = Gate(app, api_key, limits.max_body_bytes, limits.max_queue)
     return gate

@@ -265,7 +265,8 @@ class Engine:
     # --- classification -------------------------------------------------------------------------
     def classify(self, texts: list[str], adapter: str | None) -> list[dict]:
         """Label and probabilities of each text with ``adapter`` (its own trained head swapped in)."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        # The worker's own tokenizer: the request side's may be busy on the tokenizer thread.
+        batch = self._decoder(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         params = dict(self.model.named_parameters())
         head = {**self._heads[None], **self._heads.get(adapter, {})}
         routing = route(self.model, [adapter] * len(texts)) if adapters(self.model) else nullcontext()
