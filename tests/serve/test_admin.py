@@ -71,8 +71,10 @@ def test_add_serve_delete(server, served):
             "return_token_ids": True}
     got = httpx.post(f"{server.url}/v1/completions", json=body).json()["choices"][0]["token_ids"]
     assert got == offline_tokens(served, "pre", prompt_ids(served, "the food is"), 10)
+    assert 'adapter="extra"' in httpx.get(f"{server.url}/metrics").text
     assert httpx.delete(f"{server.url}/v1/adapters/extra").status_code == 200
     assert _models(server) == ["tiny", "ind", "mix", "pre"]
+    assert 'adapter="extra"' not in httpx.get(f"{server.url}/metrics").text  # its series went with it
     assert httpx.post(f"{server.url}/v1/completions", json=body).status_code == 404
     assert httpx.delete(f"{server.url}/v1/adapters/extra").status_code == 404
 

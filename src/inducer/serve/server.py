@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,11 +83,14 @@ def _draining_server(config, gate, drain_timeout: float):
 
     class DrainingServer(uvicorn.Server):
         """uvicorn, but the first SIGTERM / SIGINT drains: new requests get 503, those in flight
-        finish, then it stops; a second signal stops at once."""
+        finish, then it stops; a second signal exits at once (128 + the signal's number, like a
+        process the signal killed), whatever is in flight."""
 
         def handle_exit(self, sig, frame) -> None:
             if gate.draining:
-                return super().handle_exit(sig, frame)
+                logger.warning("second signal %s: exiting now, %d request(s) unanswered", sig, gate.in_flight)
+                logging.shutdown()
+                os._exit(128 + int(sig))
             gate.draining = True
             logger.info("signal %s: draining %d request(s) in flight, refusing new ones", sig, gate.in_flight)
             threading.Thread(target=self._exit_when_idle, daemon=True).start()
@@ -95,6 +100,27 @@ def _draining_server(config, gate, drain_timeout: float):
             self.should_exit = True
 
     return DrainingServer(config)
+
+
+class WorkerDied(RuntimeError):
+    """The model's worker thread died (a bug of ours): the server stopped."""
+
+
+def _watchdog(server, scheduler, period: float = 0.5) -> threading.Thread:
+    """A thread that stops ``server`` once the worker thread has died: ``/health`` already answers
+    503, and the process exits non-zero so that its supervisor restarts it."""
+
+    def watch() -> None:
+        while not server.should_exit:
+            if not scheduler.alive():
+                logger.critical("the model worker is dead: stopping the server")
+                server.should_exit = True
+                return
+            time.sleep(period)
+
+    thread = threading.Thread(target=watch, name="inducer-serve-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def _setup_logging() -> None:
@@ -161,10 +187,16 @@ def run(options: ServeOptions) -> None:
         options.max_batch_size,
         options.max_wait_ms,
     )
+    server = _draining_server(config, gate, options.drain_timeout)
+    _watchdog(server, scheduler)
     try:
-        _draining_server(config, gate, options.drain_timeout).run()
+        server.run()
     finally:
         scheduler.stop()
+    if scheduler.failure is not None:  # a bug of ours: its traceback, exit 1
+        raise WorkerDied("the model's worker thread died (traceback above); the server stopped") from (
+            scheduler.failure
+        )
     logger.info("stopped")
 
 
