@@ -56,6 +56,11 @@ def _global_options(
         torch.set_num_threads(threads)
 
 
+def _data_flags(data: dict | None) -> dict[str, str | None]:
+    """The data options that name files or folders, by flag."""
+    return {"--" + k.replace("_", "-"): v for k, v in (data or {}).items() if k.endswith(("_file", "_dir"))}
+
+
 def _spec(command: str, recipe: str | None, data: dict, **cli_args):
     """The command's RunSpec: its arguments over the recipe's values (``runspec.resolve``)."""
     from .recipes import load_recipe
@@ -115,6 +120,8 @@ def train(
     def body():
         from .experiment import is_main_process, train_run
 
+        inputs = {"--recipe": recipe, "--model": model, **_data_flags(data)}
+        opt.refuse_output_onto_inputs("--output", output, inputs)
         spec = _spec(
             "train", recipe, data, model=model, task=task, methods=[method] if method else None,
             budget=budget, sizes=sizes, output=output, resume=resume, overwrite=overwrite,
@@ -156,6 +163,9 @@ def eval_command(
     def body():
         from .experiment import evaluate_adapter, saved_config
         from .runspec import task_source
+
+        inputs = {"--adapter": adapter, "--model": model, **_data_flags(data)}
+        opt.refuse_output_onto_inputs("--output", output, inputs)
 
         source = task_source(task, data) if task is not None else None
         config = saved_config(adapter, training)
@@ -229,6 +239,8 @@ def compare(
     def body():
         from . import compare as comparison
 
+        inputs = {"--recipe": recipe, "--model": model, **_data_flags(data)}
+        opt.refuse_output_onto_inputs("--output", output, inputs)
         spec = _spec(
             "compare", recipe, data, model=model, task=task, methods=methods, budget=budget, seeds=seeds,
             output=output, save_runs=save_runs, overwrite=overwrite, progress=not quiet, training=training,
