@@ -129,6 +129,21 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_model
     assert resumed.train(resume=True).steps == 8
 
 
+def test_non_finite_loss_before_any_checkpoint_says_so(tiny_models, tmp_path, monkeypatch):
+    """The message claims only what is on disk: diverging at the first step leaves no checkpoint."""
+    from inducer import training
+
+    trainer = _trainer(tiny_models, tmp_path / "run", save_every=2, eval_every=100)
+    real_loss = training.compute_loss
+    monkeypatch.setattr(training, "compute_loss",
+                        lambda *a, **k: (lambda out: (out[0] * float("nan"), out[1]))(real_loss(*a, **k)))
+    with pytest.raises(training.NonFiniteLossError, match="optimizer step 1 ") as caught:
+        trainer.train()
+    assert "no checkpoint had been written yet" in str(caught.value)
+    assert "is kept" not in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 class _PrefixingWrapper(torch.nn.Module):
     """Stands in for FSDP: the model becomes a child, so every parameter name gains a prefix."""
 

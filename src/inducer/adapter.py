@@ -33,8 +33,6 @@ from .state import AttachState, NamedAdapter, adapter_state, task_head_names
 __all__ = ["DEFAULT_ADAPTER", "AttachState", "NamedAdapter", "ParameterCount", "adapter_state",
            "added_parameter_names", "apply_trainable", "attach", "attach_methods", "check_adapter_name",
            "count_parameters", "detach", "merge", "task_head_names", "unmerge"]
-# Old private name of task_head_names, still imported by inducer.serve.engine.
-_task_head_names = task_head_names
 
 
 @dataclass(frozen=True)

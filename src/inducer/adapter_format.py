@@ -15,6 +15,7 @@ from torch import nn
 from .adapter import added_parameter_names, attach, attach_methods
 from .atomic import atomic_write, fsync_path, remove_stale_temporaries, sha256_file, write_temporary
 from .base_identity import base_model_source, fingerprint  # re-exported: public here since v1
+from .bounded_files import FileLimitError, read_json
 from .errors import (
     AdapterFormatError,  # re-exported: public here since v1
     UsageError,
@@ -125,6 +126,7 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "base_model_name_or_path": (str,), "revision": (str,),
 }
 REQUIRED_KEYS = ("format", "format_version", "methods", "train_head", "base_model")
+MAX_CONFIG_BYTES = 1 << 20  # an adapter config is a few kilobytes
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -186,9 +188,11 @@ def read_config(directory: Path) -> dict:
         raise AdapterFormatError(f"{path} is missing: is {str(directory)!r} an inducer adapter "
                                  "directory (written by inducer.save_adapter)?")
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path, MAX_CONFIG_BYTES)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterFormatError(f"{path} is not valid JSON ({err}); the file is corrupted") from err
+    except FileLimitError as err:
+        raise AdapterFormatError(str(err)) from err
     if not isinstance(config, dict) or config.get("format") != "inducer-adapter":
         raise AdapterFormatError(f"{path} is not an inducer adapter config")
     version = config.get("format_version")

@@ -45,11 +45,20 @@ def _global_options(
     ] = None,
 ) -> None:
     """Options for every command (given before it: ``inducer --threads 1 train ...``)."""
+    if threads is not None and threads < 1:
+        from .cli_errors import fail
+
+        fail(f"--threads is {threads}; give a number of CPU threads >= 1 (or leave it out)")
     _GLOBAL["threads"] = threads
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _data_flags(data: dict | None) -> dict[str, str | None]:
+    """The data options that name files or folders, by flag."""
+    return {"--" + k.replace("_", "-"): v for k, v in (data or {}).items() if k.endswith(("_file", "_dir"))}
 
 
 def _spec(command: str, recipe: str | None, data: dict, **cli_args):
@@ -111,6 +120,8 @@ def train(
     def body():
         from .experiment import is_main_process, train_run
 
+        inputs = {"--recipe": recipe, "--model": model, **_data_flags(data)}
+        opt.refuse_output_onto_inputs("--output", output, inputs)
         spec = _spec(
             "train", recipe, data, model=model, task=task, methods=[method] if method else None,
             budget=budget, sizes=sizes, output=output, resume=resume, overwrite=overwrite,
@@ -152,6 +163,9 @@ def eval_command(
     def body():
         from .experiment import evaluate_adapter, saved_config
         from .runspec import task_source
+
+        inputs = {"--adapter": adapter, "--model": model, **_data_flags(data)}
+        opt.refuse_output_onto_inputs("--output", output, inputs)
 
         source = task_source(task, data) if task is not None else None
         config = saved_config(adapter, training)
@@ -225,6 +239,8 @@ def compare(
     def body():
         from . import compare as comparison
 
+        inputs = {"--recipe": recipe, "--model": model, **_data_flags(data)}
+        opt.refuse_output_onto_inputs("--output", output, inputs)
         spec = _spec(
             "compare", recipe, data, model=model, task=task, methods=methods, budget=budget, seeds=seeds,
             output=output, save_runs=save_runs, overwrite=overwrite, progress=not quiet, training=training,

@@ -11,6 +11,7 @@ import functools
 import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -159,3 +160,26 @@ def setup_logging(quiet: bool) -> None:
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()  # e.g. "classifier newly initialised": expected for a new head
     transformers.logging.disable_progress_bar()
+
+
+def refuse_output_onto_inputs(output_flag: str, output: str | None, inputs: dict[str, str | None]) -> None:
+    """A ValueError (one line, exit 2) when ``output`` is one of the ``inputs`` (flag -> path), lies
+    inside an input folder, or contains an input: writing (or ``--overwrite`` removing) there would
+    change what the command reads. Inputs that are not local paths (hub ids) are skipped."""
+    if not output:
+        return
+    out = Path(output).expanduser().resolve()
+    for flag, given in inputs.items():
+        if not given or given == "-" or not Path(given).expanduser().exists():
+            continue
+        source = Path(given).expanduser().resolve()
+        if out == source:
+            relation = "is"
+        elif out.is_relative_to(source):
+            relation = "lies inside"
+        elif source.is_relative_to(out):
+            relation = "contains"
+        else:
+            continue
+        raise ValueError(f"{output_flag} {output} {relation} the input {flag} {given}; choose an output "
+                         "outside the inputs (writing there would change them)")  # fmt: skip

@@ -252,8 +252,18 @@ def _test_and_summarise(
 
 def read_run_info(adapter_dir: str | Path) -> dict:
     """The ``inducer_run.json`` saved with an adapter by ``inducer train`` (empty if absent)."""
+    from .bounded_files import read_json
+
     path = Path(adapter_dir) / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        info = read_json(path, 1 << 20)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save the run or remove the file") from err
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a JSON object; re-save the run or remove the file")
+    return info
 
 
 def load_trained(

@@ -22,13 +22,15 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapter import adapter_state, attach, detach
-from .adapter_format import AdapterFormatError, base_model_source
+from .adapter_format import FLOAT_DTYPES, MAX_CONFIG_BYTES, AdapterFormatError, base_model_source
 from .atomic import atomic_write
+from .bounded_files import FileLimitError, read_json
 from .errors import UsageError
 from .methods.peft_conversion import BY_METHOD, BY_PEFT_TYPE, PeftInteropError
 from .state import named_adapter
@@ -98,9 +100,11 @@ def import_peft(base: nn.Module, directory: str | os.PathLike) -> nn.Module:
     if not path.is_file():
         raise AdapterFormatError(f"{path} is missing: is {str(directory)!r} a PEFT adapter directory?")
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path, MAX_CONFIG_BYTES)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterFormatError(f"{path} is not valid JSON ({err})") from err
+    except FileLimitError as err:
+        raise AdapterFormatError(str(err)) from err
     peft_type = config.get("peft_type") if isinstance(config, dict) else None
     if peft_type not in BY_PEFT_TYPE:
         raise PeftInteropError(f"import_peft: PEFT adapters of type {peft_type!r} are not supported "
@@ -113,6 +117,13 @@ def import_peft(base: nn.Module, directory: str | os.PathLike) -> nn.Module:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise AdapterFormatError(f"{weights} cannot be read ({err})") from err
+    for name, tensor in tensors.items():  # as load_adapter checks its own files
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise AdapterFormatError(f"{weights}: {name} has dtype {tensor.dtype}; adapter tensors are "
+                                     "floating point. The file is not a valid adapter.")  # fmt: skip
+        if not torch.isfinite(tensor).all():
+            raise AdapterFormatError(f"{weights}: {name} holds NaN or infinite values; the adapter is "
+                                     "broken (a diverged run?). Use an earlier checkpoint.")  # fmt: skip
     if adapter_state(base) is not None:
         raise UsageError("import_peft: the model is already adapted; pass the plain base model")
     configs, load = BY_PEFT_TYPE[peft_type].from_peft(base, config, tensors)

@@ -295,10 +295,13 @@ class Trainer:
         if not torch.isfinite(global_loss).all():
             # Stop before the bad gradient reaches the weights or a checkpoint.
             bar.close()
+            # Say only what is on disk: a run can diverge before its first checkpoint.
+            saved = self.output_dir is not None and (self.output_dir / "checkpoint").is_dir()
             kept = (
-                f"the last checkpoint in {self.output_dir / 'checkpoint'} is kept (resume with --resume)"
-                if self.output_dir is not None
-                else "no checkpoint was written"
+                f"the last checkpoint in {self.output_dir / 'checkpoint'} is kept (resume from it with "
+                "--resume --new-schedule and a lower --lr)"
+                if saved
+                else "no checkpoint had been written yet (nothing to resume from)"
             )
             raise NonFiniteLossError(
                 f"training loss is {float(global_loss)} at optimizer step {state.step + 1} "

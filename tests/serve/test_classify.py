@@ -53,7 +53,7 @@ def test_classify_per_adapter_equals_offline(classifier):
         async with httpx.AsyncClient(timeout=60) as client:
             return await asyncio.gather(*[client.post(f"{server.url}/v1/classify",
                                                       json={"model": name, "input": TEXTS})
-                                          for name in ("sent", "topic", str(base))])
+                                          for name in ("sent", "topic", base.name)])
 
     answers = dict(zip(("sent", "topic", None), asyncio.run(run()), strict=True))
     for name, response in answers.items():

@@ -108,13 +108,16 @@ def load_recipe(name: str | Path) -> Recipe:
     """Read and validate a recipe file (or a bundled recipe's name)."""
     import yaml
 
+    from ..bounded_files import FileLimitError, read_yaml
     from ..presets import PRESETS
 
     path = resolve_path(name)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)  # size, depth and aliases bounded: a recipe may come from anyone
     except yaml.YAMLError as err:
         raise RecipeError(f"{path} is not valid YAML: {err}") from err
+    except (FileLimitError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: {err}") from err
     if not isinstance(data, dict):
         raise RecipeError(f"{path} must be a YAML mapping with keys {sorted(TOP_KEYS)}")
     unknown = set(data) - TOP_KEYS

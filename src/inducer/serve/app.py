@@ -8,6 +8,10 @@ import asyncio
 import json
 import logging
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -30,6 +34,8 @@ from .protocol import (
 from .scheduler import Scheduler
 
 request_log = logging.getLogger("inducer.serve.requests")
+T = TypeVar("T")
+CHARS_PER_TOKEN = 64  # a generous bound: tokens of real tokenizers are far shorter
 
 
 class Service:
@@ -37,6 +43,31 @@ class Service:
 
     def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics, limits: Limits):
         self.engine, self.scheduler, self.metrics, self.limits = engine, scheduler, metrics, limits
+        # Tokenising a long prompt takes milliseconds: never on the event loop. One thread, because
+        # a fast tokenizer must not be used by two threads at once (the worker has its own copy).
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="inducer-tokenizer")
+
+    async def tokenize(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (which tokenises) on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn)
+
+    def check_length(self, text: str | list[int], param: str) -> None:
+        """Refuse, before tokenising it, a text that cannot fit ``max_prompt_tokens`` (a token is
+        rarely over ``CHARS_PER_TOKEN`` characters), or a token-id prompt over the limit."""
+        limit = self.limits.max_prompt_tokens
+        if isinstance(text, list):
+            if len(text) > limit:
+                raise ServeError(
+                    400, f"the prompt has {len(text)} tokens; this server allows at most {limit}", param=param
+                )
+            return
+        if len(text) > limit * CHARS_PER_TOKEN:
+            raise ServeError(
+                400,
+                f"{param} has {len(text)} characters; this server allows prompts of at most {limit} tokens "
+                f"({limit * CHARS_PER_TOKEN} characters); send a shorter one",
+                param=param,
+            )
 
     def adapter_for(self, model: str) -> str | None:
         """The adapter a request's ``model`` names (None: the base); 404 for an unknown name."""
@@ -136,14 +167,23 @@ def build_app(service: Service, api_key: str | None) -> Gate:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, err: Exception):
-        logging.getLogger("inducer.serve").exception("request failed")
-        return JSONResponse(ServeError(500, f"internal error: {type(err).__name__}: {err}").body(), 500)
+        # A bug of ours: its traceback goes to the server's log; the client learns only that it
+        # happened (an exception's text may hold the server's paths).
+        incident = uuid.uuid4().hex[:12]
+        logging.getLogger("inducer.serve").exception("request failed (incident %s)", incident)
+        return JSONResponse(
+            ServeError(500, f"internal error ({type(err).__name__}); the server log has incident "
+                       f"{incident}; please report it").body(), 500,
+        )  # fmt: skip
 
     @app.get("/health")
     async def health():
+        # Open to anyone (load balancers): up or down, nothing about the model or its adapters.
         if gate.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        return {"status": "ok", "model": engine.base_name, "adapters": service.scheduler.adapters()}
+        if not service.scheduler.alive():
+            return JSONResponse({"status": "down"}, status_code=503)
+        return {"status": "ok"}
 
     @app.get("/metrics")
     async def metrics():
@@ -176,19 +216,22 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             raise ServeError(
                 400, f"{len(prompts)} prompts; this server allows at most {limits.max_inputs}", param="prompt"
             )
-        generation = Generation(
-            service, False, body, adapter, [engine.encode(p) for p in prompts], body.max_tokens
-        )
-        return generation.stream() if body.stream else await generation.answer()
+        for prompt in prompts:
+            service.check_length(prompt, "prompt")
+        encoded = await service.tokenize(lambda: [engine.encode(p) for p in prompts])
+        generation = Generation(service, False, body, adapter, encoded, body.max_tokens)
+        return generation.stream() if body.stream else await generation.answer(request)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await _read(request, ChatRequest, limits.max_body_bytes)
         _generation_only()
         adapter = service.adapter_for(body.model)
-        prompt = engine.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages])
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        service.check_length("".join(m["content"] for m in messages), "messages")
+        prompt = await service.tokenize(lambda: engine.chat_prompt(messages))
         generation = Generation(service, True, body, adapter, [prompt], body.token_limit())
-        return generation.stream() if body.stream else await generation.answer()
+        return generation.stream() if body.stream else await generation.answer(request)
 
     @app.post("/v1/classify")
     async def classify(request: Request):
@@ -202,6 +245,8 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             raise ServeError(
                 400, f"{len(texts)} inputs; this server allows at most {limits.max_inputs}", "input"
             )
+        for text in texts:
+            service.check_length(text, "input")
         results = await asyncio.wrap_future(service.scheduler.call(lambda: engine.classify(texts, adapter)))
         service.record("classify", adapter, 200, started, inputs=len(texts))
         return {
@@ -210,21 +255,25 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             "data": [{"index": i, **result} for i, result in enumerate(results)],
         }
 
+    def _admin_allowed():
+        if engine.adapter_root is None:
+            raise ServeError(
+                403,
+                "adapter management over HTTP is off; start the server with --adapter-root DIR to load "
+                "and delete adapters in folders under DIR",
+                code="adapter_admin_disabled",
+            )
+
     @app.post("/v1/adapters")
     async def add_adapter(request: Request):
+        _admin_allowed()
         body = await _read(request, AdapterRequest, limits.max_body_bytes)
-        if body.name in engine.adapter_names():
-            raise ServeError(
-                400,
-                f"an adapter named {body.name!r} is loaded; DELETE /v1/adapters/"
-                f"{body.name} first or choose another name",
-                param="name",
-            )
         await asyncio.wrap_future(service.scheduler.call(lambda: engine.add_adapter(body.name, body.path)))
         return {"id": body.name, "object": "model", "parent": engine.base_name, "loaded": True}
 
     @app.delete("/v1/adapters/{name}")
     async def delete_adapter(name: str):
+        _admin_allowed()
         if name not in service.scheduler.adapters():
             raise ServeError(
                 404,
@@ -235,5 +284,5 @@ def build_app(service: Service, api_key: str | None) -> Gate:
         pending = service.scheduler.delete_adapter(name)
         return {"id": name, "object": "model", "deleted": True, "finishing_sequences": pending}
 
-    gate = Gate(app, api_key, limits.max_body_bytes)
+    gate = Gate(app, api_key, limits.max_body_bytes, limits.max_queue)
     return gate

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
 
 _LIMITS = "Request limits"
+
+
+def check_ranges(**options: tuple[float, float, float]) -> None:
+    """Each ``name=(value, low, high)``: a finite number in [low, high], else a one-line ValueError
+    naming the option (the CLI prints it and exits 2)."""
+    for name, (value, low, high) in options.items():
+        if not (math.isfinite(value) and low <= value <= high):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is {value}; give a number from {low:g} to {high:g}")
 
 
 def serve(
@@ -44,6 +54,27 @@ def serve(
     max_tokens: Annotated[int, typer.Option("--max-tokens", rich_help_panel=_LIMITS)] = 512,
     max_n: Annotated[int, typer.Option("--max-n", rich_help_panel=_LIMITS)] = 8,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", rich_help_panel=_LIMITS)] = 1 << 20,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            "--max-queue", rich_help_panel=_LIMITS, help="requests in flight; more get 429 (retry later)"
+        ),
+    ] = 256,
+    max_adapters: Annotated[
+        int, typer.Option("--max-adapters", rich_help_panel=_LIMITS, help="adapters loaded at once")
+    ] = 64,
+    max_adapter_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-adapter-bytes", rich_help_panel=_LIMITS, help="size of one adapter folder's files"
+        ),
+    ] = 1 << 30,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="allow a --host other than loopback without --api-key (anyone may use it)"
+        ),
+    ] = False,
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda, ... (default: cuda if any)")
     ] = None,
@@ -58,9 +89,20 @@ def serve(
     from .server import ServeOptions, parse_adapters, run
 
     def body():
-        limits = Limits(max_prompt_tokens, max_tokens, max_n, max_body_bytes)
+        check_ranges(
+            port=(port, 1, 65535), max_batch_size=(max_batch_size, 1, 4096),
+            max_wait_ms=(max_wait_ms, 0, 60_000), drain_timeout=(drain_timeout, 0, 86_400),
+            max_prompt_tokens=(max_prompt_tokens, 1, 1 << 20), max_tokens=(max_tokens, 1, 1 << 20),
+            max_n=(max_n, 1, 128), max_body_bytes=(max_body_bytes, 1024, 1 << 30),
+            max_queue=(max_queue, 1, 1 << 16), max_adapters=(max_adapters, 1, 4096),
+            max_adapter_bytes=(max_adapter_bytes, 1, 1 << 40),
+        )  # fmt: skip
+        limits = Limits(max_prompt_tokens, max_tokens, max_n, max_body_bytes, max_queue=max_queue,
+                        max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes)  # fmt: skip
         adapters = parse_adapters(adapter or [])
+        if len(adapters) > max_adapters:
+            raise ValueError(f"{len(adapters)} --adapter given, over --max-adapters {max_adapters}; raise it")
         run(ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, adapter_root,
-                         limits, device, drain_timeout, base_name))  # fmt: skip
+                         limits, device, drain_timeout, base_name, insecure))  # fmt: skip
 
     guard(body)

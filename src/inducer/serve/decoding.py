@@ -9,12 +9,14 @@ longest), so a new request joins at the next step and a finished one frees its r
 (``inducer.route``), so requests for different adapters share the pass.
 
 Positions are counted per sequence (``position_ids``), and padding is masked out of attention, so a
-sequence's tokens are those of ``model.generate`` on it alone.
+sequence's tokens are those of ``model.generate`` on it alone. The isolation rule (see
+:class:`DecodeBatch`) keeps that true when a batch-mate fails.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..named_adapters import adapters, route
+
+logger = logging.getLogger("inducer.serve")
 
 KVPiece = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (1, heads, length, dim)
 
@@ -90,23 +94,37 @@ class Sequence:
         self.error, self.finish_reason = message, "error"
 
 
-def pick(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
-    """The next token of each row: argmax for temperature 0, else top-p sampling from the
-    sequence's own generator (so a seeded request draws the same tokens in any batch)."""
-    greedy = logits.argmax(dim=-1).tolist()
-    tokens = []
+def pick_one(logits: torch.Tensor, seq: Sequence) -> int:
+    """The next token of one sequence from its row of logits: argmax for temperature 0, else top-p
+    sampling from the sequence's own generator (so a seeded request draws the same tokens in any
+    batch). Raises only for this row (e.g. non-finite logits): its batch-mates are not involved."""
+    if seq.generator is None:
+        return int(logits.argmax())
+    # On the CPU in float64, the maximum subtracted before dividing: any temperature > 0 gives finite
+    # probabilities (a float32 division by 1e-30 would overflow to inf - inf = nan).
+    row = logits.detach().to("cpu", torch.float64)
+    if not torch.isfinite(row).all():
+        raise FloatingPointError("the model produced non-finite logits for this sequence")
+    probs = torch.softmax((row - row.max()) / seq.sampling.temperature, dim=-1)
+    if seq.sampling.top_p < 1.0:
+        ordered, order = probs.sort(descending=True)
+        keep = ordered.cumsum(0) - ordered < seq.sampling.top_p  # the smallest set reaching top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+    return int(torch.multinomial(probs, 1, generator=seq.generator))
+
+
+def _commit_each(sequences: list[Sequence], logits: torch.Tensor, commit: Callable[[Sequence], None]) -> None:
+    """The isolation rule's second half: after a shared pass succeeded, each row is picked and committed
+    on its own; whatever fails in one row (its sampling, its text, its stop strings) fails that
+    sequence only, and every other row is committed exactly as it would have been alone."""
     for row, seq in enumerate(sequences):
-        if seq.generator is None:
-            tokens.append(greedy[row])
-            continue
-        # On the CPU: the sequence's generator is a CPU one, whatever device the model is on.
-        probs = torch.softmax(logits[row].cpu() / seq.sampling.temperature, dim=-1)
-        if seq.sampling.top_p < 1.0:
-            ordered, order = probs.sort(descending=True)
-            keep = ordered.cumsum(0) - ordered < seq.sampling.top_p  # the smallest set reaching top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
-        tokens.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
-    return tokens
+        try:
+            token = pick_one(logits[row], seq)
+            commit(seq)
+            seq.add(token)
+        except Exception as err:
+            logger.exception("sequence failed after its forward pass")
+            seq.fail(f"{type(err).__name__}: {err}")
 
 
 def _keywords(model: nn.Module) -> frozenset[str]:
@@ -170,7 +188,7 @@ def _batch_cache(pieces: list[KVPiece]):
 
 def prefill(model: nn.Module, sequences: list[Sequence], pad_id: int, device: torch.device) -> None:
     """Run the prompts of ``sequences`` in one left-padded pass: each gets its first token and its
-    own cache slice."""
+    own cache slice. If the pass raises, no sequence has changed (the caller may retry each alone)."""
     longest = max(len(s.prompt) for s in sequences)
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -181,14 +199,24 @@ def prefill(model: nn.Module, sequences: list[Sequence], pad_id: int, device: to
     logits, cache = forward(
         model, ids.to(device), mask.to(device), positions.to(device), None, [s.adapter for s in sequences]
     )
-    pieces = _pieces(cache, [len(s.prompt) for s in sequences], longest)
-    for seq, piece, token in zip(sequences, pieces, pick(logits, sequences), strict=True):
-        seq.piece, seq.cached = piece, len(seq.prompt)
-        seq.add(token)
+    slices = _pieces(cache, [len(s.prompt) for s in sequences], longest)
+    pieces = {id(seq): piece for seq, piece in zip(sequences, slices, strict=True)}
+
+    def commit(seq: Sequence) -> None:
+        seq.piece, seq.cached = pieces[id(seq)], len(seq.prompt)
+
+    _commit_each(sequences, logits, commit)
 
 
 class DecodeBatch:
-    """The running sequences and their batched KV cache, one decode step at a time."""
+    """The running sequences and their batched KV cache, one decode step at a time.
+
+    The isolation rule: one sequence's request never changes another's result. A step either
+    succeeds for the shared forward pass and then commits row by row (:func:`_commit_each`), or its
+    pass raises and nothing is committed: every member keeps its tokens, its position and its own
+    cache slice (cut out of the cache as it was before the pass), so a retry alone continues exactly
+    where the batch stood.
+    """
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
@@ -196,32 +224,44 @@ class DecodeBatch:
         self.cache = None
         self.mask: torch.Tensor | None = None
 
-    def set_members(self, sequences: list[Sequence]) -> None:
-        """Make ``sequences`` the batch (in that order), rebuilding the cache if members changed."""
-        if [id(s) for s in sequences] == [id(s) for s in self.sequences]:
-            return
-        if self.cache is not None:  # members that stay keep their slice of the current cache
+    def _release(self) -> None:
+        """Give each member its slice of the batch cache and empty the batch. ``self.mask`` has the
+        length of the last committed step: layers that a failed pass extended in place hold more
+        positions, which ``_pieces`` leaves out."""
+        if self.cache is not None:
             lengths = [s.cached for s in self.sequences]
             for seq, piece in zip(
                 self.sequences, _pieces(self.cache, lengths, self.mask.shape[1]), strict=True
             ):
                 seq.piece = piece
-        self.sequences = list(sequences)
-        if not sequences:
-            self.cache = self.mask = None
+        self.sequences, self.cache, self.mask = [], None, None
+
+    def set_members(self, sequences: list[Sequence]) -> None:
+        """Make ``sequences`` the batch (in that order), rebuilding the cache if members changed."""
+        if self.cache is not None and [id(s) for s in sequences] == [id(s) for s in self.sequences]:
             return
+        self._release()  # members that stay keep their slice of the current cache
+        if not sequences:
+            return
+        self.sequences = list(sequences)
         self.cache, self.mask = _batch_cache([s.piece for s in sequences])
         for seq in sequences:
             seq.piece = None  # the batch cache holds it now
 
     def step(self) -> None:
-        """Feed each sequence its last token: one new token for every member."""
+        """Feed each sequence its last token: one new token for every member (see the class's rule)."""
         seqs = self.sequences
         ids = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
         mask = torch.cat([self.mask, torch.ones(len(seqs), 1, dtype=self.mask.dtype, device=self.device)], 1)
         positions = torch.tensor([[s.cached] for s in seqs], device=self.device)
-        logits, self.cache = forward(self.model, ids, mask, positions, self.cache, [s.adapter for s in seqs])
-        self.mask = mask
-        for seq, token in zip(seqs, pick(logits, seqs), strict=True):
+        try:
+            logits, cache = forward(self.model, ids, mask, positions, self.cache, [s.adapter for s in seqs])
+        except BaseException:
+            self._release()  # the pass may have extended some layers in place: back to the slices
+            raise
+        self.cache, self.mask = cache, mask
+
+        def commit(seq: Sequence) -> None:
             seq.cached += 1
-            seq.add(token)
+
+        _commit_each(seqs, logits, commit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..adapter_format import load_adapter
 from ..base_models import load_model, resolve_model_path
 from ..experiment import read_run_info
 from ..named_adapters import adapters, delete_adapter, route
-from .protocol import ServeError
+from .protocol import Limits, ServeError
 
 logger = logging.getLogger("inducer.serve")
 
@@ -54,11 +55,13 @@ class Engine:
         kind: str,
         label_names: list[str] | None = None,
         adapter_root: str | None = None,
+        limits: Limits | None = None,
     ):
         self.model, self.tokenizer, self.base_name, self.kind = model, tokenizer, base_name, kind
         self.device = next(model.parameters()).device
         self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
         self.label_names = label_names
+        self.limits = limits or Limits()
         config = model.config
         self.max_positions = next(
             (
@@ -88,6 +91,7 @@ class Engine:
         dtype: torch.dtype = torch.float32,
         device: str | None = None,
         base_name: str | None = None,
+        limits: Limits | None = None,
     ) -> Engine:
         """Load base ``model_name`` and every adapter of ``adapter_dirs`` (name -> folder); requests
         call the base ``base_name`` (default: ``model_name``)."""
@@ -107,7 +111,7 @@ class Engine:
             ),
             None,
         )
-        engine = cls(model, loaded.tokenizer, base_name or model_name, kind, labels, adapter_root)
+        engine = cls(model, loaded.tokenizer, base_name or model_name, kind, labels, adapter_root, limits)
         for name, directory in adapter_dirs.items():
             try:
                 engine.add_adapter(name, directory, check_root=False)
@@ -122,7 +126,11 @@ class Engine:
 
     def add_adapter(self, name: str, path: str, check_root: bool = True) -> None:
         """Load the adapter saved in ``path`` as ``name`` (validated by ``load_adapter``); a
-        :class:`ServeError` (400) names what is wrong and leaves the model as it was."""
+        :class:`ServeError` (4xx) names what is wrong and leaves the model as it was.
+
+        ``check_root`` (requests): ``path`` is relative to ``--adapter-root`` (or absolute inside
+        it), the folder and every file in it must resolve (symlinks followed) inside the root, and
+        messages name the path as the client gave it, never the server's own paths."""
         from ..adapter_format import AdapterFormatError
 
         try:
@@ -131,24 +139,80 @@ class Engine:
             raise ServeError(400, str(err), param="name") from err
         if name == self.base_name:
             raise ServeError(400, f"adapter name {name!r} is the base model's name; choose another", "name")
-        folder = Path(path).expanduser().resolve()
-        if check_root and self.adapter_root is not None and not folder.is_relative_to(self.adapter_root):
+        if name in self._names:
             raise ServeError(
-                400,
-                f"adapter path {path!r} is outside --adapter-root {self.adapter_root}; "
-                "give a folder under it",
-                param="path",
+                400, f"an adapter named {name!r} is loaded; DELETE /v1/adapters/{name} first or choose "
+                "another name", "name",
             )
-        if not folder.is_dir():
-            raise ServeError(400, f"adapter path {path!r} is not a folder", param="path")
+        if len(self._names) >= self.limits.max_adapters:
+            raise ServeError(
+                400, f"{len(self._names)} adapters are loaded, the server's --max-adapters; DELETE one "
+                "first", "name",
+            )
+        if check_root:
+            folder = self._inside_root(path)
+        else:
+            folder = Path(path).expanduser().resolve()
+            if not folder.is_dir():
+                raise ServeError(400, f"adapter path {path!r} is not a folder", param="path")
+        self._check_files(folder, path, check_root)
         try:
             load_adapter(self.model, folder, name=name)
         except (AdapterFormatError, ValueError, FileNotFoundError) as err:
-            raise ServeError(400, f"cannot load adapter {name!r}: {err}", param="path") from err
+            message = str(err)
+            if check_root:  # the client named `path`: the server's own paths stay private
+                message = message.replace(str(folder), path).replace(str(self.adapter_root), "<adapter-root>")
+            raise ServeError(400, f"cannot load adapter {name!r}: {message}", param="path") from err
         self.model.eval()
         self._heads[name] = self._head_values(name)
         self._names = tuple(adapters(self.model))
         logger.info("loaded adapter %s from %s", name, folder)
+
+    def _inside_root(self, path: str) -> Path:
+        """The folder ``path`` names under ``--adapter-root`` (symlinks resolved), or a 4xx."""
+        if self.adapter_root is None:
+            raise ServeError(
+                403, "loading adapters over HTTP is off; start the server with --adapter-root DIR to allow "
+                "folders under DIR", code="adapter_admin_disabled",
+            )
+        folder = (self.adapter_root / path).resolve()  # an absolute path replaces the root
+        if not folder.is_relative_to(self.adapter_root):
+            raise ServeError(
+                400, f"adapter path {path!r} is outside --adapter-root; give a folder under it "
+                "(relative to it)", param="path",
+            )
+        if not folder.is_dir():
+            raise ServeError(400, f"adapter path {path!r} is not a folder under --adapter-root", "path")
+        return folder
+
+    def _check_files(self, folder: Path, path: str, check_root: bool) -> None:
+        """Before anything is read: at most ``max_adapter_files`` entries, each a regular file (no
+        FIFO or device to block a read on) or folder, inside the root, files within the size limit."""
+        limits, total = self.limits, 0
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries, 1):
+                if count > limits.max_adapter_files:
+                    raise ServeError(
+                        400, f"adapter path {path!r} holds over {limits.max_adapter_files} entries; an "
+                        "adapter folder holds a config and a weights file", param="path",
+                    )
+                real = Path(os.path.realpath(entry.path))
+                if check_root and not real.is_relative_to(self.adapter_root):
+                    raise ServeError(
+                        400, f"{entry.name!r} in adapter path {path!r} links outside --adapter-root; "
+                        "copy the file in instead", param="path",
+                    )
+                if real.is_dir():
+                    continue
+                if not real.is_file():
+                    raise ServeError(400, f"{entry.name!r} in adapter path {path!r} is not a regular file",
+                                     param="path")  # fmt: skip
+                total += real.stat().st_size
+        if total > limits.max_adapter_bytes:
+            raise ServeError(
+                413, f"adapter path {path!r} holds {total} bytes, over the server's --max-adapter-bytes "
+                f"({limits.max_adapter_bytes})", param="path",
+            )
 
     def remove_adapter(self, name: str) -> None:
         """Delete adapter ``name`` (the caller made sure no sequence uses it)."""
@@ -162,9 +226,9 @@ class Engine:
         if self.kind != "classification":
             return {}
         if name is None:
-            from ..adapter import _task_head_names
+            from ..state import task_head_names
 
-            names = _task_head_names(self.model)
+            names = task_head_names(self.model)
         else:
             names = state.adapters[name].head
         params = dict(self.model.named_parameters())
@@ -201,7 +265,8 @@ class Engine:
     # --- classification -------------------------------------------------------------------------
     def classify(self, texts: list[str], adapter: str | None) -> list[dict]:
         """Label and probabilities of each text with ``adapter`` (its own trained head swapped in)."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        # The worker's own tokenizer: the request side's may be busy on the tokenizer thread.
+        batch = self._decoder(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         params = dict(self.model.named_parameters())
         head = {**self._heads[None], **self._heads.get(adapter, {})}
         routing = route(self.model, [adapter] * len(texts)) if adapters(self.model) else nullcontext()

@@ -13,14 +13,16 @@ import threading
 from .protocol import ServeError
 
 OPEN_PATHS = ("/health",)  # answered without the API key (load balancers probe it)
+UNQUEUED_PATHS = ("/health", "/metrics")  # no work: answered even when the queue is full
 
 
 class Gate:
-    """Wraps the app: refuses unauthorised (401), oversized (400, like the other limits) and, while
-    draining, new (503) requests, and counts the requests in flight."""
+    """Wraps the app: refuses unauthorised (401), oversized (400, like the other limits), past
+    ``max_in_flight`` (429: the bounded queue) and, while draining, new (503) requests, and counts the
+    requests in flight."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, max_in_flight: int = 256):
+        self.app, self.max_body_bytes, self.max_in_flight = app, max_body_bytes, max_in_flight
         self._key = f"Bearer {api_key}".encode() if api_key else None
         self.draining = False
         self._lock = threading.Lock()
@@ -57,16 +59,28 @@ class Gate:
                 send,
                 ServeError(400, f"request body over {self.max_body_bytes} bytes; send a smaller request"),
             )
-        self._enter()
+        if path in UNQUEUED_PATHS:
+            return await self.app(scope, receive, send)
+        if not self._enter():
+            return await _refuse(
+                send,
+                ServeError(429, f"the server has {self.max_in_flight} requests in flight, its --max-queue; "
+                           "retry in a moment (or on another replica)"),
+                [(b"retry-after", b"1")],
+            )  # fmt: skip
         try:  # a streamed response returns from the app after its last byte
             await self.app(scope, receive, send)
         finally:
             self._leave()
 
-    def _enter(self) -> None:
+    def _enter(self) -> bool:
+        """Count a request in; False (counting nothing) when ``max_in_flight`` are in flight."""
         with self._lock:
+            if self.in_flight >= self.max_in_flight:
+                return False
             self.in_flight += 1
             self.idle.clear()
+            return True
 
     def _leave(self) -> None:
         with self._lock:
@@ -75,13 +89,14 @@ class Gate:
                 self.idle.set()
 
 
-async def _refuse(send, error: ServeError) -> None:
+async def _refuse(send, error: ServeError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(error.body()).encode()
     await send(
         {
             "type": "http.response.start",
             "status": error.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        *(headers or [])],
         }
-    )
+    )  # fmt: skip
     await send({"type": "http.response.body", "body": body})

@@ -9,13 +9,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .decoding import Sampling, Sequence
 from .protocol import ServeError
 
 if TYPE_CHECKING:
     from .app import Service
+
+DISCONNECT_POLL_S = 0.25
 
 
 def _choice(chat: bool, index: int, seq: Sequence) -> dict:
@@ -78,7 +81,8 @@ class Generation:
             n=len(self.sequences),
             prompt_tokens=sum(len(s.prompt) for s in self.sequences),
             completion_tokens=sum(len(s.generated) for s in self.sequences),
-            finish_reasons=sorted({str(s.finish_reason) for s in self.sequences}),
+            # Unfinished when the client left: the worker drops them at its next step.
+            finish_reasons=sorted({str(s.finish_reason or "cancelled") for s in self.sequences}),
         )
 
     def _envelope(self, choices: list[dict], chunk: bool) -> dict:
@@ -98,19 +102,25 @@ class Generation:
         completion = sum(len(s.generated) for s in self.sequences)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    async def answer(self) -> JSONResponse:
-        """Wait for every sequence; the whole response."""
+    async def answer(self, request: Request | None = None) -> JSONResponse | Response:
+        """Wait for every sequence; the whole response. A client that goes away meanwhile (checked
+        every ``DISCONNECT_POLL_S``) has its sequences cancelled: they leave the batch at the next step."""
         self.service.scheduler.submit(self.sequences)
         try:
             while not all(s.finished for s in self.sequences):
-                await self.updates.get()
+                try:
+                    await asyncio.wait_for(self.updates.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        self._record(499)  # nginx's "client closed request": nobody reads this answer
+                        return Response(status_code=499)
         finally:
             for seq in self.sequences:
                 seq.cancelled = True  # no-op for finished ones; frees the rows if the client left
         failed = next((s for s in self.sequences if s.error), None)
         if failed is not None:
             self._record(500)
-            raise ServeError(500, f"generation failed: {failed.error}")
+            raise ServeError(500, _failure(failed))
         self._record(200)
         choices = []
         for i, seq in enumerate(self.sequences):
@@ -144,7 +154,7 @@ class Generation:
                     continue
                 if seq.error:
                     status = 500
-                    yield _event(ServeError(500, f"generation failed: {seq.error}").body())
+                    yield _event(ServeError(500, _failure(seq)).body())
                     break
                 final, text = seq.finished, seq.text
                 # Hold back what could still become a stop string or an incomplete character.
@@ -165,6 +175,13 @@ class Generation:
         if self.chat:
             return {"index": index, "delta": {"content": delta} if delta else {}, "finish_reason": reason}
         return {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+
+
+def _failure(seq: Sequence) -> str:
+    """The client's message for a failed sequence: the error's kind only (the server's log holds
+    its traceback; the text of an exception may name the server's files)."""
+    kind = (seq.error or "error").split(":", 1)[0]
+    return f"generation failed ({kind}); the server log has the details; other requests were not affected"
 
 
 def _event(payload: dict) -> str:

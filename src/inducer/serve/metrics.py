@@ -76,6 +76,15 @@ class Metrics:
                 series[key] = _Histogram(buckets)
             series[key].observe(value)
 
+    def forget(self, **labels: str) -> None:
+        """Drop every series whose labels include ``labels`` (e.g. a deleted adapter's), so that
+        adding and deleting adapters cannot grow the metrics without bound."""
+        wanted = set(labels.items())
+        with self._lock:
+            for table in (*self._counters.values(), *self._histograms.values()):
+                for key in [k for k in table if wanted <= set(k)]:
+                    del table[key]
+
     def counter_value(self, name: str, **labels: str) -> float:
         """The current value of a counter (0 if never counted)."""
         with self._lock:

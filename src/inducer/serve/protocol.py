@@ -1,15 +1,16 @@
 """The OpenAI-compatible request bodies, the server's limits, and errors in OpenAI's error format.
 
-Request models accept the fields OpenAI clients send; fields we do not act on (``logprobs``,
-``presence_penalty``, ...) are accepted and ignored so that existing clients work unchanged, except
-where ignoring one would change the answer (``best_of``, ``echo``, ``suffix``): those are refused.
+Request models accept the fields OpenAI clients send. A field we do not act on is accepted only where
+ignoring it cannot change the answer (``user``, ``metadata``, or e.g. ``presence_penalty`` at its
+neutral 0); otherwise (``logit_bias``, ``logprobs``, ``tools``, ``best_of``, ``echo``, a misspelt
+field, ...) the request is refused with a 400 naming the field, never silently answered differently.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class Limits:
     max_n: int = 8
     max_body_bytes: int = 1 << 20
     max_inputs: int = 64  # prompts in one completion request, texts in one classify request
+    max_queue: int = 256  # requests in flight; more get 429
+    max_adapters: int = 64  # loaded at once (each costs memory and metrics series)
+    max_adapter_bytes: int = 1 << 30  # all files of one adapter folder, checked before reading
+    max_adapter_files: int = 32  # entries of one adapter folder
 
 
 class ServeError(Exception):
@@ -43,25 +48,73 @@ class ServeError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+MAX_STOP_CHARS = 256
+
 _KINDS = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     503: "server_unavailable",
 }
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# Fields accepted and ignored: they never change the answer.
+IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+# Fields we do not implement, accepted only at a value meaning "off" (clients send them so).
+NEUTRAL_VALUES: dict[str, tuple] = {
+    "logit_bias": (None, {}),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "function_call": (None, "none", "auto"),
+    "stream_options": (None, {}, {"include_usage": False}),
+}
 
-    model: str
+
+def _same(value, neutral) -> bool:
+    """JSON equality: 0 and 0.0 alike, but not false and 0 (nor 1 and true)."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return type(value) is type(neutral) and value == neutral
+    return value == neutral
+
+
+def _refuse_unsupported(cls: type[BaseModel], data):
+    """A 400 naming the first field this server would otherwise ignore at a value that matters."""
+    if not isinstance(data, dict):
+        return data
+    for key, value in data.items():
+        if key in cls.model_fields or key in IGNORED_FIELDS:
+            continue
+        neutral = NEUTRAL_VALUES.get(key)
+        if neutral is None:
+            raise ServeError(400, f"unknown field {key!r}; check its spelling or leave it out", param=key)
+        if value is not None and not any(_same(value, ok) for ok in neutral if ok is not None):
+            raise ServeError(
+                400, f"{key} is not supported by this server; leave it out (or send {neutral[1]!r})", key
+            )
+    return data
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, strict=True)  # "7" is not a number, nor "true" a bool
+
+    model: str = Field(max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch's generators take 64-bit seeds; choice i of a request uses seed + i.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1 - 1024)
     stream: bool = False
     user: str | None = None
     # Not in OpenAI's API (vLLM's spellings): return the generated token ids in each choice; go on
@@ -69,11 +122,19 @@ class _Request(BaseModel):
     return_token_ids: bool = False
     ignore_eos: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data):
+        return _refuse_unsupported(cls, data)
+
     def stop_strings(self) -> list[str]:
-        """``stop`` as a list of non-empty strings (OpenAI allows up to 4)."""
+        """``stop`` as a list of non-empty strings (OpenAI allows up to 4), each at most
+        ``MAX_STOP_CHARS`` long (streaming holds back that much text)."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ServeError(400, "stop: give at most 4 non-empty strings", param="stop")
+        if len(stops) > 4 or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ServeError(
+                400, f"stop: give at most 4 non-empty strings of at most {MAX_STOP_CHARS} characters", "stop"
+            )
         return stops
 
 
@@ -102,17 +163,22 @@ class CompletionRequest(_Request):
 
 
 class ChatMessage(BaseModel):
-    """One message of a chat (text content; a list of text parts is joined)."""
+    """One message of a chat (text content; a list of text parts is joined; other parts, such as
+    images, are refused rather than dropped)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    role: str
+    role: str = Field(max_length=64)
     content: str | list[dict] | None = None
+    name: str | None = Field(default=None, max_length=256)
 
     def text(self) -> str:
         """The message's text."""
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            parts = self.content
+            if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in parts):
+                raise ServeError(400, "messages: only text content parts are supported", param="messages")
+            return "".join(part["text"] for part in self.content)
         return self.content or ""
 
 
@@ -130,7 +196,9 @@ class ChatRequest(_Request):
 class ClassifyRequest(BaseModel):
     """``POST /v1/classify``: labels and probabilities from a sequence-classification adapter."""
 
-    model: str
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=256)
     input: str | list[str]
 
     def texts(self) -> list[str]:
@@ -142,10 +210,12 @@ class ClassifyRequest(BaseModel):
 
 
 class AdapterRequest(BaseModel):
-    """``POST /v1/adapters``: load the adapter saved in ``path`` as ``name``."""
+    """``POST /v1/adapters``: load the adapter saved in ``path`` (under ``--adapter-root``) as ``name``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
-    path: str = Field(min_length=1)
+    path: str = Field(min_length=1, max_length=4096)
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
@@ -153,6 +223,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     first = errors[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
-    return (
-        f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid body")
-    ), param
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field; check its spelling or leave it out"
+    return (f"{param}: {message}" if param else message), param

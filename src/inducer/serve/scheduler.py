@@ -4,7 +4,11 @@ Each loop: run queued calls (adapter loads and deletes, classification), admit w
 to ``max_batch_size`` (prefilled together in one pass), then one decode step for every running
 sequence. A new request therefore joins at the next step and a finished one leaves at once; when
 nothing runs, the first arrival waits up to ``max_wait_ms`` for others so that they start together.
-A failing pass is retried one sequence at a time, so one bad request never fails its batch-mates.
+The isolation rule (one request never changes another's result): a failing shared pass commits
+nothing to any sequence (:class:`~inducer.serve.decoding.DecodeBatch`) and is retried one sequence at
+a time; a failure after the pass (one row's sampling or text) fails that row alone. Batch-mates
+therefore generate exactly what they would alone (``tests/serve/test_isolation.py`` injects
+failures at each point and compares with solo runs).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from concurrent.futures import Future
 from .decoding import DecodeBatch, Sequence, prefill
 from .engine import Engine
 from .metrics import BATCH_BUCKETS, Metrics
+from .protocol import ServeError
 
 logger = logging.getLogger("inducer.serve")
 
@@ -37,11 +42,14 @@ class Scheduler:
         self._in_use: Counter[str | None] = Counter()  # waiting + running sequences per adapter
         self._deleting: set[str] = set()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="inducer-serve-worker", daemon=True)
+        self._started = False
+        self.failure: BaseException | None = None  # what killed the worker thread, if anything did
+        self._thread = threading.Thread(target=self._run, name="inducer-serve-worker", daemon=True)
 
     # --- called from the event loop ---------------------------------------------------------------
     def start(self) -> None:
         """Start the worker thread."""
+        self._started = True
         self._thread.start()
 
     def stop(self) -> None:
@@ -51,15 +59,21 @@ class Scheduler:
             self._cond.notify()
         self._thread.join(timeout=60)
 
+    def alive(self) -> bool:
+        """Whether the worker thread runs (a dead worker would leave every request waiting)."""
+        return self.failure is None and (self._thread.is_alive() or not self._started)
+
     def adapters(self) -> list[str]:
         """The adapters that accept new requests (not those being deleted)."""
         with self._cond:
             return [name for name in self.engine.adapter_names() if name not in self._deleting]
 
     def submit(self, sequences: list[Sequence]) -> None:
-        """Queue sequences for generation (their ``on_update`` reports progress)."""
+        """Queue sequences for generation (their ``on_update`` reports progress); 503 if the worker
+        is dead."""
         now = time.perf_counter()
         with self._cond:
+            self._check_alive()
             for seq in sequences:
                 self._waiting.append((now, seq))
                 self._in_use[seq.adapter] += 1
@@ -69,6 +83,7 @@ class Scheduler:
         """Run ``fn()`` on the worker thread between steps; its result or error in the future."""
         future: Future = Future()
         with self._cond:
+            self._check_alive()
             self._calls.append((fn, future))
             self._cond.notify()
         return future
@@ -87,7 +102,36 @@ class Scheduler:
         with self._cond:
             return sum(self._in_use.values())
 
+    def _check_alive(self) -> None:
+        if self.failure is not None:
+            raise ServeError(503, "the server's model worker failed; it is shutting down: retry on another "
+                             "replica or after it restarts")  # fmt: skip
+
     # --- the worker thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        """The worker: its loop, and if that ever raises (a bug of ours), every waiting request
+        answered with an error instead of waiting forever; the server's watchdog then exits."""
+        try:
+            self._loop()
+        except BaseException as err:
+            logger.critical("the model worker thread died; the server will exit", exc_info=err)
+            with self._cond:
+                self.failure = err
+                waiting = [seq for _, seq in self._waiting] + self._running
+                calls = list(self._calls)
+                self._waiting.clear()
+                self._calls.clear()
+                self._running = []
+            for seq in waiting:
+                if not seq.finished:
+                    seq.fail(f"WorkerDied: {type(err).__name__}")
+                try:
+                    seq.on_update(seq)
+                except Exception:
+                    logger.exception("on_update failed")
+            for _, future in calls:
+                future.set_exception(ServeError(503, "the server's model worker failed; retry elsewhere"))
+
     def _next_work(self) -> tuple[list, list[Sequence]] | None:
         with self._cond:
             while not (self._waiting or self._calls or self._running or self._stopping):
@@ -179,6 +223,7 @@ class Scheduler:
         for name in ready:
             if name in self.engine.adapter_names():
                 self.engine.remove_adapter(name)
+                self.metrics.forget(adapter=name)
             with self._cond:
                 self._deleting.discard(name)
                 self._in_use.pop(name, None)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .protocol import Limits
 
@@ -27,7 +30,39 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
     drain_timeout: float = 300.0
-    base_name: str | None = None  # what requests call the base model (default: ``model`` as given)
+    base_name: str | None = None  # what requests call the base model (default: see ``default_base_name``)
+    insecure: bool = False  # allow a non-loopback interface without an API key
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback interface (only this machine can connect)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond this machine without an API key, unless ``--insecure`` says so."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty; give a long random key (e.g. from `openssl rand -hex 32`)")
+    if not is_loopback(host) and api_key is None and not insecure:
+        raise ValueError(
+            f"--host {host} accepts connections from other machines: give --api-key KEY (or set "
+            "INDUCER_API_KEY), or pass --insecure to serve without one"
+        )
+
+
+def default_base_name(model: str) -> str:
+    """What requests call the base by default: ``--model`` as given, but a local folder by its last
+    part only (clients never learn the server's paths)."""
+
+    path = Path(model).expanduser()
+    return path.resolve().name if path.is_dir() else model
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
@@ -48,11 +83,14 @@ def _draining_server(config, gate, drain_timeout: float):
 
     class DrainingServer(uvicorn.Server):
         """uvicorn, but the first SIGTERM / SIGINT drains: new requests get 503, those in flight
-        finish, then it stops; a second signal stops at once."""
+        finish, then it stops; a second signal exits at once (128 + the signal's number, like a
+        process the signal killed), whatever is in flight."""
 
         def handle_exit(self, sig, frame) -> None:
             if gate.draining:
-                return super().handle_exit(sig, frame)
+                logger.warning("second signal %s: exiting now, %d request(s) unanswered", sig, gate.in_flight)
+                logging.shutdown()
+                os._exit(128 + int(sig))
             gate.draining = True
             logger.info("signal %s: draining %d request(s) in flight, refusing new ones", sig, gate.in_flight)
             threading.Thread(target=self._exit_when_idle, daemon=True).start()
@@ -62,6 +100,27 @@ def _draining_server(config, gate, drain_timeout: float):
             self.should_exit = True
 
     return DrainingServer(config)
+
+
+class WorkerDied(RuntimeError):
+    """The model's worker thread died (a bug of ours): the server stopped."""
+
+
+def _watchdog(server, scheduler, period: float = 0.5) -> threading.Thread:
+    """A thread that stops ``server`` once the worker thread has died: ``/health`` already answers
+    503, and the process exits non-zero so that its supervisor restarts it."""
+
+    def watch() -> None:
+        while not server.should_exit:
+            if not scheduler.alive():
+                logger.critical("the model worker is dead: stopping the server")
+                server.should_exit = True
+                return
+            time.sleep(period)
+
+    thread = threading.Thread(target=watch, name="inducer-serve-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def _setup_logging() -> None:
@@ -89,14 +148,24 @@ def run(options: ServeOptions) -> None:
     from .scheduler import Scheduler
 
     _setup_logging()
-    if options.max_batch_size < 1 or options.max_wait_ms < 0:
-        raise ValueError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
+    check_exposure(options.host, options.api_key, options.insecure)
+    if options.adapter_root is not None and not Path(options.adapter_root).expanduser().is_dir():
+        raise ValueError(f"--adapter-root {options.adapter_root} is not a folder; give an existing folder")
+    if options.insecure and options.api_key is None and not is_loopback(options.host):
+        for line in (
+            f"--insecure: serving on {options.host} WITHOUT an API key.",
+            "Anyone who can reach this port can generate with every adapter"
+            + (" and load or delete adapters under --adapter-root." if options.adapter_root else "."),
+            "Use --api-key (and TLS through a reverse proxy) for anything but a trusted network.",
+        ):
+            logger.warning("INSECURE: %s", line)
     engine = Engine.load(
         options.model,
         options.adapters,
         options.adapter_root,
         device=options.device,
-        base_name=options.base_name,
+        base_name=options.base_name or default_base_name(options.model),
+        limits=options.limits,
     )
     metrics = Metrics()
     scheduler = Scheduler(engine, metrics, options.max_batch_size, options.max_wait_ms)
@@ -118,11 +187,17 @@ def run(options: ServeOptions) -> None:
         options.max_batch_size,
         options.max_wait_ms,
     )
+    server = _draining_server(config, gate, options.drain_timeout)
+    _watchdog(server, scheduler)
     try:
-        _draining_server(config, gate, options.drain_timeout).run()
+        server.run()
     finally:
         scheduler.stop()
+    if scheduler.failure is not None:  # a bug of ours: its traceback, exit 1
+        raise WorkerDied("the model's worker thread died (traceback above); the server stopped") from (
+            scheduler.failure
+        )
     logger.info("stopped")
 
 
-__all__ = ["ServeOptions", "parse_adapters", "run"]
+__all__ = ["ServeOptions", "check_exposure", "default_base_name", "is_loopback", "parse_adapters", "run"]
