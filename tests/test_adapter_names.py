@@ -176,4 +176,4 @@ def test_one_error_class_and_a_public_task_head():
     assert inducer.AdapterFormatError is adapter_format.AdapterFormatError is errors.AdapterFormatError
     model = make_model("bert")
     assert task_head_names(model) == ["classifier.weight", "classifier.bias"]
-    assert adapter._task_head_names is task_head_names  # the old private name serve still imports
+    assert not hasattr(adapter, "_task_head_names")  # serve imports the public name; no private alias
