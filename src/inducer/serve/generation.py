@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,8 +15,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .decoding import Sampling, Sequence
 from .protocol import ServeError
 
-if TYPE_CHECKING:
-    from .app import Service
+
+class Service(Protocol):
+    """What a generation needs of the server (:class:`inducer.serve.app.Service` has it); a protocol,
+    so that this module does not import the app that imports it."""
+
+    engine: Any
+    scheduler: Any
+
+    def sampling(self, body: Any, max_tokens: int | None, prompt_tokens: int) -> Sampling: ...
+
+    def record(self, endpoint: str, adapter: str | None, status: int, started: float, **fields: Any) -> None: ...
 
 DISCONNECT_POLL_S = 0.25
 

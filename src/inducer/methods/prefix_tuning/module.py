@@ -3,7 +3,7 @@ and their initialisation from real tokens (see the package docstring)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -13,8 +13,14 @@ from ...families import AttentionSite
 from ..base import adapter_dtype
 from ..extension import AttentionExtension
 
-if TYPE_CHECKING:
-    from .method import PrefixConfig
+
+class PrefixSizes(Protocol):
+    """What the modules read of a :class:`~inducer.methods.prefix_tuning.PrefixConfig` (a protocol, so
+    that this module does not import the one that imports it)."""
+
+    length: int
+    reparam_hidden: int | None
+    init_std: float
 
 INITS = ("random", "zero", "tokens")
 
@@ -80,7 +86,7 @@ def key_value_heads(site: AttentionSite) -> int:
 class PrefixEncoder(nn.Module):
     """The shared part of Li & Liang's reparameterisation: ``tanh(Linear(d, h)(embedding))``."""
 
-    def __init__(self, config: PrefixConfig, width: int, dtype: torch.dtype | None = None):
+    def __init__(self, config: PrefixSizes, width: int, dtype: torch.dtype | None = None):
         super().__init__()
         std = config.init_std if config.init_std > 0 else 1.0
         self.embedding = nn.Parameter(torch.randn(config.length, width, dtype=dtype) * std)
@@ -98,7 +104,7 @@ class PrefixModule(AttentionExtension):
 
     def __init__(
         self,
-        config: PrefixConfig,
+        config: PrefixSizes,
         kv_heads: int,
         head_dim: int,
         encoder: PrefixEncoder | None = None,
