@@ -25,7 +25,8 @@ class Service(Protocol):
 
     def sampling(self, body: Any, max_tokens: int | None, prompt_tokens: int) -> Sampling: ...
 
-    def record(self, endpoint: str, adapter: str | None, status: int, started: float, **fields: Any) -> None: ...
+    def record(self, endpoint: str, adapter: str | None, status: int, started: float,
+               **fields: Any) -> None: ...
 
 DISCONNECT_POLL_S = 0.25
 
