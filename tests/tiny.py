@@ -20,9 +20,10 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"]
 def _words() -> list[str]:
     from inducer.tasks import e2e_synthetic
 
-    # Saved adapters (binary, tests/methods/test_saved_adapters.py) are not text fixtures.
+    # Saved adapters (binary, tests/methods/test_saved_adapters.py) and saved runs (with their own
+    # tiny bases and tokenizers, tests/test_run_records.py) are not text fixtures.
     text = " ".join(p.read_text(encoding="utf-8") for p in sorted(FIXTURES.rglob("*"))
-                    if p.is_file() and "adapters" not in p.relative_to(FIXTURES).parts)
+                    if p.is_file() and not {"adapters", "runs"} & set(p.relative_to(FIXTURES).parts))
     text += " ".join(
         r["meaning_representation"] + " " + r["human_reference"]
         for r in e2e_synthetic.generate("train", 50) + e2e_synthetic.generate("test", 20)
