@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from inducer.evaluation import compute_loss
-from inducer.experiment import TaskSource, build
+from inducer.experiment import build
+from inducer.task_source import TaskSource
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 

@@ -15,6 +15,7 @@ resolved: those are written as ``@FIXTURES@/...`` and put back for the checkout 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -105,14 +106,41 @@ def test_resume_of_an_old_run_folder(runs):
 
 
 def test_old_comparison_results_read():
-    from inducer.compare import choose_lr, markdown_table
+    from inducer.compare import choose_lr
+    from inducer.run_records import CompareResults, markdown_table
 
-    data = json.loads((ROOT / "compare" / "results.json").read_text())
-    table = markdown_table(data["rows"], "base-bert x regression, budget 2%")
-    assert (ROOT / "compare" / "results.md").read_text().startswith(table)
-    assert [row["method"] for row in data["rows"]] == ["inducer", "lora"]
-    assert data["rows"][0]["sizes"] == data["runs"]["inducer"][0]["knobs"]
+    results = CompareResults.read(ROOT / "compare")  # written before records had a version
+    table = markdown_table(results.rows, "base-bert x regression, budget 2%")
+    assert (ROOT / "compare" / "results.md").read_text().startswith(table)  # rendered as it was
+    assert results.version == 0 and results.seeds == [42, 43] and results.budget == "2%"
+    assert [row.method for row in results.rows] == ["inducer", "lora"]
+    assert results.rows[0].sizes == results.runs["inducer"][0].sizes == {"r_k": 2, "r_v": 1}  # was knobs
     assert choose_lr([{"lr": 1e-3, "validation": 0.5, "select_metric": "pearson"}]) == 1e-3
+
+
+def test_old_run_records_read_and_are_written_in_todays_form(runs):
+    from inducer.run_records import RECORD_VERSION, RunRecord, RunResult
+
+    record = RunRecord.read(runs / "sst2" / "best")
+    assert record.version == 0 and record.sizes == {"r_k": 6, "r_v": 4} and record.step == 3
+    assert record.kind == "classification" and record.num_labels() == 2 and record.source.task == "sst2"
+    assert record.config().max_steps == 3
+    data = record.to_json()
+    assert "knobs" not in data and data["sizes"] == {"r_k": 6, "r_v": 4}
+    assert RunRecord.from_json(data) == dataclasses.replace(record, version=RECORD_VERSION)
+    generation = RunRecord.read(runs / "xsum" / "best")
+    assert generation.new_tokens() == 3 and generation.new_tokens(5) == 5  # --max-new-tokens 3 saved
+    saved = json.loads((ROOT / "sst2" / "results.json").read_text())
+    result = RunResult.from_json(saved)
+    assert result.sizes == saved["knobs"] and result.percent_of_base == saved["percent_of_base"]
+    assert "knobs" not in result.to_json() and result.to_json()["version"] == RECORD_VERSION == 1
+
+
+def test_new_runs_write_sizes_and_a_version(runs):
+    run_cli("train", *SST2, "--output", "new")
+    for path in ("new/config.json", "new/best/inducer_run.json", "new/results.json"):
+        data = json.loads((runs / path).read_text())
+        assert data["version"] == 1 and "sizes" in data and "knobs" not in data, path
 
 
 if __name__ == "__main__":

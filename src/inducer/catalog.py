@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OWN_FILE_KINDS = ("classification", "regression", "generation")
+from .tasks.base import KINDS
 
 
 @dataclass
@@ -47,7 +47,7 @@ def available() -> dict[str, list[tuple[str, ...]]]:
             spec.hub[0] + (f" ({spec.hub[1]})" if spec.hub[1] else "") if spec.hub else "offline, built in"
         )
         tasks.append((name, spec.kind, where, spec.description))
-    tasks.append((" / ".join(OWN_FILE_KINDS), "", "--train-file ...", "your own files"))
+    tasks.append((" / ".join(KINDS), "", "--train-file ...", "your own files"))
     return {
         "methods": [(name, spec.description) for name, spec in PRESETS.items()],
         "tasks": tasks,
@@ -75,7 +75,7 @@ def method_counts(
     from .tasks import get_task
 
     kind, labels = "classification", num_labels
-    if task in OWN_FILE_KINDS:
+    if task in KINDS:
         kind = task
     elif task:
         spec = get_task(task)
