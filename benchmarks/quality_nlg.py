@@ -212,10 +212,12 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
 
     from inducer.adapter import count_parameters
     from inducer.base_models import load_model
+    from inducer.budget import percent_of_base
     from inducer.encoding import encode_options, encode_split
     from inducer.evaluation import evaluation_loss
-    from inducer.experiment import build, run_info
-    from inducer.training import TrainConfig, Trainer, set_seed
+    from inducer.experiment import build, run_record
+    from inducer.training import Trainer, set_seed
+    from inducer.training_config import TrainConfig
 
     config = TrainConfig(
         lr=lr if lr is not None else args.method_lrs.get(method, args.lr),
@@ -248,7 +250,7 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             loss = evaluation_loss(loaded.model, val, loaded.tokenizer, "generation", False, args.batch_size)
         row.update(
             summary="the base model prompted with `MR =>`, no parameters added, no training",
-            knobs={},
+            sizes={},
             parameters=0,
             trainable_parameters=0,
             base_parameters=count.base,
@@ -265,23 +267,23 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             method in INIT_VARIANTS) else None
         loaded, configs = build(model_name, task, preset_name, args.budget, args.seed, chosen=chosen)
         print(f"[{method}] {configs.summary}", flush=True)
-        info = run_info(model_name, _source(), task, preset_name, args.budget, configs, config, loaded)
+        record = run_record(model_name, _source(), task, preset_name, args.budget, configs, config, loaded)
         out_dir = Path(args.work_dir) / method.replace("+", "_") if args.work_dir else None
         if out_dir is not None and out_dir.exists():
             shutil.rmtree(out_dir)  # a fresh run, never a stale checkpoint
         curve = LossCurve()
-        trainer = Trainer(loaded, task, config, out_dir, info, progress=args.progress, callbacks=[curve])
+        trainer = Trainer(loaded, task, config, out_dir, record, progress=args.progress, callbacks=[curve])
         result = trainer.train()
         count = count_parameters(loaded.model)
         validation = result.history[-1] if result.history else {}
         row.update(
             summary=configs.summary,
-            knobs={k: (f"top {len(v)}" if k == "layers" else v) for k, v in configs.knobs.items()},
+            sizes={k: (f"top {len(v)}" if k == "layers" else v) for k, v in configs.sizes.items()},
             parameters=configs.count,
             trainable_parameters=count.trainable,
             head_parameters=count.head,
             base_parameters=count.base,
-            percent_of_base=100.0 * configs.count / max(count.base, 1),
+            percent_of_base=percent_of_base(configs.count, count.base),
             lr=config.lr,
             steps=result.steps,
             train_seconds=result.train_seconds,
@@ -312,7 +314,7 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
 
 
 def _source():
-    from inducer.experiment import TaskSource
+    from inducer.task_source import TaskSource
 
     return TaskSource(TASK)
 
@@ -357,7 +359,8 @@ def render_markdown(report: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|",
     ]
     for r in rows:
-        sizes = ", ".join(f"{k}={v}" for k, v in r.get("knobs", {}).items()) or "-"
+        # "knobs": what rows written before the name "sizes" call them
+        sizes = ", ".join(f"{k}={v}" for k, v in r.get("sizes", r.get("knobs", {})).items()) or "-"
         metric_cells = [_fmt(r["metrics"].get(m), 3 if m in ("nist", "cider") else 2) for m in names]
         lines.append(
             f"| {r['method']} | {sizes} | {r['parameters']:,} | {r['percent_of_base']:.3f}% | "

@@ -71,6 +71,7 @@ def method_counts(
     import inducer
 
     from .base_models import load_model
+    from .budget import percent_of_base
     from .presets import PRESETS, check_method
     from .tasks import get_task
 
@@ -89,13 +90,13 @@ def method_counts(
         configs = inducer.preset(name, loaded.model, budget)
         inducer.attach(loaded.model, list(configs))
         count = inducer.count_parameters(loaded.model)
-        sizes = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in configs.knobs.items())
+        sizes = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in configs.sizes.items())
         counts.append(
             MethodCount(
                 name,
                 sizes or "-",
                 configs.count,
-                100 * configs.count / count.base,
+                percent_of_base(configs.count, count.base),
                 count.trainable,
                 count.head,
                 configs.summary,

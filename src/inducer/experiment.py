@@ -24,6 +24,7 @@ from .adapter_format import load_adapter
 from .atomic import atomic_write_text
 from .base_identity import base_weights_sha256
 from .base_models import LoadedModel, load_model
+from .budget import percent_of_base
 from .callbacks import TrainerCallback
 from .encoding import EncodeOptions, encode_options
 from .evaluation import evaluate
@@ -239,6 +240,7 @@ def _test_and_summarise(
         trainable_parameters=count.trainable,
         head_parameters=count.head,
         base_parameters=count.base,
+        percent_of_base=percent_of_base(configs.count, count.base),
         select_metric=result.select_metric,
         best_validation=result.best_metric,
         best_step=result.best_step,

@@ -5,24 +5,24 @@ searches the method's sizes (ranks, lengths, bottlenecks, and if needed how many
 are adapted) for the count closest to the budget, preferring all layers and the paper's proportions.
 Budgets count the parameters a method keeps at inference (prefix-tuning's reparameterisation MLP
 is training-only), excluding the task head. Counting runs on a parameter-free ("meta") copy of the
-model, so it costs no memory.
+model (:class:`inducer.budget.BudgetCounter`), so it costs no memory.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
-import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
-from .adapter import attach, count_parameters, detach
 from .methods import PRESETS, MethodConfig, PresetSpec
+
+if TYPE_CHECKING:
+    from .budget import BudgetCounter
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 0.02  # a budget is met when the count is within 2% of it
@@ -50,11 +50,6 @@ class PresetChoice:
     budget: int | None
     summary: str
 
-    @property
-    def knobs(self) -> dict:
-        """Old name of :attr:`sizes` (cli, experiment and benchmarks still read it)."""
-        return self.sizes
-
     def __iter__(self):
         return iter(self.configs)
 
@@ -63,43 +58,6 @@ class PresetChoice:
 
     def __getitem__(self, index):
         return self.configs[index]
-
-
-def _meta_twin(model: nn.Module) -> nn.Module:
-    """A parameter-free copy of ``model`` with the same structure, for counting."""
-    config = getattr(model, "config", None)
-    with torch.device("meta"):
-        if config is not None:
-            try:
-                return type(model)(copy.deepcopy(config))
-            except Exception:  # noqa: BLE001  (fall back to a structural copy below)
-                pass
-    return copy.deepcopy(model).to("meta")
-
-
-class _Counter:
-    """Budget counts of config lists on a meta twin, memoised per config."""
-
-    def __init__(self, model: nn.Module):
-        self.twin = _meta_twin(model)
-        self.cache: dict[str, int] = {}
-
-    def one(self, config: MethodConfig) -> int:
-        config = config.inference_config()
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key not in self.cache:
-            with torch.device("meta"):
-                attach(self.twin, config)
-            try:
-                self.cache[key] = count_parameters(self.twin).budget
-            finally:
-                detach(self.twin)
-        return self.cache[key]
-
-    def __call__(self, configs: Iterable[MethodConfig]) -> int:
-        # Methods add disjoint parameters (attach refuses overlaps), so counts add up; the
-        # unfrozen base parameters of BitFit / full fine-tuning are counted by their own config.
-        return sum(self.one(c) for c in configs)
 
 
 def parse_budget(budget: int | str | float, base: int) -> int:
@@ -133,7 +91,9 @@ def _shape_penalty(sizes: dict, paper: dict) -> float:
                    - math.log((paper[a] + 1) / (paper[names[0]] + 1))) for a in names[1:])
 
 
-def _affine_count(spec: PresetSpec, counter: _Counter, layers: list[int] | None) -> Callable[[dict], float]:
+def _affine_count(
+    spec: PresetSpec, counter: BudgetCounter, layers: list[int] | None
+) -> Callable[[dict], float]:
     """Predict counts from a few exact ones: every method's count is affine in each of its sizes
     (a rank, length or bottleneck multiplies a fixed per-layer cost), plus a constant jump at 0 for
     the sizes the preset declares ``removed_at_zero`` (0 removes a whole module)."""
@@ -155,7 +115,7 @@ def _affine_count(spec: PresetSpec, counter: _Counter, layers: list[int] | None)
     return predict
 
 
-def _candidates(spec: PresetSpec, counter: _Counter, budget: int, n_layers: int):
+def _candidates(spec: PresetSpec, counter: BudgetCounter, budget: int, n_layers: int):
     """Yield (sizes, predicted count): for each layer choice and each setting of the other sizes,
     the first size that brings the count nearest the budget (from the affine prediction)."""
     names = list(spec.ranges)
@@ -215,7 +175,10 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
         raise ValueError(
             f"method {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.sizes)}"
         )
-    counter = _Counter(model)
+    # budget imports this module (PresetChoice): imported here, when the module is loaded.
+    from .budget import BudgetCounter, percent_of_base
+
+    counter = BudgetCounter(model)
     base = sum(p.numel() for p in model.parameters())
     if budget is None or not spec.ranges:
         chosen = {**spec.sizes, **(sizes or {})}
@@ -250,7 +213,7 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
     count = counter(configs)
     shown = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in chosen.items())
     summary = f"{name}: {spec.description}; {shown or 'no sizes'}; {count:,} parameters " + (
-        f"({100 * count / base:.3f}% of {base:,})" if target is None else
+        f"({percent_of_base(count, base):.3f}% of {base:,})" if target is None else
         f"for a budget of {target:,} ({100 * (count - target) / target:+.2f}%)")
     if target is not None and spec.ranges and abs(count - target) > TOLERANCE * target:
         summary += f"; the closest this method's sizes allow is outside {TOLERANCE:.0%}"

@@ -33,12 +33,6 @@ RUN_FILE = "inducer_run.json"  # written next to each saved adapter: what eval/g
 DEFAULT_NEW_TOKENS = 40
 
 
-def percent_of_base(count: int, base: int) -> float:
-    """``count`` as a percentage of ``base`` parameters (the unit budgets are given in); 0 bases
-    count as 1 so that an empty model gives a number, not an error."""
-    return 100.0 * count / max(base, 1)
-
-
 def _sizes(data: dict) -> dict:
     """A record's sizes: ``sizes``, or ``knobs`` as version-0 records named them."""
     return dict(data.get("sizes", data.get("knobs")) or {})
@@ -142,8 +136,9 @@ class RunResult:
 
     ``parameters`` are those the method keeps at inference (what budgets match; prefix-tuning's
     training-only MLP excluded), ``trainable_parameters`` what training updates (that MLP and the task
-    head included). ``test``: split -> metric -> value, on the best adapter; ``history``: the
-    validation records.
+    head included), ``percent_of_base`` the first as a percentage of ``base_parameters``
+    (:func:`inducer.budget.percent_of_base`). ``test``: split -> metric -> value, on the best adapter;
+    ``history``: the validation records.
     """
 
     method: str
@@ -153,6 +148,7 @@ class RunResult:
     trainable_parameters: int
     head_parameters: int
     base_parameters: int
+    percent_of_base: float
     select_metric: str
     best_validation: float | None
     best_step: int
@@ -163,16 +159,11 @@ class RunResult:
     test: dict[str, dict[str, float]] = field(default_factory=dict)
     version: int = RECORD_VERSION
 
-    @property
-    def percent_of_base(self) -> float:
-        """``parameters`` as a percentage of the base model's."""
-        return percent_of_base(self.parameters, self.base_parameters)
-
     def to_json(self) -> dict:
-        """The JSON form (``percent_of_base`` included for readers of the file)."""
+        """The JSON form."""
         data = dataclasses.asdict(self)
         del data["version"]
-        return {"version": RECORD_VERSION, **data, "percent_of_base": self.percent_of_base}
+        return {"version": RECORD_VERSION, **data}
 
     @classmethod
     def from_json(cls, data: dict) -> RunResult:
