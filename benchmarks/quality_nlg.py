@@ -215,8 +215,8 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
     from inducer.budget import percent_of_base
     from inducer.encoding import encode_options, encode_split
     from inducer.evaluation import evaluation_loss
-    from inducer.experiment import build, run_record
-    from inducer.training import Trainer, set_seed
+    from inducer.experiment import build, run_one
+    from inducer.training import set_seed
     from inducer.training_config import TrainConfig
 
     config = TrainConfig(
@@ -267,13 +267,15 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             method in INIT_VARIANTS) else None
         loaded, configs = build(model_name, task, preset_name, args.budget, args.seed, chosen=chosen)
         print(f"[{method}] {configs.summary}", flush=True)
-        record = run_record(model_name, _source(), task, preset_name, args.budget, configs, config, loaded)
         out_dir = Path(args.work_dir) / method.replace("+", "_") if args.work_dir else None
         if out_dir is not None and out_dir.exists():
             shutil.rmtree(out_dir)  # a fresh run, never a stale checkpoint
         curve = LossCurve()
-        trainer = Trainer(loaded, task, config, out_dir, record, progress=args.progress, callbacks=[curve])
-        result = trainer.train()
+        # The library's run (record, training, results.json), on the model built above (kept for the
+        # scoring below); the test split is scored here, with every reference, not by the run.
+        result = run_one(model_name, _source(), preset_name, config, args.budget, out_dir,
+                         progress=args.progress, task=task, test_splits=False, chosen={preset_name: configs},
+                         callbacks=[curve], loaded=loaded)  # fmt: skip
         count = count_parameters(loaded.model)
         validation = result.history[-1] if result.history else {}
         row.update(
@@ -291,7 +293,7 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             validation={k: validation.get(k) for k in ("loss", "perplexity")},
             train_loss_log=curve.points,
         )
-        options = trainer.options
+        options = encode_options(task, loaded, config)  # as the run encoded its splits
     model = loaded.model
     model.eval()
     metrics, texts, generate_seconds = _score(model, loaded, task, options, sources, references, args)
