@@ -212,7 +212,6 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
 
     from inducer.adapter import count_parameters
     from inducer.base_models import load_model
-    from inducer.budget import percent_of_base
     from inducer.encoding import encode_options, encode_split
     from inducer.evaluation import evaluation_loss
     from inducer.experiment import build, run_one
@@ -276,19 +275,13 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
         result = run_one(model_name, _source(), preset_name, config, args.budget, out_dir,
                          progress=args.progress, task=task, test_splits=False, chosen={preset_name: configs},
                          callbacks=[curve], loaded=loaded)  # fmt: skip
-        count = count_parameters(loaded.model)
         validation = result.history[-1] if result.history else {}
+        counted = ("summary", "parameters", "trainable_parameters", "head_parameters", "base_parameters",
+                   "percent_of_base", "steps", "train_seconds")  # the run's own record of them
         row.update(
-            summary=configs.summary,
-            sizes={k: (f"top {len(v)}" if k == "layers" else v) for k, v in configs.sizes.items()},
-            parameters=configs.count,
-            trainable_parameters=count.trainable,
-            head_parameters=count.head,
-            base_parameters=count.base,
-            percent_of_base=percent_of_base(configs.count, count.base),
+            {name: getattr(result, name) for name in counted},
+            sizes={k: (f"top {len(v)}" if k == "layers" else v) for k, v in result.sizes.items()},
             lr=config.lr,
-            steps=result.steps,
-            train_seconds=result.train_seconds,
             seconds_per_step=result.train_seconds / max(result.steps, 1),
             validation={k: validation.get(k) for k in ("loss", "perplexity")},
             train_loss_log=curve.points,
