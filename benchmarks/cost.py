@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lib.formatting import mib, ms, number  # noqa: E402
 from lib.jobs import Deadline  # noqa: E402
 from lib.memory import cpu_peak_bytes  # noqa: E402
+from lib.peft_sizes import peft_prefix_sizes  # noqa: E402
 from lib.stamp import environment as stamp  # noqa: E402
 
 import inducer  # noqa: E402
@@ -192,11 +193,12 @@ class Sizes:
         if key not in self.memo:
             entry = self.saved.get(key)
             if entry is not None and inducer.PRESETS[name].ranges:
-                result = inducer.preset(name, model, sizes=entry["knobs"])
+                # "knobs": what files written before the name "sizes" call them
+                result = inducer.preset(name, model, sizes=entry.get("sizes", entry.get("knobs")))
                 result.summary += f" (sizes that budget matching chose for {budget:,}, from {self.path.name})"
             else:
                 result = inducer.preset(name, model, budget=budget)
-                self.searched[key] = {"knobs": _jsonable(result.knobs), "count": result.count,
+                self.searched[key] = {"sizes": _jsonable(result.sizes), "count": result.count,
                                       "summary": result.summary}
             self.memo[key] = result
         return self.memo[key]
@@ -226,7 +228,7 @@ def build_method(name: str, base: nn.Module, kind: str, budget: int, reference: 
         count = inducer.count_parameters(model)
         sized = bool(inducer.PRESETS[name].ranges)  # full fine-tuning and BitFit have no size to match
         info.update(description=configs.summary if sized else f"{name}: {inducer.PRESETS[name].description}",
-                    knobs=_jsonable(configs.knobs), inference_parameters=configs.count, added=count.added)
+                    sizes=_jsonable(configs.sizes), inference_parameters=configs.count, added=count.added)
     elif name in PEFT_METHODS:
         if peft is None:
             raise RuntimeError("peft is not installed")
@@ -242,7 +244,7 @@ def build_method(name: str, base: nn.Module, kind: str, budget: int, reference: 
 def build_peft(name: str, model: nn.Module, kind: str, budget: int, reference: int, info: dict) -> nn.Module:
     """PEFT's LoRA / prefix-tuning with the sizes inducer's preset picked for the same budget."""
     if name == "peft-lora":
-        knobs = SIZES.preset("lora", model, kind, budget, reference).knobs
+        knobs = SIZES.preset("lora", model, kind, budget, reference).sizes
         config = peft.LoraConfig(r=knobs["r"], lora_alpha=2 * knobs["r"], lora_dropout=0.0,
                                  target_modules=_peft_targets(kind), layers_to_transform=knobs.get("layers"),
                                  task_type="CAUSAL_LM" if kind == "smollm2" else None)
@@ -252,18 +254,13 @@ def build_peft(name: str, model: nn.Module, kind: str, budget: int, reference: i
                                " (inducer's lora preset sizes)")
     else:
         preset = SIZES.preset("prefix", model, kind, budget, reference)
-        length = preset.knobs["length"]
-        layers = preset.knobs.get("layers")
-        if layers:  # PEFT puts prefixes on every layer: spread the same count over all of them
-            n_layers = model.config.num_hidden_layers
-            length = max(1, round(length * len(layers) / n_layers))
-        hidden = preset[0].reparam_hidden
-        config = peft.PrefixTuningConfig(
-            num_virtual_tokens=length, prefix_projection=hidden is not None, encoder_hidden_size=hidden or 1,
-            task_type="CAUSAL_LM" if kind == "smollm2" else "FEATURE_EXTRACTION")
+        sizes = peft_prefix_sizes(preset, model.config.num_hidden_layers)
+        length, hidden = sizes["num_virtual_tokens"], preset[0].reparam_hidden
+        task_type = "CAUSAL_LM" if kind == "smollm2" else "FEATURE_EXTRACTION"
+        config = peft.PrefixTuningConfig(**sizes, task_type=task_type)
         info["description"] = (f"peft {peft.__version__} prefix-tuning, {length} virtual tokens on every "
                                f"layer, prefix_projection (hidden {hidden}) like inducer's prefix preset")
-        info["knobs"] = {"num_virtual_tokens": length, "encoder_hidden_size": hidden}
+        info["sizes"] = {"num_virtual_tokens": length, "encoder_hidden_size": hidden}
     model = peft.get_peft_model(model, config)
     model.train()
     return model

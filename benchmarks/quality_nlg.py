@@ -214,8 +214,9 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
     from inducer.base_models import load_model
     from inducer.encoding import encode_options, encode_split
     from inducer.evaluation import evaluation_loss
-    from inducer.experiment import build, run_info
-    from inducer.training import TrainConfig, Trainer, set_seed
+    from inducer.experiment import build, run_one
+    from inducer.training import set_seed
+    from inducer.training_config import TrainConfig
 
     config = TrainConfig(
         lr=lr if lr is not None else args.method_lrs.get(method, args.lr),
@@ -248,7 +249,7 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             loss = evaluation_loss(loaded.model, val, loaded.tokenizer, "generation", False, args.batch_size)
         row.update(
             summary="the base model prompted with `MR =>`, no parameters added, no training",
-            knobs={},
+            sizes={},
             parameters=0,
             trainable_parameters=0,
             base_parameters=count.base,
@@ -265,31 +266,27 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
             method in INIT_VARIANTS) else None
         loaded, configs = build(model_name, task, preset_name, args.budget, args.seed, chosen=chosen)
         print(f"[{method}] {configs.summary}", flush=True)
-        info = run_info(model_name, _source(), task, preset_name, args.budget, configs, config, loaded)
         out_dir = Path(args.work_dir) / method.replace("+", "_") if args.work_dir else None
         if out_dir is not None and out_dir.exists():
             shutil.rmtree(out_dir)  # a fresh run, never a stale checkpoint
         curve = LossCurve()
-        trainer = Trainer(loaded, task, config, out_dir, info, progress=args.progress, callbacks=[curve])
-        result = trainer.train()
-        count = count_parameters(loaded.model)
+        # The library's run (record, training, results.json), on the model built above (kept for the
+        # scoring below); the test split is scored here, with every reference, not by the run.
+        result = run_one(model_name, _source(), preset_name, config, args.budget, out_dir,
+                         progress=args.progress, task=task, test_splits=False, chosen={preset_name: configs},
+                         callbacks=[curve], loaded=loaded)  # fmt: skip
         validation = result.history[-1] if result.history else {}
+        counted = ("summary", "parameters", "trainable_parameters", "head_parameters", "base_parameters",
+                   "percent_of_base", "steps", "train_seconds")  # the run's own record of them
         row.update(
-            summary=configs.summary,
-            knobs={k: (f"top {len(v)}" if k == "layers" else v) for k, v in configs.knobs.items()},
-            parameters=configs.count,
-            trainable_parameters=count.trainable,
-            head_parameters=count.head,
-            base_parameters=count.base,
-            percent_of_base=100.0 * configs.count / max(count.base, 1),
+            {name: getattr(result, name) for name in counted},
+            sizes={k: (f"top {len(v)}" if k == "layers" else v) for k, v in result.sizes.items()},
             lr=config.lr,
-            steps=result.steps,
-            train_seconds=result.train_seconds,
             seconds_per_step=result.train_seconds / max(result.steps, 1),
             validation={k: validation.get(k) for k in ("loss", "perplexity")},
             train_loss_log=curve.points,
         )
-        options = trainer.options
+        options = encode_options(task, loaded, config)  # as the run encoded its splits
     model = loaded.model
     model.eval()
     metrics, texts, generate_seconds = _score(model, loaded, task, options, sources, references, args)
@@ -312,7 +309,7 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
 
 
 def _source():
-    from inducer.experiment import TaskSource
+    from inducer.task_source import TaskSource
 
     return TaskSource(TASK)
 
@@ -357,7 +354,8 @@ def render_markdown(report: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|",
     ]
     for r in rows:
-        sizes = ", ".join(f"{k}={v}" for k, v in r.get("knobs", {}).items()) or "-"
+        # "knobs": what rows written before the name "sizes" call them
+        sizes = ", ".join(f"{k}={v}" for k, v in r.get("sizes", r.get("knobs", {})).items()) or "-"
         metric_cells = [_fmt(r["metrics"].get(m), 3 if m in ("nist", "cider") else 2) for m in names]
         lines.append(
             f"| {r['method']} | {sizes} | {r['parameters']:,} | {r['percent_of_base']:.3f}% | "

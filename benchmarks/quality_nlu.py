@@ -60,6 +60,7 @@ from pathlib import Path
 
 from lib.formatting import mean_std, pm
 from lib.jobs import Deadline, run_jobs
+from lib.peft_sizes import peft_prefix_sizes
 from lib.runs import LossCurve
 from lib.stamp import environment
 
@@ -171,7 +172,7 @@ def _attach_peft(loaded, config: str, budget: str):
 
     model = loaded.model
     if config == "peft-lora":
-        knobs = preset("lora", model, budget).knobs
+        knobs = preset("lora", model, budget).sizes
         layers = knobs.get("layers")
         peft_config = peft.LoraConfig(
             task_type=peft.TaskType.SEQ_CLS,
@@ -186,18 +187,14 @@ def _attach_peft(loaded, config: str, budget: str):
         count = sum(p.numel() for n, p in wrapped.named_parameters() if "lora_" in n)
         details = f"PEFT LoRA r={knobs['r']}, alpha={2 * knobs['r']}, q,v, layers {layers or 'all'}"
     elif config == "peft-prefix":
-        knobs = preset("prefix", model, budget).knobs
+        sizes = peft_prefix_sizes(preset("prefix", model, budget), model.config.num_hidden_layers)
         _peft_backbone_shim(model)
-        peft_config = peft.PrefixTuningConfig(
-            task_type=peft.TaskType.SEQ_CLS,
-            num_virtual_tokens=knobs["length"],
-            prefix_projection=True,
-            encoder_hidden_size=512,
-        )
+        peft_config = peft.PrefixTuningConfig(task_type=peft.TaskType.SEQ_CLS, **sizes)
         wrapped = peft.get_peft_model(model, peft_config)
         pc = wrapped.peft_config["default"]
         count = pc.num_virtual_tokens * pc.num_layers * 2 * pc.token_dim  # the flat prefixes at inference
-        details = f"PEFT prefix-tuning l={knobs['length']}, prefix_projection (hidden 512)"
+        details = (f"PEFT prefix-tuning l={sizes['num_virtual_tokens']}, prefix_projection "
+                   f"(hidden {sizes['encoder_hidden_size']})")
     else:
         raise ValueError(config)
     head = sum(
@@ -293,7 +290,9 @@ def run_job(job: dict, settings: dict) -> dict:
 
     import inducer
     from inducer.base_models import load_model
-    from inducer.training import TrainConfig, Trainer, set_seed
+    from inducer.budget import percent_of_base
+    from inducer.training import Trainer, set_seed
+    from inducer.training_config import TrainConfig
 
     row = dict(job)
     task = _task()
@@ -346,7 +345,7 @@ def run_job(job: dict, settings: dict) -> dict:
     row.update(
         summary=summary,
         parameters=count,
-        percent_of_base=100.0 * count / base,
+        percent_of_base=percent_of_base(count, base),
         base_parameters=base,
         head_parameters=head,
         trainable_parameters=trainable,

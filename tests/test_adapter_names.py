@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 import inducer
 from inducer import listeners
 from inducer.adapter_format import weights_path
-from inducer.budget import explicit_choice
 from inducer.hub import model_card
 from inducer.integrations.save_hooks import HOOK_MARK, restore_adapter
 from inducer.naming import model_module_name, saved_module_name, slot_name, split_slot
+from inducer.presets import explicit_choice
 from inducer.state import adapter_state, named_adapter, task_head_names
 
 from .conftest import logits_of, make_batch, make_model

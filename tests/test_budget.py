@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import inducer
-from inducer.budget import count_budget, explicit_choice
+from inducer.budget import count_budget
 from inducer.callbacks import TrainerCallback
 from inducer.compare import choose_lr
-from inducer.experiment import TaskSource, train_run
-from inducer.presets import preset
+from inducer.experiment import train_run
+from inducer.presets import explicit_choice, preset
 from inducer.runspec import RunSpec
+from inducer.task_source import TaskSource
 from inducer.training_config import TrainConfig
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
@@ -68,8 +69,8 @@ def test_train_run_takes_explicit_configs_and_callbacks(tiny_models, tmp_path):
                    explicit_configs={"my-lora": [inducer.LoRAConfig(r=3)]}, progress=False)  # fmt: skip
     seen = _Steps()
     result = train_run(spec, callbacks=[seen])
-    assert seen.steps == [1, 2] and result["steps"] == 2
-    assert result["knobs"]["configs"][0]["r"] == 3
+    assert seen.steps == [1, 2] and result.steps == 2
+    assert result.sizes["configs"][0]["r"] == 3
     assert json.loads((tmp_path / "config.json").read_text())["method"] == "my-lora"
 
 
@@ -80,7 +81,7 @@ def test_train_run_trains_an_already_adapted_model_as_it_is(tiny_models, tmp_pat
     source = TaskSource("sst2", data_dir=task_dir("sst2"))
     spec = RunSpec(str(tiny_models["bert"]), source, ["lora"], CONFIG, output=str(tmp_path), progress=False)
     result = train_run(spec, loaded=loaded)
-    assert result["parameters"] == inducer.count_parameters(loaded.model).budget
+    assert result.parameters == inducer.count_parameters(loaded.model).budget
     trained = dict(loaded.model.named_parameters())
     assert any(not torch.equal(trained[n], p) for n, p in before.items())  # this very model was trained
     with pytest.raises(ValueError, match="method attached"):

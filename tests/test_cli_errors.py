@@ -77,7 +77,8 @@ def test_datasets_generation_errors_are_one_line_with_the_cause():
     assert "line 3 of train.csv" in message and "\n" not in message and code == 2
 
 
-@pytest.mark.parametrize("error", [KeyError("weight"), RuntimeError("shape mismatch"), TypeError("None")])
+@pytest.mark.parametrize("error", [KeyError("weight"), RuntimeError("shape mismatch"), TypeError("None"),
+                                   ValueError("a bug of ours that happens to be a ValueError")])
 def test_a_bug_of_ours_shows_the_traceback_and_asks_for_a_report(tiny_models, tmp_path, monkeypatch, error):
     from inducer import experiment
 
@@ -100,3 +101,38 @@ def test_eof_is_not_just_aborted(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "train_run", truncated)
     line = _one_error_line(_train(tiny_models["bert"], tmp_path, expect=2).output)
     assert "Ran out of input" in line and "check that it is complete" in line
+
+
+def _every_user_error_class():
+    from inducer import errors
+
+    found, todo = [], [errors.UserError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return found
+
+
+def test_every_class_of_the_taxonomy_is_one_line_and_exit_2():
+    classes = _every_user_error_class()
+    assert len(classes) >= 12  # UserError, ConfigError, UsageError, AdapterFormatError, TaskError, ...
+    for cls in classes:
+        message, code = explain(cls("a problem\n  and what to do"))
+        assert code == 2 and message == "a problem and what to do", cls
+
+
+def test_the_library_raises_user_errors_for_user_mistakes():
+    import inducer
+    from inducer.errors import ConfigError, UsageError, UserError
+
+    from .conftest import make_model
+
+    with pytest.raises(ConfigError):
+        inducer.LoRAConfig(r=2, dropout=1.5)
+    with pytest.raises(UsageError):
+        inducer.detach(make_model("bert"))
+    with pytest.raises(UserError):
+        inducer.preset("lorra", make_model("bert"))
+    with pytest.raises(UsageError):
+        inducer.set_adapter(inducer.attach(make_model("bert"), inducer.LoRAConfig(r=2)), "nope")

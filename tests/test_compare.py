@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from inducer import compare
@@ -54,7 +56,7 @@ def test_single_value_grid_is_not_extended():
 )
 def test_pick_lr_extends_the_grid_until_the_pick_is_interior(monkeypatch, curve, expected_lrs, expected_pick):
     def fake_run_one(model, source, method, config, *args, **kwargs):
-        return {"best_validation": curve(config.lr), "select_metric": "accuracy"}
+        return SimpleNamespace(best_validation=curve(config.lr), select_metric="accuracy")
 
     monkeypatch.setattr(compare, "run_one", fake_run_one)
     from inducer.training_config import TrainConfig

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from inducer.adapter_format import weights_path
 from inducer.checkpoint import STATE_FILE, load_train_state
-from inducer.training import shard
+from inducer.data_parallel import shard
 
 from .tiny import make_model, make_tokenizer, task_dir
 

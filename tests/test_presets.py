@@ -117,7 +117,7 @@ def test_a_preset_choice_is_frozen_and_attaches_itself_or_its_configs():
     model = make_model("bert")
     choice = inducer.preset("inducer+lora", model, sizes={"r_k": 0})
     assert isinstance(choice, inducer.PresetChoice)
-    assert choice.sizes == {"r_k": 0, "r_v": 4, "r": 4} and choice.knobs is choice.sizes
+    assert choice.sizes == {"r_k": 0, "r_v": 4, "r": 4} and not hasattr(choice, "knobs")
     assert [c.method for c in choice] == ["inducer", "lora"] and len(choice) == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
         choice.count = 0

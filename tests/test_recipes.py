@@ -89,7 +89,7 @@ def test_train_with_recipe_uses_its_first_method_and_sizes(tiny_models, tmp_path
         "-q",
     )
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["method"] == "inducer" and config["knobs"] == {"r_k": 10, "r_v": 15}
+    assert config["method"] == "inducer" and config["sizes"] == {"r_k": 10, "r_v": 15}
     assert config["train"]["label_smoothing"] == 0.1 and config["train"]["warmup_steps"] == 500
 
 

@@ -80,7 +80,7 @@ def test_resume_of_a_folder_without_a_run_is_refused(tmp_path):
     ("method", "extra", "expected"),
     [
         ("inducer", [], 'method: "lora" -> "inducer"'),
-        ("lora", ["--sizes", "r=2"], "knobs"),
+        ("lora", ["--sizes", "r=2"], "sizes"),
         ("lora", ["--lr", "1e-3"], "lr: 0.005 -> 0.001"),
         ("lora", ["--weight-decay", "0.0"], "weight_decay: 0.1 -> 0.0"),
     ],
@@ -118,8 +118,10 @@ def test_resume_refuses_another_base_with_the_same_shapes(tiny_models, tmp_path)
 
 
 def test_new_schedule_continues_at_the_new_rate_and_records_it(tiny_models, tmp_path, monkeypatch):
-    from inducer.experiment import TaskSource, run_one
-    from inducer.training import TrainConfig, Trainer
+    from inducer.experiment import run_one
+    from inducer.task_source import TaskSource
+    from inducer.training import Trainer
+    from inducer.training_config import TrainConfig
 
     source = TaskSource("sst2", data_dir=task_dir("sst2"))
     config = TrainConfig(lr=5e-3, batch_size=8, max_length=32, max_steps=4, save_every=2, warmup_steps=0)
@@ -204,7 +206,7 @@ def test_two_trainings_on_one_folder_one_is_refused(tiny_models, tmp_path):
 
 
 def test_base_weights_hash_tells_weights_apart():
-    from inducer.run_folder import base_weights_sha256
+    from inducer.base_identity import base_weights_sha256
 
     a = torch.nn.Linear(3, 2)
     b = torch.nn.Linear(3, 2)

@@ -35,13 +35,13 @@ def test_recipe_sizes_and_budget_give_way_to_the_command_line():
     assert spec.budget_for("lora") == recipe.budget
     budget = resolve(recipe, {"output": "out", "budget": "1%"}, "compare")
     assert budget.sizes == {} and budget.budget_for("inducer") == "1%"
-    sized = resolve(recipe, {"output": "out", "sizes": "r_k=3,r_v=4", "methods": "inducer"}, "compare")
+    sized = resolve(recipe, {"output": "out", "size_text": "r_k=3,r_v=4", "methods": "inducer"}, "compare")
     assert sized.budget is None and sized.sizes_for("inducer") == {"r_k": 3, "r_v": 4}
 
 
 def test_sizes_with_budget_is_one_clear_error():
     with pytest.raises(ValueError, match="--budget and --sizes cannot be combined"):
-        resolve(None, {**BASE, "methods": ["inducer"], "budget": "1%", "sizes": "r_k=2"}, "train")
+        resolve(None, {**BASE, "methods": ["inducer"], "budget": "1%", "size_text": "r_k=2"}, "train")
     with pytest.raises(ValueError, match="is not NAME=INTEGER"):
         parse_sizes("r_k=two")
 
@@ -82,7 +82,7 @@ def test_compare_searches_each_methods_budget_once(tiny_models, tmp_path, monkey
             **source,
             "methods": "inducer,lora",
             "budget": "2%",
-            "seeds": 2,
+            "seed_count": 2,
             "output": str(tmp_path),
             "progress": False,
             "training": {"max_steps": 1, "max_length": 16},
@@ -92,14 +92,33 @@ def test_compare_searches_each_methods_budget_once(tiny_models, tmp_path, monkey
     spec.lr_grids = {"inducer": (1e-3, 3e-3), "lora": (1e-3, 3e-3)}
     result = compare.compare(spec)
     assert calls == ["inducer", "lora"]  # 2 grid runs + 2 seeds each, one search per method
-    runs = result["runs"]["inducer"]
-    assert runs[0]["knobs"] == runs[1]["knobs"]
-    assert [r["method"] for r in result["rows"]] == ["inducer", "lora"]
+    runs = result.runs["inducer"]
+    assert runs[0].sizes == runs[1].sizes
+    assert [r.method for r in result.rows] == ["inducer", "lora"]
 
 
 def test_runspec_defaults():
-    from inducer.experiment import TaskSource
+    from inducer.task_source import TaskSource
 
     spec = RunSpec("m", TaskSource("sst2"), ["lora"], budget="1%")
     assert spec.seeds == [42] and spec.title == "m x sst2, budget 1%"
     assert spec.config_for("lora") is spec.config
+
+
+def test_resolve_takes_runspec_fields_as_they_are_and_seeds_as_a_list():
+    import dataclasses
+
+    from inducer.runspec import DERIVED_FIELDS, INPUTS, RunSpec, resolve_keys
+
+    fields = {f.name for f in dataclasses.fields(RunSpec)}
+    assert resolve_keys() == fields - set(DERIVED_FIELDS) | set(INPUTS)  # checked against RunSpec itself
+    spec = resolve(None, {**BASE, "methods": ["lora"], "seeds": [7, 3], "lrs": {"lora": 0.1}}, "compare")
+    assert spec.seeds == [7, 3] and spec.lrs == {"lora": 0.1}
+    counted = resolve(None, {**BASE, "methods": ["lora"], "seed_count": 3, "training": {"seed": 5}})
+    assert counted.seeds == [5, 6, 7]
+    with pytest.raises(ValueError, match="seed_count=N"):
+        resolve(None, {**BASE, "methods": ["lora"], "seeds": 2}, "compare")
+    with pytest.raises(ValueError, match="not both"):
+        resolve(None, {**BASE, "methods": ["lora"], "seeds": [1], "seed_count": 1}, "compare")
+    sized = resolve(None, {**BASE, "methods": ["lora"], "sizes": {"lora": {"r": 2}}}, "compare")
+    assert sized.sizes == {"lora": {"r": 2}} and sized.budget_for("lora") is None

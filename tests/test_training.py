@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from inducer.adapter_format import weights_path
-from inducer.experiment import TaskSource, build
-from inducer.training import TrainConfig, Trainer
+from inducer.experiment import build
+from inducer.task_source import TaskSource
+from inducer.training import Trainer
+from inducer.training_config import TrainConfig
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -190,7 +192,7 @@ def test_evaluate_works_before_train(tiny_models, tmp_path):
 
 
 def test_callbacks_see_every_step_log_and_evaluation(tiny_models):
-    from inducer.training import TrainerCallback
+    from inducer.callbacks import TrainerCallback
 
     class Recorder(TrainerCallback):
         def __init__(self):

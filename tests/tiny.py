@@ -20,9 +20,10 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"]
 def _words() -> list[str]:
     from inducer.tasks import e2e_synthetic
 
-    # Saved adapters (binary: tests/fixtures/adapters, adapters_v2) are not text fixtures.
+    # Saved adapters (binary: tests/fixtures/adapters, adapters_v2) and saved runs (with their own tiny
+    # bases and tokenizers, tests/test_run_records.py) are not text fixtures.
     text = " ".join(p.read_text(encoding="utf-8") for p in sorted(FIXTURES.rglob("*"))
-                    if p.is_file() and not p.relative_to(FIXTURES).parts[0].startswith("adapters"))
+                    if p.is_file() and not p.relative_to(FIXTURES).parts[0].startswith(("adapters", "runs")))
     text += " ".join(
         r["meaning_representation"] + " " + r["human_reference"]
         for r in e2e_synthetic.generate("train", 50) + e2e_synthetic.generate("test", 20)

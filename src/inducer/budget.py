@@ -1,22 +1,54 @@
-"""Budget counts of explicit method configs, and configs given by hand described as a preset choice.
+"""Budget counts of method configs.
 
 ``count_budget(model, configs)`` is the number a parameter budget is matched against: the
 parameters ``configs`` keep at inference (prefix-tuning's training-only MLP excluded), task head
 excluded. It is counted on a parameter-free ("meta") twin of ``model``, so it costs no memory and
-leaves ``model`` untouched.
+leaves ``model`` untouched. :class:`BudgetCounter` is the one counter (the budget search of
+:func:`inducer.presets.preset` counts many configs on one twin); :func:`percent_of_base` the one
+percentage of the base.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from .adapter import adapter_state, attach_methods, count_parameters
+from .adapter import adapter_state, attach_methods, count_parameters, detach
+from .errors import UsageError
 from .meta import meta_twin
 from .methods import MethodConfig
-from .presets import PresetChoice
+
+
+def percent_of_base(count: int, base: int) -> float:
+    """``count`` as a percentage of ``base`` parameters (the unit budgets are given in; an empty base
+    counts as one parameter, so that the answer is a number, not an error)."""
+    return 100.0 * count / max(base, 1)
+
+
+class BudgetCounter:
+    """Budget counts of config lists on one meta twin of a base model, memoised per list."""
+
+    def __init__(self, model: nn.Module):
+        self.twin = meta_twin(model)
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, configs: MethodConfig | Iterable[MethodConfig]) -> int:
+        """Parameters ``configs`` would add and keep at inference (attached together, so that what
+        ``attach`` refuses for them together is refused here too)."""
+        configs = [configs] if isinstance(configs, MethodConfig) else list(configs)
+        inference = [config.inference_config() for config in configs]
+        key = json.dumps([config.to_dict() for config in inference], sort_keys=True)
+        if key not in self.cache:
+            with torch.device("meta"):
+                attach_methods(self.twin, inference)  # a throw-away twin: no save hooks
+            try:
+                self.cache[key] = count_parameters(self.twin).budget
+            finally:
+                detach(self.twin)
+        return self.cache[key]
 
 
 def count_budget(model: nn.Module, configs: MethodConfig | Iterable[MethodConfig]) -> int:
@@ -26,42 +58,5 @@ def count_budget(model: nn.Module, configs: MethodConfig | Iterable[MethodConfig
     for configs that do not fit the model.
     """
     if adapter_state(model) is not None:
-        raise ValueError("count_budget counts on the base model; give it before attach (or detach first)")
-    configs = [configs] if isinstance(configs, MethodConfig) else list(configs)
-    twin = meta_twin(model)
-    with torch.device("meta"):
-        attach_methods(twin, [config.inference_config() for config in configs])  # no save hooks on a twin
-    return count_parameters(twin).budget
-
-
-def explicit_choice(
-    name: str, model: nn.Module, configs: MethodConfig | Iterable[MethodConfig] | None = None,
-    adapter: str | None = None,
-) -> PresetChoice:
-    """Hand-made ``configs`` (None: those of the adapter ``adapter`` of ``model``, by default its only
-    or active one) described as a :class:`PresetChoice` named ``name``, which the training and
-    comparison routes record: ``sizes`` holds each config's fields, ``count`` their budget count on
-    ``model``."""
-    state = adapter_state(model)
-    entry = None
-    if state is not None:
-        entry = state.adapter(adapter, f"explicit configs for {name!r}")
-    if configs is None:
-        if entry is None:
-            raise ValueError(f"{name!r}: give the method configs, or a model with a method attached")
-        configs = entry.configs
-    configs = (configs,) if isinstance(configs, MethodConfig) else tuple(configs)
-    if not configs:
-        raise ValueError(f"explicit configs for {name!r}: give at least one method config")
-    # An adapted model holds these configs already: its own count; a base: counted on a meta twin.
-    # (With several adapters, the chosen one's count: the others' parameters are not its budget.)
-    if entry is not None:
-        count = count_parameters(model, entry.name if len(state.adapters) > 1 else None).budget
-    else:
-        count = count_budget(model, configs)
-    base = count_parameters(model).base
-    sizes = {"configs": [config.to_dict() for config in configs]}
-    kinds = ", ".join(type(config).__name__ for config in configs)
-    share = f"{100 * count / max(base, 1):.3f}% of {base:,}"
-    summary = f"{name}: explicit configs ({kinds}); {count:,} parameters ({share})"
-    return PresetChoice(name, configs, sizes, count, None, summary)
+        raise UsageError("count_budget counts on the base model; give it before attach (or detach first)")
+    return BudgetCounter(model)(configs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OWN_FILE_KINDS = ("classification", "regression", "generation")
+from .tasks.base import KINDS
 
 
 @dataclass
@@ -47,7 +47,7 @@ def available() -> dict[str, list[tuple[str, ...]]]:
             spec.hub[0] + (f" ({spec.hub[1]})" if spec.hub[1] else "") if spec.hub else "offline, built in"
         )
         tasks.append((name, spec.kind, where, spec.description))
-    tasks.append((" / ".join(OWN_FILE_KINDS), "", "--train-file ...", "your own files"))
+    tasks.append((" / ".join(KINDS), "", "--train-file ...", "your own files"))
     return {
         "methods": [(name, spec.description) for name, spec in PRESETS.items()],
         "tasks": tasks,
@@ -71,11 +71,12 @@ def method_counts(
     import inducer
 
     from .base_models import load_model
+    from .budget import percent_of_base
     from .presets import PRESETS, check_method
     from .tasks import get_task
 
     kind, labels = "classification", num_labels
-    if task in OWN_FILE_KINDS:
+    if task in KINDS:
         kind = task
     elif task:
         spec = get_task(task)
@@ -89,13 +90,13 @@ def method_counts(
         configs = inducer.preset(name, loaded.model, budget)
         inducer.attach(loaded.model, list(configs))
         count = inducer.count_parameters(loaded.model)
-        sizes = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in configs.knobs.items())
+        sizes = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in configs.sizes.items())
         counts.append(
             MethodCount(
                 name,
                 sizes or "-",
                 configs.count,
-                100 * configs.count / count.base,
+                percent_of_base(configs.count, count.base),
                 count.trainable,
                 count.head,
                 configs.summary,

@@ -83,16 +83,11 @@ def _table(title: str, columns: list[str], rows, right: tuple[str, ...] = ()) ->
     return table
 
 
-def _results_table(rows: list[dict], title: str) -> Table:
-    from .compare import format_score
+def _results_table(rows: list, title: str) -> Table:
+    """A comparison's rows (``ResultRow``s) as ``results.md`` shows them (:func:`table_cells`)."""
+    from .run_records import table_cells
 
-    metric = rows[0]["metric"] if rows else "metric"
-    columns = ["method", "parameters", "% of base", f"test {metric}", "lr", "train time"]
-    cells = [
-        (r["method"], f"{r['parameters']:,}", f"{r['percent_of_base']:.3f}%", format_score(r),
-         f"{r['lr']:g}", f"{r['train_seconds']:.0f} s")
-        for r in rows
-    ]  # fmt: skip
+    columns, cells = table_cells(rows)
     return _table(title, columns, cells, right=tuple(columns[1:]))
 
 
@@ -124,18 +119,15 @@ def train(
         opt.refuse_output_onto_inputs("--output", output, inputs)
         spec = _spec(
             "train", recipe, data, model=model, task=task, methods=[method] if method else None,
-            budget=budget, sizes=sizes, output=output, resume=resume, overwrite=overwrite,
+            budget=budget, size_text=sizes, output=output, resume=resume, overwrite=overwrite,
             new_schedule=new_schedule, progress=not quiet, training=training,
         )  # fmt: skip
         result = train_run(spec)
         if not is_main_process():  # under `accelerate launch`, the first process reports
             return
-        console.print(result["summary"])
-        console.print(
-            f"best validation {result['select_metric']} {result['best_validation']:.4f} at step "
-            f"{result['best_step']} of {result['steps']}; {result['train_seconds']:.0f} s training"
-        )
-        for split, metrics in result["test"].items():
+        console.print(result.summary)
+        console.print(result.headline())
+        for split, metrics in result.test.items():
             _print_metrics(f"{split} (best adapter)", metrics)
         console.print(
             f"adapters: {output}/best, {output}/last; logs: {output}/metrics.jsonl, {output}/tensorboard"
@@ -242,7 +234,7 @@ def compare(
         inputs = {"--recipe": recipe, "--model": model, **_data_flags(data)}
         opt.refuse_output_onto_inputs("--output", output, inputs)
         spec = _spec(
-            "compare", recipe, data, model=model, task=task, methods=methods, budget=budget, seeds=seeds,
+            "compare", recipe, data, model=model, task=task, methods=methods, budget=budget, seed_count=seeds,
             output=output, save_runs=save_runs, overwrite=overwrite, progress=not quiet, training=training,
         )  # fmt: skip
         comparison.compare(spec, on_row=lambda rows: console.print(_results_table(rows, spec.title)))

@@ -1,6 +1,10 @@
 """Which errors a user can cause and fix, and the one line (and exit code) the command line prints for
 each; anything else is a bug of inducer's, shown with its traceback and a request to report it.
 
+The taxonomy is :mod:`inducer.errors`: a :class:`~inducer.errors.UserError` is one line and exit 2;
+so are OS errors with an errno (no space, permission, missing file), data files ``datasets`` cannot
+read, and interruptions (their own codes). A plain ``ValueError`` is not the user's: a bug.
+
 Imports nothing heavy: the error classes of inducer's own modules are looked up only when an error
 is being explained.
 """
@@ -16,12 +20,8 @@ BUG = 1
 
 def explain(err: BaseException) -> tuple[str, int] | None:
     """``(one-line message, exit code)`` for an error the user can fix; None for a bug of ours."""
-    from .adapter_format import AdapterFormatError
-    from .base_models import ModelLoadError
+    from .errors import UserError
     from .interrupts import TrainingInterrupted
-    from .recipes import RecipeError
-    from .tasks import TaskError
-    from .training import NonFiniteLossError
 
     if isinstance(err, TrainingInterrupted):
         return str(err), err.exit_code
@@ -35,8 +35,9 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     if isinstance(err, OSError) and err.errno is not None:
         return _os_error(err), USER_ERROR
     # (An OSError without an errno is a library's sentence, e.g. transformers' "not a model folder".)
-    user_errors = (TaskError, RecipeError, ModelLoadError, AdapterFormatError, NonFiniteLossError, OSError)
-    if isinstance(err, (*user_errors, ValueError)):
+    # Every error inducer raises for a user's mistake is a UserError (inducer.errors); a plain
+    # ValueError, a shape error from torch, ... is a bug and keeps its traceback.
+    if isinstance(err, (UserError, OSError)):
         return _one_line(str(err)), USER_ERROR
     if isinstance(err, EOFError):
         return (

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .errors import ConfigError
 from .training_config import TrainConfig
 
 Model = Annotated[
@@ -181,5 +182,5 @@ def refuse_output_onto_inputs(output_flag: str, output: str | None, inputs: dict
             relation = "contains"
         else:
             continue
-        raise ValueError(f"{output_flag} {output} {relation} the input {flag} {given}; choose an output "
+        raise ConfigError(f"{output_flag} {output} {relation} the input {flag} {given}; choose an output "
                          "outside the inputs (writing there would change them)")  # fmt: skip

@@ -8,7 +8,8 @@ per seed, each selected on validation and scored on the test split(s). The resul
 is searched once; every learning-rate trial and seed reuses the sizes found.
 
 Entry point: :func:`compare` with a :class:`inducer.runspec.RunSpec` (``inducer compare`` and
-``inducer demo`` build theirs with :func:`inducer.runspec.resolve`).
+``inducer demo`` build theirs with :func:`inducer.runspec.resolve`); it returns, and writes, a
+:class:`inducer.run_records.CompareResults`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import TEMPORARY_SUFFIX, atomic_write, atomic_write_text
-from .experiment import TaskSource, check_method, is_main_process, run_one
+from .errors import UsageError
+from .experiment import is_main_process, run_one
 from .metrics import better
+from .presets import check_method
 from .run_folder import LOCK_FILE, RunFolderError, folder_lock
+from .run_records import CompareResults, ResultRow, RunResult, markdown_table
+from .task_source import TaskSource
 from .tasks import TaskData
 from .training_config import TrainConfig
 
@@ -40,12 +44,6 @@ DEFAULT_GRID = (3e-4, 1e-3, 3e-3)
 # step) until the best is interior, at most this many values per direction: a score that keeps
 # improving towards ever smaller (or larger) rates would otherwise never stop.
 MAX_GRID_EXTENSIONS = 3
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def next_lr(scores: dict[float, float], grid: Sequence[float], metric: str,
@@ -114,11 +112,11 @@ def pick_lr(
             chosen=chosen,
             overwrite=overwrite,
         )
-        metric = run["select_metric"]
-        trial = {"lr": lr, "validation": run["best_validation"], "select_metric": metric}
+        metric = run.select_metric
+        trial = {"lr": lr, "validation": run.best_validation, "select_metric": metric}
         trials.append(trial if lr in grid else {**trial, "extension": True})
-        logger.info("%s lr %g: validation %s %.4f", method, lr, metric, run["best_validation"])
-        scores[lr] = run["best_validation"]
+        logger.info("%s lr %g: validation %s %.4f", method, lr, metric, run.best_validation)
+        scores[lr] = run.best_validation
         if not todo:
             extra = next_lr(scores, grid, metric)
             if extra is not None:
@@ -132,7 +130,7 @@ def choose_lr(trials: Sequence[dict]) -> float:
     best validation value of the run) and ``select_metric`` (which says whether higher is better), as
     :func:`pick_lr` returns them or a results file's ``lr_trials`` holds them; ties: the first."""
     if not trials:
-        raise ValueError("choose_lr: no trials to choose from; run at least one learning rate")
+        raise UsageError("choose_lr: no trials to choose from; run at least one learning rate")
     best = None
     for trial in trials:
         if best is None or better(trial["select_metric"], trial["validation"], best["validation"]):
@@ -140,77 +138,7 @@ def choose_lr(trials: Sequence[dict]) -> float:
     return best["lr"]
 
 
-def summarise(method: str, runs: list[dict], lr: float, metric: str) -> dict:
-    """One row of the results table from a method's runs (one per seed)."""
-    scores = [r["test"]["test"][metric] for r in runs if metric in r["test"].get("test", {})]
-    mean, std = _mean_std(scores)
-    extra = {}
-    for split in runs[0]["test"]:
-        if split != "test" and metric in runs[0]["test"][split]:
-            extra[split] = _mean_std([r["test"][split][metric] for r in runs])
-    return {
-        "method": method,
-        "lr": lr,
-        "parameters": runs[0]["parameters"],
-        "percent_of_base": runs[0]["percent_of_base"],
-        "trainable_parameters": runs[0]["trainable_parameters"],
-        "sizes": runs[0]["knobs"],
-        "metric": metric,
-        "mean": mean,
-        "std": std,
-        "other_splits": {k: {"mean": m, "std": s} for k, (m, s) in extra.items()},
-        "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
-        "seeds": len(runs),
-    }
-
-
-def format_score(row: dict) -> str:
-    """Mean ± std over seeds (just the value for one seed)."""
-    if row["mean"] is None:
-        return "n/a"
-    return f"{row['mean']:.2f}" if row["seeds"] == 1 else f"{row['mean']:.2f} ± {row['std']:.2f}"
-
-
-def markdown_table(rows: list[dict], title: str = "") -> str:
-    """The results table in Markdown."""
-    if not rows:
-        return ""
-    metric = rows[0]["metric"]
-    others = sorted({k for r in rows for k in r["other_splits"]})
-    head = [
-        "method",
-        "parameters",
-        "% of base",
-        f"test {metric}",
-        *[f"{o} {metric}" for o in others],
-        "lr",
-        "train time",
-    ]
-    lines = ([f"### {title}", ""] if title else []) + [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-    ]
-    for r in rows:
-        score = format_score(r)
-        cells = [
-            r["method"],
-            f"{r['parameters']:,}",
-            f"{r['percent_of_base']:.3f}%",
-            score,
-            *[
-                f"{r['other_splits'][o]['mean']:.2f} ± {r['other_splits'][o]['std']:.2f}"
-                if o in r["other_splits"]
-                else ""
-                for o in others
-            ],
-            f"{r['lr']:g}",
-            f"{r['train_seconds']:.0f} s",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path, title: str) -> Path | None:
+def plot(rows: list[ResultRow], runs: dict[str, list[RunResult]], path: Path, title: str) -> Path | None:
     """Bars of the test metric (mean ± std over seeds) and validation learning curves, as a PNG."""
     try:
         import matplotlib
@@ -221,20 +149,20 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path, title: str) 
         logger.warning("results.png skipped: pip install matplotlib")
         return None
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = [r["method"] for r in rows]
-    means = [r["mean"] or 0.0 for r in rows]
-    stds = [r["std"] or 0.0 for r in rows]
+    names = [r.method for r in rows]
+    means = [r.mean or 0.0 for r in rows]
+    stds = [r.std or 0.0 for r in rows]
     bars.bar(names, means, yerr=stds, capsize=4, color="tab:blue")
     low = min(means) if means else 0.0
     bars.set_ylim(max(0.0, low - 10), max(means + [1.0]) + max(stds + [0.0]) + 2)
-    bars.set_ylabel(f"test {rows[0]['metric']}" if rows else "")
+    bars.set_ylabel(f"test {rows[0].metric}" if rows else "")
     bars.set_title(title)
     for i, value in enumerate(means):
         bars.text(i, value, f"{value:.1f}", ha="center", va="bottom")
     bars.tick_params(axis="x", rotation=20)
     for method, method_runs in runs.items():
-        history = method_runs[0]["history"]
-        select = method_runs[0]["select_metric"]
+        history = method_runs[0].history
+        select = method_runs[0].select_metric
         curves.plot([h["step"] for h in history], [h[select] for h in history], marker="o", label=method)
         curves.set_ylabel(f"validation {select}")
     curves.set_xlabel("optimizer step")
@@ -248,11 +176,11 @@ def plot(rows: list[dict], runs: dict[str, list[dict]], path: Path, title: str) 
 
 def compare(
     spec: RunSpec,
-    on_row: Callable[[list[dict]], None] | None = None,
+    on_row: Callable[[list[ResultRow]], None] | None = None,
     task: TaskData | None = None,
-) -> dict:
+) -> CompareResults:
     """Train and evaluate each of ``spec.methods`` over ``spec.seeds``; write the results to
-    ``spec.output`` (results.json / .md / .png) if set, and return ``{"rows", "runs", "lr_trials"}``.
+    ``spec.output`` (results.json / .md / .png) if set, and return them.
 
     A method's learning rate is ``spec.lrs[method]`` if fixed, else the best on validation of its grid
     (``spec.lr_grids``, else ``LR_GRIDS``; first seed). Its training options are
@@ -293,12 +221,11 @@ def _check_results_folder(output: Path, spec: RunSpec) -> None:
             "nothing was removed: move them away or choose another --output")
 
 
-def _compare(spec: RunSpec, on_row, task: TaskData, output: Path | None) -> dict:
+def _compare(spec: RunSpec, on_row, task: TaskData, output: Path | None) -> CompareResults:
     """:func:`compare`'s work, with ``output`` (if any) locked."""
     seeds = spec.seeds
-    rows: list[dict] = []
-    all_runs: dict[str, list[dict]] = {}
-    lr_trials: dict[str, list[dict]] = {}
+    results = CompareResults(spec.model, spec.source, spec.budget, list(seeds))
+    rows, all_runs, lr_trials = results.rows, results.runs, results.lr_trials
     chosen: dict = dict(spec.explicit_configs)  # method -> its configs: the budget is searched once
     metric = task.spec.select
     for method in spec.methods:
@@ -340,37 +267,22 @@ def _compare(spec: RunSpec, on_row, task: TaskData, output: Path | None) -> dict
                 )
             )
         all_runs[method] = runs
-        rows.append(summarise(method, runs, lr, metric))
+        rows.append(ResultRow.from_runs(method, runs, lr, metric))
         if on_row is not None:
             on_row(rows)
         if output:
-            _write(output, spec, task, rows, all_runs, lr_trials)
-    return {"rows": rows, "runs": all_runs, "lr_trials": lr_trials}
+            _write(output, spec, task, results)
+    return results
 
 
-def _write(output: Path, spec: RunSpec, task: TaskData, rows, runs, lr_trials) -> None:
-    model, source, budget, seeds, title = spec.model, spec.source, spec.budget, spec.seeds, spec.title
-    header = title or f"{model} x {task.spec.name}"
-    atomic_write_text(
-        output / "results.json",
-        json.dumps(
-            {
-                "model": model,
-                "task": source.to_dict(),
-                "budget": budget,
-                "seeds": seeds,
-                "rows": rows,
-                "lr_trials": lr_trials,
-                "runs": runs,
-            },
-            indent=2,
-            default=str,
-        )
-    )
+def _write(output: Path, spec: RunSpec, task: TaskData, results: CompareResults) -> None:
+    header = spec.title or f"{spec.model} x {task.spec.name}"
+    atomic_write_text(output / "results.json", json.dumps(results.to_json(), indent=2, default=str))
+    budget = spec.budget
     budget_note = f"budget {budget}" if budget is not None else "each method's paper settings"
     atomic_write_text(
         output / "results.md",
-        markdown_table(rows, header) + f"\n{len(seeds)} seed(s); {budget_note}; parameters are those kept at "
-        "inference, task head excluded; test metric mean ± std over seeds.\n"
+        markdown_table(results.rows, header) + f"\n{len(spec.seeds)} seed(s); {budget_note}; parameters are "
+        "those kept at inference, task head excluded; test metric mean ± std over seeds.\n"
     )
-    plot(rows, runs, output / "results.png", header)
+    plot(results.rows, results.runs, output / "results.png", header)

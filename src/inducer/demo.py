@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .run_records import CompareResults
 from .runspec import RunSpec, resolve
 
 
@@ -63,12 +64,11 @@ def demo_spec(
         seed=42,
     )
     methods = methods or DEMO_METHODS
-    cli_args = dict(model=model, task=task, methods=methods, budget=budget, output=output, progress=progress)
-    spec = resolve(None, {**cli_args, "training": training}, "demo")
-    spec.lrs = {m: DEMO_LRS.get(m, 1e-3) for m in spec.methods}
+    methods = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else methods
     # Running the main job again replaces its own results (files of other kinds there are refused).
-    spec.overwrite = True
-    return spec
+    cli_args = dict(model=model, task=task, methods=methods, budget=budget, output=output, progress=progress,
+                    lrs={m: DEMO_LRS.get(m, 1e-3) for m in methods}, overwrite=True)  # fmt: skip
+    return resolve(None, {**cli_args, "training": training}, "demo")
 
 
 def stamp(output: Path, seconds: float) -> None:
@@ -86,6 +86,6 @@ def stamp(output: Path, seconds: float) -> None:
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     note = f"\nRun {when} on {machine}: {seconds:.0f} s wall time (loading, training and evaluation).\n"
     atomic_write_text(output / "results.md", (output / "results.md").read_text(encoding="utf-8") + note)
-    data = json.loads((output / "results.json").read_text())
-    data["environment"] = {"date": when, "machine": machine, "wall_seconds": seconds}
-    atomic_write_text(output / "results.json", json.dumps(data, indent=2, default=str))
+    results = CompareResults.read(output)
+    results.environment = {"date": when, "machine": machine, "wall_seconds": seconds}
+    atomic_write_text(output / "results.json", json.dumps(results.to_json(), indent=2, default=str))

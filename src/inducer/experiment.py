@@ -3,7 +3,8 @@ the training loop, shared by ``inducer train`` / ``eval`` / ``generate`` / ``com
 
 Application entry points (with :mod:`inducer.runspec`, :mod:`inducer.compare`): :func:`train_run`
 trains the one method of a ``RunSpec``; :func:`predict` runs a saved adapter on inputs;
-:func:`evaluate_adapter` scores one on a task split.
+:func:`evaluate_adapter` scores one on a task split. What runs write and return are the typed
+records of :mod:`inducer.run_records`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ import torch
 from .adapter import count_parameters
 from .adapter_format import load_adapter
 from .atomic import atomic_write_text
+from .base_identity import base_weights_sha256
 from .base_models import LoadedModel, load_model
+from .budget import percent_of_base
 from .callbacks import TrainerCallback
-from .encoding import EncodeOptions
+from .encoding import EncodeOptions, encode_options
+from .errors import ConfigError, UsageError
+from .evaluation import evaluate
 from .presets import PresetChoice, check_method, preset
-from .run_folder import CONFIG_FILE, base_weights_sha256, folder_lock, prepare_run_folder
-from .task_source import TaskSource  # noqa: F401  (re-exported: its home was here)
+from .run_folder import CONFIG_FILE, folder_lock, prepare_run_folder
+from .run_records import RUN_FILE, RunRecord, RunResult
+from .task_source import TaskSource
 from .tasks import TaskData
-from .training import RUN_FILE, Trainer, TrainResult, encode_options, evaluate, set_seed
+from .training import Trainer, TrainResult, set_seed
 from .training_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -41,7 +47,7 @@ def is_main_process() -> bool:
     """False in every process but the first under ``accelerate launch`` (which alone writes files)."""
     from accelerate import PartialState
 
-    from .training import cpu_processes
+    from .data_parallel import cpu_processes
 
     return PartialState(cpu=cpu_processes()).is_main_process
 
@@ -67,7 +73,7 @@ def build(
     """
     import inducer
 
-    from .budget import explicit_choice
+    from .presets import explicit_choice
 
     if chosen is None or method not in chosen:
         check_method(method)
@@ -85,32 +91,34 @@ def build(
     return loaded, configs
 
 
-def run_info(
+def run_record(
     model_name: str,
     source: TaskSource,
     task: TaskData,
     method: str,
     budget,
-    configs,
+    configs: PresetChoice,
     config: TrainConfig,
     loaded: LoadedModel,
-) -> dict:
-    """What ``eval`` / ``generate`` need to reuse a saved adapter: model, task, labels, lengths, method."""
-    options = encode_options(task, loaded, config)
-    return {
-        "model": model_name,
-        "task": source.to_dict(),
-        "kind": task.kind,
-        "label_names": list(task.label_names) if task.label_names else None,
-        "method": method,
-        "budget": budget,
-        "knobs": {k: v for k, v in configs.knobs.items()},
-        "summary": configs.summary,
-        "encode": asdict(options),
-        "max_new_tokens": task.spec.max_new_tokens,
-        "train": asdict(config),
-        "base_weights_sha256": base_weights_sha256(loaded.model),
-    }
+) -> RunRecord:
+    """What ``eval`` / ``generate`` / ``--resume`` need to reuse a run: model, task, labels, lengths,
+    method and sizes, training options, the base's weights."""
+    # Written as JSON: the training options' tuples are stored (and compared on resume) as lists.
+    train = json.loads(json.dumps(asdict(config)))
+    return RunRecord(
+        model=model_name,
+        source=source,
+        kind=task.kind,
+        method=method,
+        label_names=list(task.label_names) if task.label_names else None,
+        budget=budget,
+        sizes=dict(configs.sizes),
+        summary=configs.summary,
+        encode=asdict(encode_options(task, loaded, config)),
+        max_new_tokens=task.spec.max_new_tokens,
+        train=train,
+        base_weights_sha256=base_weights_sha256(loaded.model),
+    )
 
 
 def train_run(
@@ -120,9 +128,9 @@ def train_run(
     *,
     callbacks: Sequence[TrainerCallback] = (),
     loaded: LoadedModel | None = None,
-) -> dict:
+) -> RunResult:
     """Train the one method of ``spec`` on its task, evaluate it on the test split(s) and return the
-    summary :func:`run_one` returns (written to ``spec.output``/results.json when an output is set).
+    result :func:`run_one` returns (written to ``spec.output``/results.json when an output is set).
 
     ``task``: the already loaded data of ``spec.source`` (loaded here if None); ``on_eval`` is called
     with each validation record, ``callbacks`` (``TrainerCallback``s) see every step, log and
@@ -131,7 +139,7 @@ def train_run(
     already attached (``inducer.attach``), trained as it is (``spec.model`` only names it).
     """
     if len(spec.methods) != 1:
-        raise ValueError(f"train_run trains one method, got {spec.methods}; use compare() for several")
+        raise UsageError(f"train_run trains one method, got {spec.methods}; use compare() for several")
     method = spec.methods[0]
     return run_one(
         spec.model,
@@ -171,7 +179,7 @@ def run_one(
     new_schedule: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
     loaded: LoadedModel | None = None,
-) -> dict:
+) -> RunResult:
     """Train one method and evaluate it: returns counts, validation history and test metrics.
 
     ``sizes`` gives the method explicit sizes instead of ``budget``; ``chosen`` is :func:`build`'s.
@@ -191,14 +199,14 @@ def run_one(
         else:
             configs = _adapted_choice(method, loaded, chosen)
         logger.info(configs.summary)
-        info = run_info(model_name, source, task, method, budget, configs, config, loaded)
+        record = run_record(model_name, source, task, method, budget, configs, config, loaded)
         if owned is not None:
             # Checked before anything is written: a refused resume or overwrite leaves the folder as it was.
-            prepare_run_folder(owned, info, resume, overwrite, new_schedule)
-            atomic_write_text(owned / CONFIG_FILE, json.dumps(info, indent=2))
-        options = EncodeOptions(**info["encode"])  # fitted to the model once, by run_info
+            prepare_run_folder(owned, record, resume, overwrite, new_schedule)
+            atomic_write_text(owned / CONFIG_FILE, json.dumps(record.to_json(), indent=2))
+        options = EncodeOptions(**record.encode)  # fitted to the model once, by run_record
         trainer = Trainer(
-            loaded, task, config, output_dir, info, progress, on_eval, options=options, callbacks=callbacks
+            loaded, task, config, output_dir, record, progress, on_eval, options=options, callbacks=callbacks
         )
         result: TrainResult = trainer.train(resume=resume, new_schedule=new_schedule)
         return _test_and_summarise(trainer, configs, result, owned, test_splits)
@@ -207,82 +215,73 @@ def run_one(
 def _adapted_choice(method: str, loaded: LoadedModel, chosen: dict | None) -> PresetChoice:
     """The description of an already adapted model's configs (``chosen[method]`` if given)."""
     from .adapter import adapter_state
-    from .budget import explicit_choice
+    from .presets import explicit_choice
 
     if adapter_state(loaded.model) is None:
-        raise ValueError("loaded= needs a model with a method attached (inducer.attach); or pass no model")
+        raise UsageError("loaded= needs a model with a method attached (inducer.attach); or pass no model")
     given = (chosen or {}).get(method)
     return given if isinstance(given, PresetChoice) else explicit_choice(method, loaded.model, given)
 
 
 def _test_and_summarise(
-    trainer: Trainer, configs, result: TrainResult, owned: Path | None, test_splits: bool
-) -> dict:
-    """:func:`run_one`'s test evaluation and summary (written to ``owned``/results.json if set)."""
-    loaded, task, method = trainer.loaded, trainer.task, trainer.run_info["method"]
+    trainer: Trainer, configs: PresetChoice, result: TrainResult, owned: Path | None, test_splits: bool
+) -> RunResult:
+    """:func:`run_one`'s test evaluation and result (written to ``owned``/results.json if set)."""
+    loaded, task = trainer.loaded, trainer.task
     count = count_parameters(loaded.model)
     tests = {}
     if test_splits:
         for split in [s for s in task.splits if s.startswith("test")]:
             tests[split] = trainer.evaluate(split, text_metrics=True)
-    summary = {
-        "method": method,
-        "summary": configs.summary,
-        "knobs": configs.knobs,
-        # The method's parameters at inference (what budgets match; prefix-tuning's training-only MLP
-        # excluded), and what training updates (that MLP and the task head included).
-        "parameters": configs.count,
-        "trainable_parameters": count.trainable,
-        "head_parameters": count.head,
-        "base_parameters": count.base,
-        "percent_of_base": 100.0 * configs.count / max(count.base, 1),
-        "select_metric": result.select_metric,
-        "best_validation": result.best_metric,
-        "best_step": result.best_step,
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "train_seconds": result.train_seconds,
-        "history": result.history,
-        "test": tests,
-    }
+    run = RunResult(
+        method=trainer.record.method,
+        summary=configs.summary,
+        sizes=dict(configs.sizes),
+        parameters=configs.count,
+        trainable_parameters=count.trainable,
+        head_parameters=count.head,
+        base_parameters=count.base,
+        percent_of_base=percent_of_base(configs.count, count.base),
+        select_metric=result.select_metric,
+        best_validation=result.best_metric,
+        best_step=result.best_step,
+        steps=result.steps,
+        stopped_early=result.stopped_early,
+        train_seconds=result.train_seconds,
+        history=result.history,
+        test=tests,
+    )
     if owned is not None:
-        atomic_write_text(Path(owned) / "results.json", json.dumps(summary, indent=2, default=str))
-    return summary
+        atomic_write_text(Path(owned) / "results.json", json.dumps(run.to_json(), indent=2, default=str))
+    return run
 
 
 def read_run_info(adapter_dir: str | Path) -> dict:
-    """The ``inducer_run.json`` saved with an adapter by ``inducer train`` (empty if absent)."""
-    from .bounded_files import read_json
-
-    path = Path(adapter_dir) / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        info = read_json(path, 1 << 20)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); re-save the run or remove the file") from err
-    if not isinstance(info, dict):
-        raise ValueError(f"{path} is not a JSON object; re-save the run or remove the file")
-    return info
+    """The ``inducer_run.json`` saved with an adapter, in today's JSON form whatever version wrote it
+    (empty if absent): for callers that want plain data (the server)."""
+    record = RunRecord.read(adapter_dir)
+    return record.to_json() if record is not None else {}
 
 
 def load_trained(
     model_name: str | None, adapter_dir: str | Path, kind: str | None = None, num_labels: int | None = None
-) -> tuple[LoadedModel, dict]:
-    """The base model with the adapter in ``adapter_dir`` loaded (for eval / generate)."""
-    info = read_run_info(adapter_dir)
-    model_name = model_name or info.get("model")
+) -> tuple[LoadedModel, RunRecord | None]:
+    """The base model with the adapter in ``adapter_dir`` loaded (for eval / generate), and the
+    adapter's run record (None if it has none)."""
+    record = RunRecord.read(adapter_dir)
+    model_name = model_name or (record.model if record else None)
     if not model_name:
-        raise ValueError(f"{adapter_dir} has no {RUN_FILE} naming its base model; pass --model")
-    kind = kind or info.get("kind")
-    if kind is None:
-        raise ValueError(f"{adapter_dir} has no {RUN_FILE} saying the task kind; pass --task")
-    labels = info.get("label_names")
-    num_labels = num_labels or (len(labels) if labels else (1 if kind == "regression" else None))
+        raise UsageError(f"{adapter_dir} has no {RUN_FILE} naming its base model; pass --model")
+    kind = kind or (record.kind if record else None)
+    if not kind:
+        raise UsageError(f"{adapter_dir} has no {RUN_FILE} saying the task kind; pass --task")
+    if num_labels is None and record is not None:
+        num_labels = record.num_labels()
+    num_labels = num_labels or (1 if kind == "regression" else None)
     loaded = load_model(model_name, kind, num_labels)
     load_adapter(loaded.model, adapter_dir)
     loaded.model.eval()
-    return loaded, info
+    return loaded, record
 
 
 def evaluate_adapter(
@@ -294,11 +293,11 @@ def evaluate_adapter(
     progress: bool = True,
 ) -> dict:
     """Metrics of a saved adapter on a task split (the task of its training run by default)."""
-    info = read_run_info(adapter_dir)
+    record = RunRecord.read(adapter_dir)
     if source is None:
-        if "task" not in info:
-            raise ValueError(f"{adapter_dir} has no {RUN_FILE}; pass --task")
-        source = TaskSource.from_dict(info["task"])
+        if record is None or not record.source.task:
+            raise UsageError(f"{adapter_dir} has no {RUN_FILE}; pass --task")
+        source = record.source
     task = source.load()
     loaded, _ = load_trained(model_name, adapter_dir, task.kind, task.num_labels)
     config = config or saved_config(adapter_dir)
@@ -321,9 +320,10 @@ def evaluate_adapter(
 
 def saved_config(adapter_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
     """The training options saved with an adapter (defaults where none were), then ``overrides``."""
-    saved = read_run_info(adapter_dir).get("train", {})
-    known = {k: v for k, v in saved.items() if k in TrainConfig.field_names()}
-    return TrainConfig(**{**known, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+    record = RunRecord.read(adapter_dir)
+    if record is None:
+        return TrainConfig(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    return record.config(overrides)
 
 
 def predict(
@@ -342,19 +342,20 @@ def predict(
     """
     import datasets
 
-    from .encoding import EncodeOptions, encode_classification, fit_to_model
-    from .training import generate_texts, predict_labels
+    from .encoding import encode_classification, fit_to_model
+    from .evaluation import generate_texts, predict_labels
 
     if not inputs:
-        raise ValueError("give inputs with --input TEXT (repeatable) or --file FILE")
-    loaded, info = load_trained(model_name, adapter_dir)
-    kind = info.get("kind")
+        raise ConfigError("give inputs with --input TEXT (repeatable) or --file FILE")
+    loaded, record = load_trained(model_name, adapter_dir)
+    if record is None:  # load_trained refuses a folder without one (no kind); kept for the type checker
+        raise UsageError(f"{adapter_dir} has no {RUN_FILE}")
+    kind = record.kind
     limit = {"max_length": max_length} if max_length else {}
-    options = EncodeOptions(**{**info.get("encode", {}), **limit})
+    options = EncodeOptions(**{**record.encode, **limit})
     options = fit_to_model(options, loaded.max_positions, kind == "generation" and not loaded.is_seq2seq)
     with torch.no_grad():
         if kind == "generation":
-            new_tokens = max_new_tokens or info.get("train", {}).get("max_new_tokens")
             return generate_texts(
                 loaded.model,
                 loaded.tokenizer,
@@ -362,7 +363,7 @@ def predict(
                 options,
                 loaded.is_seq2seq,
                 num_beams=num_beams,
-                max_new_tokens=new_tokens or info.get("max_new_tokens") or 40,
+                max_new_tokens=record.new_tokens(max_new_tokens),
             )
         pairs = [text.split("\t", 1) for text in inputs]
         rows = datasets.Dataset.from_list(
@@ -371,5 +372,5 @@ def predict(
         encoded = encode_classification(rows, loaded.tokenizer, options.max_length, "inputs")
         regression = kind == "regression"
         predictions = predict_labels(loaded.model, encoded, loaded.tokenizer, 32, regression)
-    names = info.get("label_names")
+    names = record.label_names
     return [f"{p:.4f}" if regression else (names[p] if names else str(p)) for p in predictions]

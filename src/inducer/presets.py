@@ -5,23 +5,22 @@ searches the method's sizes (ranks, lengths, bottlenecks, and if needed how many
 are adapted) for the count closest to the budget, preferring all layers and the paper's proportions.
 Budgets count the parameters a method keeps at inference (prefix-tuning's reparameterisation MLP
 is training-only), excluding the task head. Counting runs on a parameter-free ("meta") copy of the
-model, so it costs no memory.
+model (:class:`inducer.budget.BudgetCounter`), so it costs no memory.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
-import json
 import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .adapter import attach_methods, count_parameters, detach
+from .adapter import adapter_state, count_parameters
+from .budget import BudgetCounter, count_budget, percent_of_base
+from .errors import ConfigError
 from .methods import PRESETS, MethodConfig, PresetSpec
 
 logger = logging.getLogger(__name__)
@@ -50,11 +49,6 @@ class PresetChoice:
     budget: int | None
     summary: str
 
-    @property
-    def knobs(self) -> dict:
-        """Old name of :attr:`sizes` (cli, experiment and benchmarks still read it)."""
-        return self.sizes
-
     def __iter__(self):
         return iter(self.configs)
 
@@ -63,43 +57,6 @@ class PresetChoice:
 
     def __getitem__(self, index):
         return self.configs[index]
-
-
-def _meta_twin(model: nn.Module) -> nn.Module:
-    """A parameter-free copy of ``model`` with the same structure, for counting."""
-    config = getattr(model, "config", None)
-    with torch.device("meta"):
-        if config is not None:
-            try:
-                return type(model)(copy.deepcopy(config))
-            except Exception:  # noqa: BLE001  (fall back to a structural copy below)
-                pass
-    return copy.deepcopy(model).to("meta")
-
-
-class _Counter:
-    """Budget counts of config lists on a meta twin, memoised per config."""
-
-    def __init__(self, model: nn.Module):
-        self.twin = _meta_twin(model)
-        self.cache: dict[str, int] = {}
-
-    def one(self, config: MethodConfig) -> int:
-        config = config.inference_config()
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key not in self.cache:
-            with torch.device("meta"):
-                attach_methods(self.twin, config)  # a throw-away twin: no save hooks
-            try:
-                self.cache[key] = count_parameters(self.twin).budget
-            finally:
-                detach(self.twin)
-        return self.cache[key]
-
-    def __call__(self, configs: Iterable[MethodConfig]) -> int:
-        # Methods add disjoint parameters (attach refuses overlaps), so counts add up; the
-        # unfrozen base parameters of BitFit / full fine-tuning are counted by their own config.
-        return sum(self.one(c) for c in configs)
 
 
 def parse_budget(budget: int | str | float, base: int) -> int:
@@ -112,15 +69,15 @@ def parse_budget(budget: int | str | float, base: int) -> int:
             else:
                 value = float(text.replace(",", "").replace("_", ""))
         except ValueError as err:
-            raise ValueError(
+            raise ConfigError(
                 f"budget {budget!r} is neither a count (600000) nor a percentage ('0.5%')"
             ) from err
     elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
         value = budget
     else:
-        raise ValueError(f"budget must be an int count or a percentage string like '0.5%', got {budget!r}")
+        raise ConfigError(f"budget must be an int count or a percentage string like '0.5%', got {budget!r}")
     if not value >= 1:
-        raise ValueError(f"budget {budget!r} is less than one parameter")
+        raise ConfigError(f"budget {budget!r} is less than one parameter")
     return int(round(value))
 
 
@@ -133,7 +90,9 @@ def _shape_penalty(sizes: dict, paper: dict) -> float:
                    - math.log((paper[a] + 1) / (paper[names[0]] + 1))) for a in names[1:])
 
 
-def _affine_count(spec: PresetSpec, counter: _Counter, layers: list[int] | None) -> Callable[[dict], float]:
+def _affine_count(
+    spec: PresetSpec, counter: BudgetCounter, layers: list[int] | None
+) -> Callable[[dict], float]:
     """Predict counts from a few exact ones: every method's count is affine in each of its sizes
     (a rank, length or bottleneck multiplies a fixed per-layer cost), plus a constant jump at 0 for
     the sizes the preset declares ``removed_at_zero`` (0 removes a whole module)."""
@@ -155,7 +114,7 @@ def _affine_count(spec: PresetSpec, counter: _Counter, layers: list[int] | None)
     return predict
 
 
-def _candidates(spec: PresetSpec, counter: _Counter, budget: int, n_layers: int):
+def _candidates(spec: PresetSpec, counter: BudgetCounter, budget: int, n_layers: int):
     """Yield (sizes, predicted count): for each layer choice and each setting of the other sizes,
     the first size that brings the count nearest the budget (from the affine prediction)."""
     names = list(spec.ranges)
@@ -192,7 +151,7 @@ def _candidates(spec: PresetSpec, counter: _Counter, budget: int, n_layers: int)
 def check_method(method: str) -> None:
     """Refuse an unknown method name, listing the known ones."""
     if method not in PRESETS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(PRESETS)}")
 
 
 def preset(name: str, model: nn.Module, budget: int | str | None = None,
@@ -206,16 +165,17 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
     ``summary`` (also logged) says what was chosen and how close it is.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[name]
     if sizes is not None and budget is not None:
-        raise ValueError("preset: give a budget (searches the sizes) or explicit sizes, not both")
+        raise ConfigError("preset: give a budget (searches the sizes) or explicit sizes, not both")
     unknown = set(sizes or {}) - set(spec.sizes) - {"layers"}
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"method {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.sizes)}"
         )
-    counter = _Counter(model)
+
+    counter = BudgetCounter(model)
     base = sum(p.numel() for p in model.parameters())
     if budget is None or not spec.ranges:
         chosen = {**spec.sizes, **(sizes or {})}
@@ -240,7 +200,7 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
         candidates = list(_candidates(spec, counter, target, n_layers))
         smallest = min(count for _, count in candidates)
         if smallest > (1 + TOLERANCE) * target:
-            raise ValueError(
+            raise ConfigError(
                 f"budget {target:,} is too small for {name!r}: its smallest setting has {smallest:,.0f} "
                 f"parameters on this model. Raise the budget or choose a lighter method."
             )
@@ -250,9 +210,42 @@ def preset(name: str, model: nn.Module, budget: int | str | None = None,
     count = counter(configs)
     shown = ", ".join(f"{k}={v if k != 'layers' else f'top {len(v)}'}" for k, v in chosen.items())
     summary = f"{name}: {spec.description}; {shown or 'no sizes'}; {count:,} parameters " + (
-        f"({100 * count / base:.3f}% of {base:,})" if target is None else
+        f"({percent_of_base(count, base):.3f}% of {base:,})" if target is None else
         f"for a budget of {target:,} ({100 * (count - target) / target:+.2f}%)")
     if target is not None and spec.ranges and abs(count - target) > TOLERANCE * target:
         summary += f"; the closest this method's sizes allow is outside {TOLERANCE:.0%}"
     logger.info(summary)
     return PresetChoice(name, tuple(configs), chosen, count, target, summary)
+
+
+def explicit_choice(
+    name: str, model: nn.Module, configs: MethodConfig | Iterable[MethodConfig] | None = None,
+    adapter: str | None = None,
+) -> PresetChoice:
+    """Hand-made ``configs`` (None: those of the adapter ``adapter`` of ``model``, by default its only
+    or active one) described as a :class:`PresetChoice` named ``name``, which the training and
+    comparison routes record: ``sizes`` holds each config's fields, ``count`` their budget count on
+    ``model``."""
+    state = adapter_state(model)
+    entry = None
+    if state is not None:
+        entry = state.adapter(adapter, f"explicit configs for {name!r}")
+    if configs is None:
+        if entry is None:
+            raise ConfigError(f"{name!r}: give the method configs, or a model with a method attached")
+        configs = entry.configs
+    configs = (configs,) if isinstance(configs, MethodConfig) else tuple(configs)
+    if not configs:
+        raise ConfigError(f"explicit configs for {name!r}: give at least one method config")
+    # An adapted model holds these configs already: its own count; a base: counted on a meta twin.
+    # (With several adapters, the chosen one's count: the others' parameters are not its budget.)
+    if entry is not None:
+        count = count_parameters(model, entry.name if len(state.adapters) > 1 else None).budget
+    else:
+        count = count_budget(model, configs)
+    base = count_parameters(model).base
+    sizes = {"configs": [config.to_dict() for config in configs]}
+    kinds = ", ".join(type(config).__name__ for config in configs)
+    share = f"{percent_of_base(count, base):.3f}% of {base:,}"
+    summary = f"{name}: explicit configs ({kinds}); {count:,} parameters ({share})"
+    return PresetChoice(name, configs, sizes, count, None, summary)

@@ -17,7 +17,6 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -25,11 +24,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
-from .adapter import adapter_state, added_parameter_names
 from .atomic import TEMPORARY_SUFFIX
 from .errors import RunFolderError  # noqa: F401 (defined in the error taxonomy, raised here)
+from .run_records import RunRecord
 
 LOCK_FILE = ".inducer.lock"
 CONFIG_FILE = "config.json"
@@ -94,13 +91,14 @@ def _holder(path: Path) -> str:
 
 
 def prepare_run_folder(
-    folder: str | Path, info: dict, resume: bool, overwrite: bool, new_schedule: bool = False
+    folder: str | Path, record: RunRecord, resume: bool, overwrite: bool, new_schedule: bool = False
 ) -> None:
-    """Check (and with ``overwrite`` clear) ``folder`` for a run described by ``info`` (its
+    """Check (and with ``overwrite`` clear) ``folder`` for a run described by ``record`` (its
     ``config.json``); the caller holds :func:`folder_lock`. Raises ``RunFolderError``.
 
     With ``resume`` and ``new_schedule``, new values of the schedule's options are accepted and
-    recorded in ``info[SCHEDULE_CHANGES]`` (the saved changes, then this one: options and old/new).
+    recorded in ``record.schedule_changes`` (the saved changes, then this one: options and old/new).
+    A saved record of an earlier version is compared in today's form (``knobs`` read as ``sizes``).
     """
     folder = Path(folder)
     if resume and overwrite:
@@ -115,10 +113,11 @@ def prepare_run_folder(
                 f"--resume: {folder} holds no run to continue (no {CONFIG_FILE}); train without --resume"
             )
         try:
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            saved = RunRecord.read(folder, CONFIG_FILE).to_json()
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
             message = f"--resume: {saved_path} is damaged ({err}); start again with --overwrite"
             raise RunFolderError(message) from None
+        info = record.to_json()
         accepted = SCHEDULE_OPTIONS if new_schedule else set()
         differences = run_differences(saved, info, accepted)
         if differences:
@@ -133,8 +132,7 @@ def prepare_run_folder(
         changed = {k: [old.get(k), new.get(k)] for k in sorted(accepted) if old.get(k) != new.get(k)}
         if changed:
             changes.append(changed)
-        if changes:
-            info[SCHEDULE_CHANGES] = changes
+        record.schedule_changes = changes
         return
     if not entries:
         return
@@ -156,9 +154,10 @@ def prepare_run_folder(
 
 def run_differences(saved: dict, new: dict, accepted: set[str] = frozenset()) -> list[str]:
     """What differs between two runs' ``config.json`` contents that a resume cannot accept, as
-    ``'key: saved -> new'`` lines (training options one by one; those in ``accepted`` may differ)."""
+    ``'key: saved -> new'`` lines (training options one by one; those in ``accepted`` may differ).
+    The record format's version is no difference: an earlier run's record is read in today's form."""
     differences = []
-    for key in sorted((set(saved) | set(new)) - {"train", SCHEDULE_CHANGES}):
+    for key in sorted((set(saved) | set(new)) - {"train", SCHEDULE_CHANGES, "version"}):
         if saved.get(key) != new.get(key):
             differences.append(f"{key}: {_short(saved.get(key))} -> {_short(new.get(key))}")
     saved_train, new_train = saved.get("train") or {}, new.get("train") or {}
@@ -176,19 +175,3 @@ def _short(value) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
-
-def base_weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 over the names, shapes, dtypes and values of ``model``'s base parameters (not those
-    ``attach`` added): tells two bases of the same shapes apart. Meta parameters count by shape only."""
-    state = adapter_state(model)
-    skip = set(added_parameter_names(model, state)) if state else set()
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name in skip:
-                continue
-            digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}\n".encode())
-            if parameter.device.type != "meta":
-                flat = parameter.detach().reshape(-1).cpu().contiguous()
-                digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

@@ -13,9 +13,11 @@ This module imports no deep-learning library.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
 from .training_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -108,7 +110,7 @@ def parse_sizes(text: str | None) -> dict | None:
         try:
             sizes[key.strip()] = int(value)
         except ValueError:
-            raise ValueError(f"--sizes: {part!r} is not NAME=INTEGER (e.g. --sizes r_k=10,r_v=15)") from None
+            raise ConfigError(f"--sizes: {part!r} is not NAME=INTEGER (e.g. --sizes r_k=10,r_v=15)") from None
     return sizes
 
 
@@ -133,56 +135,91 @@ def _methods(recipe: Recipe | None, given, command: str) -> list[str]:
     return recipe.methods[:1] if command == "train" else list(recipe.methods)
 
 
+# RunSpec fields resolve builds from other inputs (and the recipe) rather than taking as given.
+DERIVED_FIELDS = ("source", "config", "method_configs")
+# resolve's inputs that are not RunSpec fields: what the derived fields (and two fields given in
+# the command line's terms) are built from.
+INPUTS = (
+    "task", *SOURCE_KEYS, *(f"{key}_column" for key in COLUMNS),  # -> source
+    "training",  # TrainConfig fields -> config, method_configs
+    "seed_count",  # --seeds N: N seeds counting up from the configured seed -> seeds
+    "size_text",  # --sizes 'r_k=10,r_v=15' (or a dict), the same sizes for every method -> sizes
+)  # fmt: skip
+
+
+def resolve_keys() -> set[str]:
+    """The keys :func:`resolve` takes: every ``RunSpec`` field not in :data:`DERIVED_FIELDS` (with the
+    field's own meaning and type), and :data:`INPUTS`."""
+    return {f.name for f in dataclasses.fields(RunSpec)} - set(DERIVED_FIELDS) | set(INPUTS)
+
+
+def _check_given(given: dict) -> None:
+    """Refuse keys resolve does not take, and ``seeds`` given as a count (a RunSpec's seeds are a list)."""
+    keys = resolve_keys()
+    unknown = set(given) - keys
+    if unknown:
+        raise ConfigError(f"resolve: unknown argument(s) {sorted(unknown)}; known: {', '.join(sorted(keys))}")
+    seeds = given.get("seeds")
+    listed = isinstance(seeds, (list, tuple)) and all(isinstance(s, int) for s in seeds)
+    if seeds is not None and not listed:
+        raise ConfigError(f"resolve: seeds is the list of seeds (RunSpec.seeds), got {seeds!r}; "
+                         "give seed_count=N for N seeds counting up from the seed")  # fmt: skip
+    if seeds is not None and "seed_count" in given:
+        raise ConfigError("resolve: give seeds (the list) or seed_count (how many), not both")
+    if "sizes" in given and "size_text" in given:
+        raise ConfigError("resolve: give sizes (per method) or size_text (every method), not both")
+
+
 def resolve(recipe: Recipe | None, cli_args: dict, command: str = "compare") -> RunSpec:
     """The ``RunSpec`` of ``command`` (train / compare / demo): explicit ``cli_args`` > ``recipe`` > defaults.
 
-    ``cli_args`` keys (a missing key or None means "not given"): ``model``, ``task``, ``methods`` (list
-    or comma-separated; ``train``: one), ``budget``, ``sizes`` (dict or ``'r_k=10,r_v=15'``),
-    the data options of :func:`task_source` (``data_dir``, ...; ``text_column``, ...),
-    ``training`` (TrainConfig fields), ``seeds`` (how many, counting up from the seed), ``output``,
-    ``resume``, ``overwrite``, ``new_schedule``, ``save_runs``, ``progress``, ``title``. Without a recipe only
-    ``cli_args`` and defaults count. ``train`` uses the recipe's first method when none is given,
-    ``compare`` all of them.
+    ``cli_args`` keys (a missing key or None means "not given", :func:`resolve_keys`): a ``RunSpec``
+    field's name gives that field (``methods`` may also be comma-separated; ``train``: one; ``seeds``:
+    the list; ``sizes``: method -> sizes; ``lrs``: fixed rates, over those found below), except the
+    fields built here (:data:`DERIVED_FIELDS`), which come from :data:`INPUTS`: ``task`` and the data
+    options of :func:`task_source` (``data_dir``, ...; ``text_column``, ...), ``training``
+    (TrainConfig fields), ``seed_count`` (how many seeds, counting up from the configured seed; the
+    command line's ``--seeds``) and ``size_text`` (``'r_k=10,r_v=15'`` or a dict: the command line's
+    ``--sizes``, for every method). Without a recipe only ``cli_args`` and defaults count. ``train``
+    uses the recipe's first method when none is given, ``compare`` all of them.
 
     A learning rate given on the command line, or by the recipe for a method, is fixed; ``compare``
     picks the others on validation. A command-line ``budget`` replaces the recipe's sizes and
-    command-line ``sizes`` the recipe's budget; both on the command line are an error.
+    command-line sizes the recipe's budget; both on the command line are an error.
     """
     from .presets import check_method
 
     if command not in COMMANDS:
-        raise ValueError(f"resolve: command must be one of {COMMANDS}, got {command!r}")
+        raise ConfigError(f"resolve: command must be one of {COMMANDS}, got {command!r}")
     given = {k: v for k, v in cli_args.items() if v is not None}
-    unknown = set(given) - _KEYS
-    if unknown:
-        raise ValueError(f"resolve: unknown argument(s) {sorted(unknown)}; known: {', '.join(sorted(_KEYS))}")
+    _check_given(given)
     model = given.get("model") or (recipe.model if recipe else None)
     task = given.get("task") or (recipe.task if recipe else None)
     methods = _methods(recipe, given.get("methods"), command)
     if not model:
-        raise ValueError(
+        raise ConfigError(
             "--model is required (or a --recipe naming one)"
             if command == "train"
             else "--model and --methods are required (or a --recipe naming them)"
         )
     if not methods:
-        raise ValueError(
+        raise ConfigError(
             "--method is required (e.g. --method inducer; `inducer info` lists them)"
             if command == "train"
             else "--model and --methods are required (or a --recipe naming them)"
         )
     if command == "train" and len(methods) != 1:
-        raise ValueError(f"train runs one method, got {methods}; use `inducer compare` for several")
+        raise ConfigError(f"train runs one method, got {methods}; use `inducer compare` for several")
     for method in methods:
         check_method(method)
     if not given.get("output") and command != "demo":
-        raise ValueError(
+        raise ConfigError(
             "--output is required: the folder for adapters, logs and results"
             if command == "train"
             else "--output is required: the folder for results.json, results.md and results.png"
         )
     if not task:
-        raise ValueError(
+        raise ConfigError(
             "--task is required (a built-in task name, or classification / regression / generation with "
             "--train-file)"
         )
@@ -199,13 +236,16 @@ def resolve(recipe: Recipe | None, cli_args: dict, command: str = "compare") -> 
         m for m in methods if recipe and "lr" in {**recipe.training, **recipe.method_training.get(m, {})}
     }
     lrs = {m: config_of(m).lr for m in methods if "lr" in training or m in recipe_lr}
+    lrs.update(given.get("lrs") or {})
 
-    sizes = given.get("sizes")
+    sizes = given.get("size_text")
     sizes = parse_sizes(sizes) if isinstance(sizes, str) else sizes
     budget = given.get("budget")
-    if budget is not None and sizes:
-        raise ValueError(BOTH_SIZES_AND_BUDGET)
-    if sizes:
+    if budget is not None and (sizes or given.get("sizes")):
+        raise ConfigError(BOTH_SIZES_AND_BUDGET)
+    if given.get("sizes"):
+        per_method = {m: dict(s) for m, s in given["sizes"].items()}
+    elif sizes:
         per_method = {m: dict(sizes) for m in methods}
     elif budget is None and recipe is not None:
         budget = recipe.budget
@@ -214,41 +254,9 @@ def resolve(recipe: Recipe | None, cli_args: dict, command: str = "compare") -> 
         per_method = {}
     data_dir = given.get("data_dir") or (recipe.data_dir if recipe else None)
     source = task_source(task, {**given, "data_dir": data_dir})
-    return RunSpec(
-        model=model,
-        source=source,
-        methods=methods,
-        config=config,
-        budget=budget,
-        sizes=per_method,
-        method_configs=method_configs,
-        lrs=lrs,
-        seeds=[config.seed + i for i in range(given.get("seeds", 1))],
-        output=given.get("output"),
-        resume=bool(given.get("resume", False)),
-        overwrite=bool(given.get("overwrite", False)),
-        new_schedule=bool(given.get("new_schedule", False)),
-        save_runs=bool(given.get("save_runs", False)),
-        progress=bool(given.get("progress", True)),
-        title=given.get("title", ""),
-    )
-
-
-_KEYS = {
-    *SOURCE_KEYS,
-    *(f"{key}_column" for key in COLUMNS),
-    "model",
-    "task",
-    "methods",
-    "budget",
-    "sizes",
-    "training",
-    "seeds",
-    "output",
-    "resume",
-    "overwrite",
-    "new_schedule",
-    "save_runs",
-    "progress",
-    "title",
-}
+    seeds = list(given.get("seeds") or [config.seed + i for i in range(given.get("seed_count", 1))])
+    # The fields given as they are (each RunSpec field not built above).
+    passed = {k: v for k, v in given.items() if k in resolve_keys() - set(INPUTS)}
+    built = dict(model=model, source=source, methods=methods, config=config, budget=budget, sizes=per_method,
+                 method_configs=method_configs, lrs=lrs, seeds=seeds)  # fmt: skip
+    return RunSpec(**{**passed, **built})

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .tasks import Columns, TaskData, TaskError, load_files, load_task
+from .tasks.base import KINDS
 
 
 @dataclass
@@ -22,7 +23,7 @@ class TaskSource:
 
     def load(self) -> TaskData:
         """The task's normalised splits."""
-        if self.train_file or self.task in ("classification", "regression", "generation"):
+        if self.train_file or self.task in KINDS:
             return load_files(self.task, self.train_file, self.validation_file, self.test_file, self.columns)
         if self.validation_file or self.test_file:
             raise TaskError(

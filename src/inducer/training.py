@@ -14,7 +14,7 @@ all-reduced gradient equals the single-process gradient of the same global batch
 process writes adapters, checkpoints and logs; the checkpoint holds every process's RNG state.
 
 Evaluation lives in ``evaluation``, the ``--resume`` checkpoint in ``checkpoint``, tokenising in
-``encoding``; their public names used to live here and are still importable from this module.
+``encoding``, the training options in ``training_config``, data parallelism in ``data_parallel``.
 """
 
 from __future__ import annotations
@@ -39,30 +39,21 @@ from .adapter_format import fingerprint
 from .base_models import LoadedModel
 from .callbacks import EvalFunction, MetricsLog, TrainerCallback
 from .checkpoint import TrainState, copy_into
-from .data_parallel import (  # noqa: F401  (launched_processes: re-exported)
-    any_process,
-    cpu_processes,
-    launched_processes,
-    make_accelerator,
-    shard,
-    weight_by_share,
-)
+from .data_parallel import any_process, make_accelerator, shard, weight_by_share
 from .encoding import Collator, EncodeOptions, encode_options, encode_split
-from .errors import NonFiniteLossError  # noqa: F401 (defined in the error taxonomy, raised here)
-from .evaluation import (  # noqa: F401  (generate_texts, predict_labels, evaluation_loss: re-exported)
-    compute_loss,
-    evaluate,
-    evaluation_loss,
-    generate_texts,
-    predict_labels,
+from .errors import (
+    ConfigError,
+    NonFiniteLossError,  # noqa: F401 (defined in the error taxonomy, raised here)
+    TaskError,
 )
+from .evaluation import compute_loss, evaluate
 from .interrupts import StopRequests, interrupted
 from .optimization import build_optimizer, enable_checkpointing
 from .run_folder import folder_lock
+from .run_records import RunRecord
 from .tasks import TaskData
-from .training_config import PRECISIONS, TrainConfig  # noqa: F401  (PRECISIONS: re-exported)
-from .training_files import (  # noqa: F401  (RUN_FILE: re-exported)
-    RUN_FILE,
+from .training_config import TrainConfig
+from .training_files import (
     load_checkpoint,
     save_checkpoint,
     save_run_adapter,
@@ -102,13 +93,13 @@ class Trainer:
     """Trains an adapted model (``inducer.attach`` already applied) on a task.
 
     ``output_dir`` (optional) receives ``best/`` and ``last/`` adapters, ``checkpoint/`` (for
-    ``resume``), ``metrics.jsonl`` and ``tensorboard/``. ``run_info`` is written next to each saved
-    adapter as ``inducer_run.json``. ``callbacks`` are ``TrainerCallback``s; ``on_eval(step, metrics)``
-    is a shortcut for one with only ``on_eval``. ``options`` are the encoding options (default:
-    ``encode_options(task, loaded, config)``), ``train_rows`` / ``eval_rows`` the tokenised train and
-    validation splits (default: ``encode_split`` of each, limited by the config), for callers that
-    already have them. The model, optimizer and data are prepared once, by ``prepare()``, which
-    ``train()`` and ``evaluate()`` call.
+    ``resume``), ``metrics.jsonl`` and ``tensorboard/``. ``record`` (a ``RunRecord``) is written next
+    to each saved adapter as ``inducer_run.json``, with the adapter's step and validation metrics.
+    ``callbacks`` are ``TrainerCallback``s; ``on_eval(step, metrics)`` is a shortcut for one with only
+    ``on_eval``. ``options`` are the encoding options (default: ``encode_options(task, loaded,
+    config)``), ``train_rows`` / ``eval_rows`` the tokenised train and validation splits (default:
+    ``encode_split`` of each, limited by the config), for callers that already have them. The model,
+    optimizer and data are prepared once, by ``prepare()``, which ``train()`` and ``evaluate()`` call.
     """
 
     def __init__(
@@ -117,7 +108,7 @@ class Trainer:
         task: TaskData,
         config: TrainConfig,
         output_dir: str | Path | None = None,
-        run_info: dict | None = None,
+        record: RunRecord | None = None,
         progress: bool = True,
         on_eval: Callable[[int, dict], None] | None = None,
         *,
@@ -128,7 +119,7 @@ class Trainer:
     ):
         self.loaded, self.task, self.config = loaded, task, config
         self.output_dir = Path(output_dir) if output_dir else None
-        self.run_info = run_info or {}
+        self.record = record
         self.accelerator, self.sharded = make_accelerator(config.precision)
         self.is_main = self.accelerator.is_main_process
         self.progress = progress and self.is_main  # one progress bar, not one per process
@@ -166,7 +157,7 @@ class Trainer:
                 self.task, "validation", self.loaded, self.options, config.max_eval_examples
             )
         if len(self.train_rows) == 0:  # the loop would wait forever for a first batch
-            raise ValueError(
+            raise TaskError(
                 "the training split has no rows (after --max-train-examples and dropping empty rows); "
                 "give a training file with data"
             )
@@ -196,7 +187,7 @@ class Trainer:
             torch.manual_seed(config.seed + 7919 * rank)
         self.prepare()
         if self.sharded and (resume or config.save_every):
-            raise ValueError(
+            raise ConfigError(
                 "--save-every / --resume are not supported with sharded parameters (FSDP, DeepSpeed "
                 "ZeRO-3) yet: the trainer checkpoint holds whole tensors. Use DDP or ZeRO-2 to resume."
             )
@@ -355,7 +346,7 @@ class Trainer:
         """Evaluate on validation, keep the best parameters; returns whether to stop early."""
         result = self.evaluate("validation")
         if self.select not in result:
-            raise ValueError(
+            raise ConfigError(
                 f"select metric {self.select!r} is not among the validation metrics {sorted(result)}"
             )
         record = {

@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
+
 PRECISIONS = ("no", "fp16", "bf16")
 
 
@@ -56,7 +58,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in (
             "batch_size",
             "eval_batch_size",
@@ -78,7 +80,7 @@ class TrainConfig:
         ):
             _check_count(name, getattr(self, name), optional=True)
         if self.warmup_steps is not None and (not _is_int(self.warmup_steps) or self.warmup_steps < 0):
-            raise ValueError(
+            raise ConfigError(
                 f"warmup_steps must be an integer >= 0 (or None: use warmup_ratio), got {self.warmup_steps!r}"
             )
         _check_positive("lr", self.lr)
@@ -89,10 +91,10 @@ class TrainConfig:
         _check_fraction("label_smoothing", self.label_smoothing)
         _check_fraction("warmup_ratio", self.warmup_ratio)
         if not _is_number(self.weight_decay) or not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be a number >= 0 (0: no decay), got {self.weight_decay!r}")
+            raise ConfigError(f"weight_decay must be a number >= 0 (0: no decay), got {self.weight_decay!r}")
         betas = tuple(self.adam_betas) if isinstance(self.adam_betas, (list, tuple)) else None
         if betas is None or len(betas) != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.adam_betas!r}"
             )
         for beta in betas:
@@ -125,16 +127,16 @@ def _check_count(name: str, value, optional: bool) -> None:
         return
     if not _is_int(value) or value < 1:
         alternative = " (or None: no limit / the default)" if optional else ""
-        raise ValueError(f"{name} must be an integer >= 1{alternative}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 1{alternative}, got {value!r}")
 
 
 def _check_positive(name: str, value, alternative: str = "") -> None:
     if not _is_number(value) or not value > 0:
         extra = f" ({alternative})" if alternative else ""
-        raise ValueError(f"{name} must be a number > 0{extra}, got {value!r}")
+        raise ConfigError(f"{name} must be a number > 0{extra}, got {value!r}")
 
 
 def _check_fraction(name: str, value) -> None:
     """``value`` must lie in [0, 1)."""
     if not _is_number(value) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")

@@ -10,19 +10,33 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
 from .adapter_format import save_adapter
 from .atomic import atomic_write_text
 from .checkpoint import RngState, TrainState, load_train_state, restore_train_state, save_train_state
+from .run_records import RUN_FILE
 
-if TYPE_CHECKING:
-    from .training import Trainer
+
+class Trainer(Protocol):
+    """What these functions read of an :class:`inducer.training.Trainer` (a protocol, so that this
+    module does not import the trainer that imports it)."""
+
+    accelerator: Any
+    base_fingerprint: Any
+    config: Any
+    is_main: bool
+    loaded: Any
+    model: Any
+    optimizer: Any
+    output_dir: Any
+    record: Any
+    scheduler: Any
+    sharded: bool
 
 logger = logging.getLogger(__name__)
-RUN_FILE = "inducer_run.json"  # written next to each saved adapter: what eval/generate need to reuse it
 
 
 def save_run_adapter(trainer: Trainer, name: str, extra: dict | None = None) -> Path | None:
@@ -39,7 +53,11 @@ def save_run_adapter(trainer: Trainer, name: str, extra: dict | None = None) -> 
     # The model as attach left it (not a wrapper: FSDP's would prefix every parameter name), and
     # the base's fingerprint from before any wrapper sharded its parameters.
     save_adapter(trainer.loaded.model, folder, state_dict=full, base_model=trainer.base_fingerprint)
-    atomic_write_text(folder / RUN_FILE, json.dumps({**trainer.run_info, **(extra or {})}, indent=2))
+    # A Trainer used without a run record still says which step (and score) the adapter is from.
+    record = trainer.record
+    extra = extra or {}
+    saved = dataclasses.replace(record, **extra).to_json() if record is not None else dict(extra)
+    atomic_write_text(folder / RUN_FILE, json.dumps(saved, indent=2))
     return folder
 
 

@@ -484,9 +484,9 @@ def test_token_init_config_roundtrip_and_budget_count():
     assert inducer.PrefixConfig.from_dict(config.to_dict()) == config
     model = make_model("bert")
     plain = inducer.preset("prefix", model, sizes={"length": 3}).count
-    from inducer.presets import _Counter
+    from inducer.budget import BudgetCounter
 
-    assert _Counter(model)([config]) == plain  # counting on a meta twin runs no forward
+    assert BudgetCounter(model)([config]) == plain  # counting on a meta twin runs no forward
 
 
 @pytest.mark.parametrize("reparam", [None, 4])

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import ConfigError
+
 _LIMITS = "Request limits"
 
 
@@ -16,7 +18,7 @@ def check_ranges(**options: tuple[float, float, float]) -> None:
     for name, (value, low, high) in options.items():
         if not (math.isfinite(value) and low <= value <= high):
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} is {value}; give a number from {low:g} to {high:g}")
+            raise ConfigError(f"{flag} is {value}; give a number from {low:g} to {high:g}")
 
 
 def serve(
@@ -101,7 +103,8 @@ def serve(
                         max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes)  # fmt: skip
         adapters = parse_adapters(adapter or [])
         if len(adapters) > max_adapters:
-            raise ValueError(f"{len(adapters)} --adapter given, over --max-adapters {max_adapters}; raise it")
+            raise ConfigError(
+                f"{len(adapters)} --adapter given, over --max-adapters {max_adapters}; raise it")
         run(ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, adapter_root,
                          limits, device, drain_timeout, base_name, insecure))  # fmt: skip
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..adapter import adapter_state, check_adapter_name
 from ..adapter_format import load_adapter
 from ..base_models import load_model, resolve_model_path
+from ..errors import ConfigError
 from ..experiment import read_run_info
 from ..named_adapters import adapters, delete_adapter, route
 from .protocol import Limits, ServeError
@@ -98,7 +99,7 @@ class Engine:
         kind, num_labels = _base_kind(model_name, adapter_dirs)
         loaded = load_model(model_name, kind, num_labels, dtype=dtype)
         if kind == "generation" and loaded.is_seq2seq:
-            raise ValueError(
+            raise ConfigError(
                 f"serve: {model_name!r} is an encoder-decoder; serving generates with "
                 "decoder-only (causal LM) bases"
             )
@@ -116,7 +117,7 @@ class Engine:
             try:
                 engine.add_adapter(name, directory, check_root=False)
             except ServeError as err:  # at start-up: the CLI's one-line error
-                raise ValueError(f"--adapter {name}={directory}: {err.message}") from err
+                raise ConfigError(f"--adapter {name}={directory}: {err.message}") from err
         return engine
 
     # --- adapters -------------------------------------------------------------------------------

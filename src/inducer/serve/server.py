@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from .protocol import Limits
 
 logger = logging.getLogger("inducer.serve")
@@ -49,9 +50,9 @@ def is_loopback(host: str) -> bool:
 def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
     """Refuse to listen beyond this machine without an API key, unless ``--insecure`` says so."""
     if api_key is not None and not api_key.strip():
-        raise ValueError("--api-key is empty; give a long random key (e.g. from `openssl rand -hex 32`)")
+        raise ConfigError("--api-key is empty; give a long random key (e.g. from `openssl rand -hex 32`)")
     if not is_loopback(host) and api_key is None and not insecure:
-        raise ValueError(
+        raise ConfigError(
             f"--host {host} accepts connections from other machines: give --api-key KEY (or set "
             "INDUCER_API_KEY), or pass --insecure to serve without one"
         )
@@ -71,9 +72,10 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
-            raise ValueError(f"--adapter {spec!r}: write it as NAME=DIR (e.g. --adapter sst2=runs/sst2/best)")
+            raise ConfigError(
+                f"--adapter {spec!r}: write it as NAME=DIR (e.g. --adapter sst2=runs/sst2/best)")
         if name in adapters:
-            raise ValueError(f"--adapter {name} is given twice; give each adapter one name")
+            raise ConfigError(f"--adapter {name} is given twice; give each adapter one name")
         adapters[name] = folder
     return adapters
 
@@ -139,7 +141,7 @@ def run(options: ServeOptions) -> None:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as err:
-        raise ValueError(f"inducer serve needs FastAPI and uvicorn ({err.name} is missing); install them "
+        raise ConfigError(f"inducer serve needs FastAPI and uvicorn ({err.name} is missing); install them "
                          "with: pip install 'inducer[serve]'") from err
 
     from .app import Service, build_app
@@ -150,7 +152,7 @@ def run(options: ServeOptions) -> None:
     _setup_logging()
     check_exposure(options.host, options.api_key, options.insecure)
     if options.adapter_root is not None and not Path(options.adapter_root).expanduser().is_dir():
-        raise ValueError(f"--adapter-root {options.adapter_root} is not a folder; give an existing folder")
+        raise ConfigError(f"--adapter-root {options.adapter_root} is not a folder; give an existing folder")
     if options.insecure and options.api_key is None and not is_loopback(options.host):
         for line in (
             f"--insecure: serving on {options.host} WITHOUT an API key.",

@@ -21,13 +21,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-from ..base_models import TaskKind
 from ..errors import TaskError  # noqa: F401 (defined in the error taxonomy, raised here)
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("classification", "regression", "generation")
+# The one definition of the task kinds (a model's head, a data file's columns, ``--task`` for files).
+TaskKind = Literal["classification", "regression", "generation"]
+KINDS: tuple[str, ...] = get_args(TaskKind)
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 

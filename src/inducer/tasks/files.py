@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..base_models import TaskKind
-from .base import KINDS, TaskData, TaskError, TaskSpec, check_split, holdout_split, read_file
+from .base import KINDS, TaskData, TaskError, TaskKind, TaskSpec, check_split, holdout_split, read_file
 
 logger = logging.getLogger(__name__)
 SELECT = {"classification": "accuracy", "regression": "pearson", "generation": "bleu"}
