@@ -946,7 +946,7 @@ def _environment(args, workers: int) -> dict:
 
 
 def _check_data() -> None:
-    from inducer.base_models import cache_root
+    from inducer.cache import cache_root
     from inducer.tasks import vader
 
     folder = cache_root() / "vader"

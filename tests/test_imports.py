@@ -1,4 +1,5 @@
-"""The package's imports point one way: no import circle, counting imports inside functions.
+"""The package's imports point one way: no import circle, counting imports inside functions and the
+package ``__init__`` that importing a submodule runs.
 
 Every ``import`` / ``from ... import`` of an ``inducer`` module, wherever it sits (module level, inside
 a function, under ``try``), is an edge; only ``if TYPE_CHECKING:`` blocks, which never run, are left
@@ -50,6 +51,15 @@ def import_graph() -> dict[str, set[str]]:
                         graph[name].add(target)
             elif isinstance(node, ast.Import):
                 graph[name] |= {alias.name for alias in node.names if alias.name in paths}
+    # Importing inducer.a.b first runs the package inducer.a's __init__: an edge to it too, unless the
+    # importer is inside that package (its __init__ is then already running).
+    for name, targets in graph.items():
+        for target in list(targets):
+            parts = target.split(".")
+            for depth in range(2, len(parts)):
+                package = ".".join(parts[:depth])
+                if package in paths and not (name == package or name.startswith(package + ".")):
+                    targets.add(package)
     return graph
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cache import cache_root
 from .errors import (
     ConfigError,
     ModelLoadError,  # noqa: F401 (defined in the error taxonomy, raised here)
@@ -68,11 +69,6 @@ class LoadedModel:
                 offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta") else 0
                 return value - offset
         return None
-
-
-def cache_root() -> Path:
-    """Where inducer caches downloaded or converted assets (``$INDUCER_CACHE``, default ~/.cache/inducer)."""
-    return Path(os.environ.get("INDUCER_CACHE") or Path.home() / ".cache" / "inducer")
 
 
 def _require(module: str, install: str, shortcut: str) -> None:

@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..base_models import cache_root
+from ..cache import cache_root
 from .base import TaskError
 
 logger = logging.getLogger(__name__)
