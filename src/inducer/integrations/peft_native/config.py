@@ -21,9 +21,8 @@ from typing import Literal
 from peft import PeftConfig
 
 from ...errors import ConfigError
-from ...methods import METHOD_CONFIGS, MethodConfig
+from ...methods import METHOD_CONFIGS, PRESETS, MethodConfig
 from ...methods.inducer_tuning import InducerConfig
-from ...presets import preset
 from .registration import PEFT_TYPE
 
 # The InducerConfig fields this config mirrors (its own names and defaults).
@@ -88,12 +87,21 @@ class InducerPeftConfig(PeftConfig):
 
     @classmethod
     def from_preset(cls, name: str, **sizes_and_peft_fields) -> InducerPeftConfig:
-        """:meth:`from_methods` of ``inducer.preset(name, **sizes)``; PEFT's fields pass through."""
+        """:meth:`from_methods` of the preset ``name`` (``"inducer+lora"``, ``"inducer+mam"``,
+        ``"adapter"``... see ``inducer.PRESETS``) at the paper's sizes, the given ones replacing them
+        (``r_k=2, r_v=4, r=4``); PEFT's fields (``task_type``...) pass through. Budget search needs a
+        model: ``from_methods(inducer.preset(name, model, budget=...))``."""
         peft_keys = {f.name for f in dataclasses.fields(PeftConfig)} | {"modules_to_save",
                                                                         "trainable_token_indices"}
         peft_fields = {k: v for k, v in sizes_and_peft_fields.items() if k in peft_keys}
         sizes = {k: v for k, v in sizes_and_peft_fields.items() if k not in peft_keys}
-        return cls.from_methods(preset(name, **sizes), **peft_fields)
+        if name not in PRESETS:
+            raise ConfigError(f"InducerPeftConfig.from_preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        spec = PRESETS[name]
+        unknown = set(sizes) - set(spec.sizes) - {"layers"}
+        if unknown:
+            raise ConfigError(f"preset {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.sizes)}")
+        return cls.from_methods(spec.build(**{**spec.sizes, **sizes}), **peft_fields)
 
     def method_configs(self) -> list[MethodConfig]:
         """The inducer method configs this adapter attaches, in order (the inducer first); each
