@@ -40,7 +40,7 @@ PICKLED = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 PEFT_PREFIX = "base_model.model."
 # The slots inducer's methods put modules in (inducer.naming): the component of a saved name that
 # becomes PEFT's "peft_<slot>.inducer_modules".
-SLOT = re.compile(r"inducer|prefix|prefix_encoder|adapter_attn|adapter_ffn|bitfit|lora_\w+|kernel_mix_\w+")
+SLOT = re.compile(r"inducer|prefix|prefix_encoder|adapter_attn|adapter_ffn|bitfit|lora(_\w+)?|kernel_mix(_\w+)?")
 PEFT_SLOT = re.compile(rf"(^|\.){HOLDER_PREFIX}(\w+)\.{MODULES}(\.|$)")
 __all__ = ["check_peft_folder", "convert", "expected_peft_tensors", "is_peft_layout", "load_adapter",
            "peft_to_inducer_name", "inducer_to_peft_name"]
