@@ -19,7 +19,8 @@ lm_eval = pytest.importorskip("lm_eval")
 peft = pytest.importorskip("peft")
 
 ROWS = [("the food is", ["good", "high", "river"], 0), ("a pub near the", ["river", "food", "price"], 0),
-        ("the price is", ["cheap", "high", "pub"], 1), ("the food is good and", ["cheap", "river", "near"], 0),
+        ("the price is", ["cheap", "high", "pub"], 1),
+        ("the food is good and", ["cheap", "river", "near"], 0),
         ("a pub near", ["the", "is", "good"], 0), ("the price is high and", ["the", "cheap", "food"], 2)]
 
 
@@ -78,15 +79,17 @@ def test_lm_eval_scores_equal_our_evaluation(tmp_path):
     registered = simple_evaluate(model="inducer", model_args=f"pretrained={tmp_path / 'base'},adapter="
                                  f"{tmp_path / 'adapter'},device=cpu", tasks=["inducer_tiny_mc"],
                                  task_manager=manager, log_samples=True)
-    via_hf = simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'base'},peft={tmp_path / 'adapter'},"
-                             "device=cpu", tasks=["inducer_tiny_mc"], task_manager=manager)
+    via_hf = simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'base'},"
+                             f"peft={tmp_path / 'adapter'},device=cpu", tasks=["inducer_tiny_mc"],
+                             task_manager=manager)
     python_call = evaluate(model, tokenizer, ["inducer_tiny_mc"], include_path=str(tmp_path / "tasks"))
     assert score(registered) == score(via_hf) == score(python_call) == accuracy
     samples = sorted(registered["samples"]["inducer_tiny_mc"], key=lambda s: s["doc_id"])
     theirs = [[resp[0][0] for resp in s["resps"]] for s in samples]
     torch.testing.assert_close(torch.tensor(theirs), torch.tensor(lls), rtol=1e-5, atol=1e-5)
     # the command line, in a fresh process (lm-eval has no plugin discovery: inducer's runner registers)
-    cli = subprocess.run([sys.executable, "-m", "inducer.integrations.lm_eval", "--model", "inducer", "--model_args",
+    cli = subprocess.run([sys.executable, "-m", "inducer.integrations.lm_eval", "--model", "inducer",
+                          "--model_args",
                           f"pretrained={tmp_path / 'base'},adapter={tmp_path / 'adapter'}", "--device", "cpu",
                           "--tasks", "inducer_tiny_mc", "--include_path", str(tmp_path / "tasks"),
                           "--output_path", str(tmp_path / "out")],

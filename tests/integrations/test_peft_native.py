@@ -139,8 +139,8 @@ def test_mixed_batch_forward_and_generate_equal_each_row_alone(family):
             else:
                 model.set_adapter(name)
                 alone = model(input_ids=ids[row:row + 1]).logits
-                alone_generated = model.generate(input_ids=ids[row:row + 1], max_new_tokens=5, do_sample=False,
-                                                 pad_token_id=0)
+                alone_generated = model.generate(input_ids=ids[row:row + 1], max_new_tokens=5,
+                                                 do_sample=False, pad_token_id=0)
             torch.testing.assert_close(mixed[row:row + 1], alone, rtol=1e-5, atol=1e-5)
             # a row that ended (EOS) early is padded in the batch: compare up to its end, then padding
             length = alone_generated.shape[1]

@@ -67,7 +67,8 @@ def test_transformers_add_set_disable_delete_adapter():
         pytest.skip(reason)
     model = make_model("llama")
     _check_switching(model, lambda c, n: model.add_adapter(c, adapter_name=n), model.set_adapter,
-                     model.disable_adapters, model.enable_adapters, model.delete_adapter, model.active_adapters)
+                     model.disable_adapters, model.enable_adapters, model.delete_adapter,
+                     model.active_adapters)
 
 
 def test_the_peft_calls_transformers_makes_add_set_disable_delete():

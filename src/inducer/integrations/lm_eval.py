@@ -2,9 +2,9 @@
 
     # command line (lm-eval has no plugin discovery, so this module's runner registers first):
     python -m inducer.integrations.lm_eval --model inducer \\
-        --model_args pretrained=BASE,adapter=ADAPTER_DIR,device=cpu --tasks my_task --include_path tasks/
+        --model_args pretrained=BASE,adapter=ADAPTER_DIR --device cpu --tasks my_task --include_path tasks/
     # lm-eval's own hf model with a PEFT-layout adapter (inducer.peft registers the PEFT type):
-    python -m inducer.integrations.lm_eval --model hf --model_args pretrained=BASE,peft=ADAPTER_DIR,device=cpu ...
+    python -m inducer.integrations.lm_eval --model hf --model_args pretrained=BASE,peft=ADAPTER_DIR ...
     # Python, an adapted model object (inducer.attach or a PeftModel):
     from inducer.integrations.lm_eval import evaluate
     results = evaluate(model, tokenizer, ["my_task"], include_path="tasks/")

@@ -13,8 +13,9 @@ from .versions import check_version
 
 check_version("peft", "inducer.peft")
 
+from .checks import check_peft_folder  # noqa: E402
 from .config import InducerPeftConfig  # noqa: E402 (after the version guard, on purpose)
-from .formats import check_peft_folder, convert, is_peft_layout, load_adapter  # noqa: E402
+from .formats import convert, is_peft_layout, load_adapter  # noqa: E402
 from .layer import InducerTunerLayer  # noqa: E402
 from .registration import PEFT_TYPE, register  # noqa: E402
 from .tuner import BASE, InducerTuner  # noqa: E402

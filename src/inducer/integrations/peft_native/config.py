@@ -20,9 +20,11 @@ from typing import Literal
 
 from peft import PeftConfig
 
+from ...atomic import sha256_file
 from ...errors import ConfigError
 from ...methods import METHOD_CONFIGS, PRESETS, MethodConfig
 from ...methods.inducer_tuning import InducerConfig
+from .checks import PEFT_WEIGHTS, check_peft_folder
 from .registration import PEFT_TYPE
 
 # The InducerConfig fields this config mirrors (its own names and defaults).
@@ -80,7 +82,8 @@ class InducerPeftConfig(PeftConfig):
         configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
         inducers = [c for c in configs if isinstance(c, InducerConfig)]
         if len(inducers) > 1:
-            raise ConfigError("InducerPeftConfig.from_methods: one PEFT adapter holds at most one InducerConfig")
+            raise ConfigError("InducerPeftConfig.from_methods: one PEFT adapter holds at most one "
+                              "InducerConfig")
         others = [c.to_dict() for c in configs if not isinstance(c, InducerConfig)]
         fields = dataclasses.asdict(inducers[0]) if inducers else {}
         return cls(**fields, inducer=bool(inducers), with_methods=others, **peft_fields)
@@ -96,11 +99,13 @@ class InducerPeftConfig(PeftConfig):
         peft_fields = {k: v for k, v in sizes_and_peft_fields.items() if k in peft_keys}
         sizes = {k: v for k, v in sizes_and_peft_fields.items() if k not in peft_keys}
         if name not in PRESETS:
-            raise ConfigError(f"InducerPeftConfig.from_preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"InducerPeftConfig.from_preset: unknown preset {name!r}; choose one of "
+                              f"{sorted(PRESETS)}")
         spec = PRESETS[name]
         unknown = set(sizes) - set(spec.sizes) - {"layers"}
         if unknown:
-            raise ConfigError(f"preset {name!r} has no size(s) {sorted(unknown)}; its sizes: {sorted(spec.sizes)}")
+            raise ConfigError(f"preset {name!r} has no size(s) {sorted(unknown)}; its sizes: "
+                              f"{sorted(spec.sizes)}")
         return cls.from_methods(spec.build(**{**spec.sizes, **sizes}), **peft_fields)
 
     def method_configs(self) -> list[MethodConfig]:
@@ -127,8 +132,6 @@ class InducerPeftConfig(PeftConfig):
         """PEFT's, after refusing a local adapter folder that would be unpickled or fails its checks
         (:func:`~inducer.integrations.peft_native.formats.check_peft_folder`): ``PeftModel`` and
         ``AutoPeftModel*`` read the config through here before they touch the model."""
-        from .formats import check_peft_folder
-
         path = Path(pretrained_model_name_or_path, subfolder or "")
         shapes = check_peft_folder(path) if path.is_dir() else None
         config = super().from_pretrained(os.fspath(pretrained_model_name_or_path), subfolder=subfolder,
@@ -140,9 +143,6 @@ class InducerPeftConfig(PeftConfig):
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """PEFT's, recording the SHA-256 of the ``adapter_model.safetensors`` that ``PeftModel`` /
         transformers wrote into ``save_directory`` just before (PEFT writes the weights first)."""
-        from ...atomic import sha256_file
-        from .formats import PEFT_WEIGHTS
-
         weights = Path(save_directory, PEFT_WEIGHTS)
         self.weights_sha256 = sha256_file(weights) if weights.is_file() else None
         super().save_pretrained(save_directory, **kwargs)

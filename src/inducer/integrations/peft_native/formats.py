@@ -7,11 +7,7 @@ says ``<parent>.<slot>.<tensor>``. The tensors are the same; :func:`convert` rew
 the other (``inducer.peft.convert(src, dst)``, either direction), and :func:`load_adapter` loads a
 folder of either layout with inducer's checks.
 
-The integrity rules of inducer's format hold for the PEFT layout too, checked before anything
-changes (:func:`check_peft_folder`, run by ``InducerPeftConfig.from_pretrained`` and so by
-``PeftModel.from_pretrained`` / ``AutoPeftModel*``): no pickle (a folder holding ``adapter_model.bin``
-is refused; safetensors and JSON only), the weights' SHA-256 recorded at save, floating-point finite
-tensors, and, at injection, the base model's fingerprint and every tensor's name and shape.
+The integrity rules of inducer's format hold for the PEFT layout too (:mod:`.checks`).
 """
 
 from __future__ import annotations
@@ -22,28 +18,32 @@ import re
 import tempfile
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ...adapter_format import CONFIG_FILE, FORMAT_VERSION, _commit, read_config, read_tensors, weights_path
+from ...adapter_format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    _commit,
+    method_configs,
+    read_config,
+    read_tensors,
+    weights_path,
+)
 from ...adapter_format import load_adapter as load_inducer_adapter
-from ...atomic import atomic_write, sha256_file
-from ...errors import AdapterFormatError, PeftInteropError
-from ...meta import meta_twin
-from .layer import HOLDER_PREFIX, MODULES, relocate
+from ...atomic import atomic_write
+from ...errors import PeftInteropError
+from .checks import PEFT_PREFIX, PEFT_WEIGHTS, check_peft_folder
+from .config import InducerPeftConfig
+from .layer import HOLDER_PREFIX, MODULES
 from .registration import PEFT_TYPE
 
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PICKLED = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
-PEFT_PREFIX = "base_model.model."
 # The slots inducer's methods put modules in (inducer.naming): the component of a saved name that
 # becomes PEFT's "peft_<slot>.inducer_modules".
-SLOT = re.compile(r"inducer|prefix|prefix_encoder|adapter_attn|adapter_ffn|bitfit|lora(_\w+)?|kernel_mix(_\w+)?")
+SLOT = re.compile(r"inducer|prefix|prefix_encoder|adapter_attn|adapter_ffn|bitfit|lora(_\w+)?"
+                  r"|kernel_mix(_\w+)?")
 PEFT_SLOT = re.compile(rf"(^|\.){HOLDER_PREFIX}(\w+)\.{MODULES}(\.|$)")
-__all__ = ["check_peft_folder", "convert", "expected_peft_tensors", "is_peft_layout", "load_adapter",
-           "peft_to_inducer_name", "inducer_to_peft_name"]
+__all__ = ["convert", "inducer_to_peft_name", "is_peft_layout", "load_adapter", "peft_to_inducer_name"]
 
 
 def is_peft_layout(directory: str | os.PathLike) -> bool:
@@ -53,74 +53,6 @@ def is_peft_layout(directory: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("peft_type") == PEFT_TYPE.value
-
-
-def check_peft_folder(directory: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Validate a PEFT-layout inducer adapter folder without unpickling anything; return its tensors'
-    shapes by name. :class:`~inducer.AdapterFormatError` naming the problem otherwise."""
-    directory = Path(directory)
-    pickled = [name for name in PICKLED if (directory / name).exists()]
-    if pickled:
-        raise AdapterFormatError(f"{directory / pickled[0]}: pickled weights are refused (loading them can run "
-                                 "code); re-save the adapter with safetensors (save_pretrained's default)")
-    config_path, weights = directory / CONFIG_FILE, directory / PEFT_WEIGHTS
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as err:
-        raise AdapterFormatError(f"{config_path} cannot be read as JSON ({err})") from err
-    if not weights.is_file():
-        raise AdapterFormatError(f"{weights} is missing; the adapter folder is incomplete")
-    recorded = config.get("weights_sha256") if isinstance(config, dict) else None
-    if not isinstance(recorded, str) or len(recorded) != 64:
-        raise AdapterFormatError(f"{config_path} has no weights_sha256, so the weights cannot be verified; "
-                                 "re-save the adapter with save_pretrained after importing inducer.peft")
-    if recorded != sha256_file(weights):
-        raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file is "
-                                 "truncated or altered. Re-save or re-download the adapter.")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise AdapterFormatError(f"{weights} cannot be read ({err}); the file is corrupted") from err
-    for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise AdapterFormatError(f"{weights}: {name} is not a finite floating-point tensor")
-    return {name: tuple(t.shape) for name, t in tensors.items()}
-
-
-def _inducer_part(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """The entries of inducer's modules (PEFT's modules_to_save copies are PEFT's to check), with
-    PEFT's ``base_model.model.`` prefix removed (transformers' own saves leave it out)."""
-    return {k.removeprefix(PEFT_PREFIX): v for k, v in shapes.items() if f".{MODULES}." in f".{k}"}
-
-
-def expected_peft_tensors(model: nn.Module, config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of the inducer tensors that ``config`` gives ``model`` in PEFT's file, found on a
-    parameter-free twin (a hostile config costs no memory)."""
-    from ...adapter import attach_methods
-
-    check = "peft-check"
-    twin = meta_twin(model)
-    try:
-        with torch.device("meta"):
-            attach_methods(twin, config.method_configs(), train_head=False, name=check)
-    except (ValueError, TypeError, KeyError, IndexError) as err:
-        raise AdapterFormatError(f"the adapter's methods do not fit this model ({err})") from err
-    record = relocate(twin, check)
-    params = dict(twin.named_parameters())
-    return {name.replace(f".{MODULES}.{check}.", f".{MODULES}.").replace(f"{MODULES}.{check}.", f"{MODULES}."):
-            tuple(params[name].shape) for name in record.parameter_names(twin)}
-
-
-def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
-    """Refuse, naming a few, tensors that are missing, unexpected or of another shape."""
-    found = _inducer_part(found)
-    if expected == found:
-        return
-    missing = sorted(set(expected) - set(found))[:3]
-    unexpected = sorted(set(found) - set(expected))[:3]
-    shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])[:3]
-    raise AdapterFormatError(f"the adapter's tensors do not fit this model (missing {missing}, unexpected "
-                             f"{unexpected}, other shapes {shapes})")
 
 
 def peft_to_inducer_name(key: str) -> str:
@@ -143,7 +75,8 @@ def inducer_to_peft_name(key: str) -> str:
     raise PeftInteropError(f"{key!r} lies in no inducer slot; it cannot be written in PEFT's layout")
 
 
-TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
+TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"),
+              ("ForSequenceClassification", "SEQ_CLS"),
               ("ForConditionalGeneration", "SEQ_2_SEQ_LM"), ("ForTokenClassification", "TOKEN_CLS"))
 
 
@@ -159,7 +92,6 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, task_type: str
 
 def _to_inducer(source: Path, target: Path) -> Path:
     from ... import __version__
-    from .config import InducerPeftConfig
 
     check_peft_folder(source)
     config = InducerPeftConfig.from_json_file(str(source / CONFIG_FILE))
@@ -168,7 +100,8 @@ def _to_inducer(source: Path, target: Path) -> Path:
     if peft_config.base_model_fingerprint is None:
         raise PeftInteropError(f"{source}: the adapter records no base model fingerprint")
     if peft_config.modules_to_save or peft_config.trainable_token_indices:
-        raise PeftInteropError(f"{source}: modules_to_save / trainable tokens have no place in inducer's format")
+        raise PeftInteropError(f"{source}: modules_to_save / trainable tokens have no place in inducer's "
+                               "format")
     tensors = {peft_to_inducer_name(k): v for k, v in load_file(str(source / PEFT_WEIGHTS)).items()}
     record = {"format": "inducer-adapter", "format_version": FORMAT_VERSION, "library_version": __version__,
               "methods": [c.to_dict() for c in peft_config.method_configs()], "train_head": False,
@@ -183,16 +116,13 @@ def _to_inducer(source: Path, target: Path) -> Path:
 
 
 def _to_peft(source: Path, target: Path, task_type: str | None) -> Path:
-    from .config import InducerPeftConfig
-
     config = read_config(source)
     tensors = read_tensors(weights_path(source), config, verify_checksum=True)
     if config.get("head_tensors") or config.get("base_tensors"):
-        raise PeftInteropError(f"{source}: the adapter trains base tensors (a task head, BitFit); PEFT's layout "
+        raise PeftInteropError(f"{source}: the adapter trains base tensors (a task head, BitFit); PEFT's "
+                               "layout "
                                "keeps those as modules_to_save, which this conversion does not write")
     derived = set(config.get("inference_tensors") or [])
-    from ...adapter_format import method_configs
-
     architecture = config["base_model"].get("architecture") or ""
     if task_type is None:
         task_type = next((t for suffix, t in TASK_TYPES if architecture.endswith(suffix)), None)

@@ -40,7 +40,11 @@ PEFT_TYPE = extend_peft_type(NAME.upper())
 def register(config_cls: type, model_cls: type) -> None:
     """``register_peft_method`` for inducer, once per process (importing the package twice, or a
     reload in a notebook, must not raise PEFT's "already a PEFT method" error)."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.mapping import (
+        PEFT_TYPE_TO_CONFIG_MAPPING,
+        PEFT_TYPE_TO_PREFIX_MAPPING,
+        PEFT_TYPE_TO_TUNER_MAPPING,
+    )
     from peft.utils import register_peft_method
 
     if PEFT_TYPE_TO_CONFIG_MAPPING.get(PEFT_TYPE) is not None:

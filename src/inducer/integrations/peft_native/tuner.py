@@ -24,6 +24,7 @@ from ...errors import AdapterFormatError, UsageError
 from ...named_adapters import route
 from ...naming import check_adapter_name
 from ...state import adapter_state
+from .checks import check_tensors, expected_peft_tensors
 from .layer import InducerTunerLayer, relocate, remove_holders
 from .registration import PREFIX
 
@@ -73,7 +74,8 @@ class InducerTuner(BaseTuner):
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
         self._mark_only_adapters_as_trainable(model)
         set_additional_trainable_modules(model=model, peft_config=config,
-                                         model_config=BaseTuner.get_model_config(self), adapter_name=adapter_name,
+                                         model_config=BaseTuner.get_model_config(self),
+                                         adapter_name=adapter_name,
                                          activate_adapter=adapter_name in self.active_adapters)
 
     def _base_fingerprint(self, model: nn.Module) -> dict:
@@ -92,12 +94,11 @@ class InducerTuner(BaseTuner):
         recorded = config.base_model_fingerprint
         if recorded is not None and recorded != base:
             raise AdapterFormatError(
-                f"this inducer adapter was trained on a different base model ({recorded.get('architecture')}, "
+                "this inducer adapter was trained on a different base model "
+                f"({recorded.get('architecture')}, "
                 f"{recorded.get('num_parameters')} parameters); load the base it was trained on")
         found = getattr(config, "_checked_tensors", None)
         if found is not None:
-            from .formats import check_tensors, expected_peft_tensors
-
             check_tensors(expected_peft_tensors(model, config), found)
 
     def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:

@@ -26,7 +26,8 @@ class IncompatibleVersionError(UserError, ImportError):
 
 
 def _parse(version: str) -> tuple[int, ...]:
-    """``"0.21.2"`` -> ``(0, 21, 2)``; stops at the first non-numeric part (``"0.22.0.dev0"`` -> (0, 22, 0))."""
+    """``"0.21.2"`` -> ``(0, 21, 2)``; stops at the first non-numeric part (``"0.22.0.dev0"`` ->
+    ``(0, 22, 0)``)."""
     parts = []
     for piece in version.split("."):
         digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
