@@ -40,10 +40,14 @@ def _pair(family: str, configs, peft_config: InducerPeftConfig, seed: int = 3):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("preset", ["inducer", "inducer+lora", "inducer+mam"])
+@pytest.mark.parametrize("preset", ["inducer", "inducer+lora", "inducer+mam", "adapter", "parallel-adapter",
+                                    "kernel-mix", "mam"])
 def test_get_peft_model_equals_attach_bit_for_bit(family, preset):
+    """Inducer-tuning, its compositions, and (inducer=False) the methods PEFT lacks."""
     sizes = {"inducer": dict(r_k=3, r_v=5), "inducer+lora": dict(r_k=3, r_v=5, r=2),
-             "inducer+mam": dict(r_k=3, r_v=5, r=2, bottleneck=4)}[preset]
+             "inducer+mam": dict(r_k=3, r_v=5, r=2, bottleneck=4), "adapter": dict(bottleneck=4),
+             "parallel-adapter": dict(bottleneck=4), "kernel-mix": dict(r=2),
+             "mam": dict(bottleneck=4, prefix_length=2)}[preset]
     choice = PRESETS[preset].build(**sizes)
     peft_config = InducerPeftConfig.from_preset(preset, **sizes, task_type="CAUSAL_LM")
     ours, theirs = _pair(family, choice, peft_config)
