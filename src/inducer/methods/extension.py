@@ -80,6 +80,23 @@ def routed_row_index(items: list, batch: int, device: torch.device) -> torch.Ten
     return masks.to(torch.uint8).argmax(0).masked_fill(~masks.any(0), -1)
 
 
+class ExtensionHolder(nn.Module):
+    """A child of an attention module that holds extensions one level down instead of being one:
+    PEFT's layout keeps each adapter's module under ``<slot>.<dict>.<adapter name>``
+    (:mod:`inducer.integrations.peft_native`), so the extensions cannot be direct children there."""
+
+    def held_extensions(self) -> list[AttentionExtension]:
+        """The extensions held, in the order they were added."""
+        return []
+
+
 def attention_extensions(module: nn.Module) -> list[AttentionExtension]:
-    """The extensions registered on an attention module, in registration order."""
-    return [child for child in module.children() if isinstance(child, AttentionExtension)]
+    """The extensions registered on an attention module, in registration order (those of an
+    :class:`ExtensionHolder` child at its place)."""
+    found = []
+    for child in module.children():
+        if isinstance(child, AttentionExtension):
+            found.append(child)
+        elif isinstance(child, ExtensionHolder):
+            found.extend(child.held_extensions())
+    return found
