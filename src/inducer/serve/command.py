@@ -47,6 +47,14 @@ def serve(
     adapter_root: Annotated[
         str | None, typer.Option("--adapter-root", help="POST /v1/adapters only loads folders under this one")
     ] = None,
+    adapter_store: Annotated[
+        str | None,
+        typer.Option(
+            "--adapter-store",
+            help="DIR or hf://ORG/PREFIX: a request's model NAME loads DIR/NAME (or hub repo ORG/PREFIXNAME) "
+            "on first use; the least recently used idle adapters are evicted past --max-adapters",
+        ),
+    ] = None,
     base_name: Annotated[
         str | None, typer.Option("--base-name", help="the base model's name in requests (default: --model)")
     ] = None,
@@ -102,7 +110,10 @@ def serve(
         adapters = parse_adapters(adapter or [])
         if len(adapters) > max_adapters:
             raise ValueError(f"{len(adapters)} --adapter given, over --max-adapters {max_adapters}; raise it")
+        if adapter_store is not None and adapter_root is not None:
+            raise ValueError("give --adapter-store or --adapter-root, not both: with a store, adapters "
+                             "load on demand and are evicted when idle, so none is added by hand")
         run(ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, adapter_root,
-                         limits, device, drain_timeout, base_name, insecure))  # fmt: skip
+                         limits, device, drain_timeout, base_name, insecure, adapter_store))  # fmt: skip
 
     guard(body)

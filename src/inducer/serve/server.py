@@ -32,6 +32,7 @@ class ServeOptions:
     drain_timeout: float = 300.0
     base_name: str | None = None  # what requests call the base model (default: see ``default_base_name``)
     insecure: bool = False  # allow a non-loopback interface without an API key
+    adapter_store: str | None = None  # DIR or hf://ORG/PREFIX: adapters loaded on demand (LRU)
 
 
 def is_loopback(host: str) -> bool:
@@ -169,8 +170,13 @@ def run(options: ServeOptions) -> None:
     )
     metrics = Metrics()
     scheduler = Scheduler(engine, metrics, options.max_batch_size, options.max_wait_ms)
+    store = None
+    if options.adapter_store is not None:
+        from .store import AdapterStore
+
+        store = AdapterStore(options.adapter_store, engine, scheduler, metrics, options.limits.max_adapters)
     scheduler.start()
-    gate = build_app(Service(engine, scheduler, metrics, options.limits), options.api_key)
+    gate = build_app(Service(engine, scheduler, metrics, options.limits, store), options.api_key)
     config = uvicorn.Config(
         gate,
         host=options.host,
@@ -179,9 +185,10 @@ def run(options: ServeOptions) -> None:
         timeout_graceful_shutdown=int(options.drain_timeout) + 1,
     )
     logger.info(
-        "serving %s with adapters %s on http://%s:%d (batch <= %d, wait %g ms)",
+        "serving %s with adapters %s%s on http://%s:%d (batch <= %d, wait %g ms)",
         options.model,
         engine.adapter_names(),
+        " and the adapter store" if store is not None else "",
         options.host,
         options.port,
         options.max_batch_size,
@@ -192,6 +199,8 @@ def run(options: ServeOptions) -> None:
     try:
         server.run()
     finally:
+        if store is not None:
+            store.close()
         scheduler.stop()
     if scheduler.failure is not None:  # a bug of ours: its traceback, exit 1
         raise WorkerDied("the model's worker thread died (traceback above); the server stopped") from (
