@@ -19,6 +19,7 @@ from inducer.serve.metrics import Metrics
 from inducer.serve.protocol import Limits, ServeError
 from inducer.serve.scheduler import Scheduler
 from inducer.serve.store import AdapterStore
+from tests.tiny import run_cli
 
 from .conftest import Server
 from .test_completions import PROMPTS, offline_tokens, prompt_ids
@@ -174,3 +175,15 @@ def test_hub_store_offline_from_the_cache(served, tmp_path, monkeypatch):
         assert _complete(running, "mix").status_code == 404  # not in the cache, and offline
     finally:
         running.stop()
+
+
+def test_command_line_errors_are_one_line(served, tmp_path):
+    for args, words in (
+        (["--adapter-store", str(tmp_path), "--adapter-root", str(tmp_path)], "not both"),
+        (["--adapter-store", str(tmp_path / "missing")], "not a folder"),
+        (["--adapter-store", "hf://no-prefix"], "hf://ORG/PREFIX"),
+        (["--ray", "--adapter-root", str(tmp_path)], "--adapter-root"),
+        (["--ray", "--replicas", "0"], "--replicas"),
+    ):
+        result = run_cli("serve", "--model", str(served["base"]), *args, expect=2)
+        assert words in result.output and "Traceback" not in result.output, (args, result.output)

@@ -152,6 +152,11 @@ def run(options: ServeOptions) -> None:
     check_exposure(options.host, options.api_key, options.insecure)
     if options.adapter_root is not None and not Path(options.adapter_root).expanduser().is_dir():
         raise ValueError(f"--adapter-root {options.adapter_root} is not a folder; give an existing folder")
+    store = options.adapter_store
+    if store is not None and not store.startswith("hf://") and not Path(store).expanduser().is_dir():
+        raise ValueError(f"--adapter-store {store} is not a folder; give an existing folder or hf://ORG/PREFIX")
+    if store is not None and store.startswith("hf://") and "/" not in store[5:].strip("/"):
+        raise ValueError(f"--adapter-store {store}: write a hub store as hf://ORG/PREFIX")
     if options.insecure and options.api_key is None and not is_loopback(options.host):
         for line in (
             f"--insecure: serving on {options.host} WITHOUT an API key.",
