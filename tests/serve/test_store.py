@@ -134,8 +134,18 @@ def test_eviction_never_drops_an_adapter_in_use(served, store):
         assert engine.adapter_names() == ["ind"] and adapters.stats["evictions"] == 0
         hold.set()
         await asyncio.get_running_loop().run_in_executor(None, done.wait, 30)
-        adapters.release(await adapters.acquire("mix"))  # ind is idle now: evicted for mix
+        hold.clear()
+        scheduler.call(hold.wait)  # the worker waits again: ind's removal stays pending
+        loading = asyncio.ensure_future(adapters.acquire("mix"))  # ind is idle now: evicted for mix
+        while adapters.stats["evictions"] == 0:
+            await asyncio.sleep(0.01)
+        # Chosen, but the worker has not removed it: the engine still lists it, and a request must
+        # still go through the store (a new load after the removal), never take it as fixed.
+        assert "ind" in engine.adapter_names() and adapters.manages("ind")
+        hold.set()
+        adapters.release(await loading)
         assert engine.adapter_names() == ["mix"] and adapters.stats["evictions"] == 1
+        assert not adapters.manages("ind")
         return seq
 
     try:

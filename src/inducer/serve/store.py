@@ -112,14 +112,17 @@ class AdapterStore:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._loader = ThreadPoolExecutor(loader_threads, thread_name_prefix="inducer-adapter-loader")
+        self._evicting: set[str] = set()  # out of _entries, not yet removed by the worker
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"hits": 0, "misses": 0, "loads": 0, "load_errors": 0, "evictions": 0}
 
     # --- requests (the event loop) ----------------------------------------------------------------
     def manages(self, name: str) -> bool:
-        """Whether ``name`` is one of the store's adapters (loaded or loading)."""
+        """Whether ``name`` is one of the store's adapters (loaded, loading, or being evicted: until
+        the worker has removed it, the engine still lists it, and a request must not take it for a
+        fixed adapter; it goes through ``acquire``, whose new load is queued after the removal)."""
         with self._lock:
-            return name in self._entries
+            return name in self._entries or name in self._evicting
 
     async def acquire(self, name: str) -> _Entry:
         """Make ``name`` loaded and pin it; the pin, for ``release`` once the request's sequences
@@ -209,7 +212,7 @@ class AdapterStore:
         deadline = time.monotonic() + self.slot_wait_s
         while True:
             with self._lock:
-                fixed = len(set(self.engine.adapter_names()) - set(self._entries))  # --adapter ones
+                fixed = len(set(self.engine.adapter_names()) - set(self._entries) - self._evicting)
                 taken = fixed + sum(e.slot for e in self._entries.values())
                 victim = None
                 if taken >= self.max_adapters:
@@ -220,6 +223,7 @@ class AdapterStore:
                         # Gone from the map at once: a new request for it starts a new load, whose
                         # add is queued on the worker after this removal.
                         del self._entries[victim]
+                        self._evicting.add(victim)
                         self.stats["evictions"] += 1
                 if taken < self.max_adapters or victim is not None:
                     entry.slot = True
@@ -235,9 +239,13 @@ class AdapterStore:
     def _evict(self, name: str) -> None:
         """On the worker thread: delete ``name`` (no pin, no sequence: checked when it was chosen,
         and nothing can use it since, being out of the map) and its metrics series."""
-        if name in self.engine.adapter_names():
-            self.engine.remove_adapter(name)
-            self.metrics.forget(adapter=name)
+        try:
+            if name in self.engine.adapter_names():
+                self.engine.remove_adapter(name)
+                self.metrics.forget(adapter=name)
+        finally:
+            with self._lock:
+                self._evicting.discard(name)
         self.metrics.count("inducer_adapter_evictions_total", "Adapters evicted from memory (LRU)")
         logger.info("evicted adapter %s (least recently used)", name)
 
