@@ -189,8 +189,10 @@ async def _drive(url: str, work: list[tuple[str, str]], clients: int, max_tokens
                     "ignore_eos": True, "return_token_ids": True}  # fmt: skip
             started = time.perf_counter()
             response = await http.post(f"{url}/v1/completions", json=body)
-            tokens = response.json()["choices"][0]["token_ids"] if response.status_code == 200 else None
-            results.append((time.perf_counter() - started, adapter, prompt, tokens))
+            ok = response.status_code == 200
+            tokens = response.json()["choices"][0]["token_ids"] if ok else None
+            results.append((time.perf_counter() - started, adapter, prompt, tokens,
+                            None if ok else f"{response.status_code} {response.text[:160]}"))
 
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as http:
         started = time.perf_counter()
@@ -218,6 +220,7 @@ def run_config(label: str, server: Server, work, expected, args) -> dict:
         "evictions": _total(texts, "inducer_adapter_evictions_total"),
         "rss_mib": server.rss_bytes() / 2**20,
         "seconds": seconds,
+        "failures": sorted({r[4] for r in results if r[4]})[:5],
     }
     print(json.dumps(row), flush=True)
     return row

@@ -58,7 +58,7 @@ class _Entry:
     pins: int = 0  # requests that resolved it and have not submitted their sequences yet
 
 
-def _preverify(engine: Engine, folder: Path, path: str, root: Path) -> None:
+def _preverify(engine: Engine, base: dict, folder: Path, path: str, root: Path) -> None:
     """Everything ``load_adapter`` checks that needs no change to the model, on a loader thread: the
     folder's entries (inside ``root``, regular files, sizes), the config, the weights' SHA-256,
     dtypes and finite values, the methods and the base's fingerprint."""
@@ -70,14 +70,11 @@ def _preverify(engine: Engine, folder: Path, path: str, root: Path) -> None:
         read_tensors,
         weights_path,
     )
-    from ..base_identity import fingerprint
-
     engine.check_files(folder, path, root)
     try:
         config = read_config(folder)
         read_tensors(weights_path(folder), config, verify_checksum=True)
-        # The worker only replaces the parameter tuple between steps; reading shapes is safe here.
-        check_base(config["base_model"], fingerprint(engine.model), folder)
+        check_base(config["base_model"], base, folder)  # the base's, taken at start (see __init__)
         method_configs(config, folder)
     except (AdapterFormatError, ValueError, KeyError, OSError) as err:
         message = str(err).replace(str(folder), path).replace(str(root), "<adapter-store>")
@@ -112,6 +109,11 @@ class AdapterStore:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._loader = ThreadPoolExecutor(loader_threads, thread_name_prefix="inducer-adapter-loader")
+        from ..base_identity import fingerprint
+
+        # Once, before the worker starts: walking the live model's parameters on a loader thread
+        # would race the worker attaching another adapter. Added parameters never change it.
+        self.base_fingerprint = fingerprint(engine.model)
         self._evicting: set[str] = set()  # out of _entries, not yet removed by the worker
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"hits": 0, "misses": 0, "loads": 0, "load_errors": 0, "evictions": 0}
@@ -163,7 +165,8 @@ class AdapterStore:
         loop = asyncio.get_running_loop()
         try:
             folder, root = await loop.run_in_executor(self._loader, self._locate, name)
-            await loop.run_in_executor(self._loader, _preverify, self.engine, folder, name, root)
+            await loop.run_in_executor(self._loader, _preverify, self.engine, self.base_fingerprint,
+                                       folder, name, root)
             await self._take_slot(name, entry)
             relative = str(folder.relative_to(root))
             await asyncio.wrap_future(self.scheduler.call(
