@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -33,16 +33,21 @@ from .protocol import (
 )
 from .scheduler import Scheduler
 
+if TYPE_CHECKING:
+    from .store import AdapterStore
+
 request_log = logging.getLogger("inducer.serve.requests")
 T = TypeVar("T")
 CHARS_PER_TOKEN = 64  # a generous bound: tokens of real tokenizers are far shorter
 
 
 class Service:
-    """What the endpoints share: the engine, scheduler, metrics and limits."""
+    """What the endpoints share: the engine, scheduler, metrics, limits and the adapter store."""
 
-    def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics, limits: Limits):
+    def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics, limits: Limits,
+                 store: AdapterStore | None = None):  # fmt: skip
         self.engine, self.scheduler, self.metrics, self.limits = engine, scheduler, metrics, limits
+        self.store = store
         # Tokenising a long prompt takes milliseconds: never on the event loop. One thread, because
         # a fast tokenizer must not be used by two threads at once (the worker has its own copy).
         self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="inducer-tokenizer")
@@ -69,8 +74,23 @@ class Service:
                 param=param,
             )
 
+    async def resolve(self, model: str) -> tuple[str | None, object | None]:
+        """The adapter a request's ``model`` names (None: the base) and its pin in the adapter store
+        (None if not from the store), loading it from the store if need be; 404 for an unknown
+        name. Give the pin back to ``unpin`` once the request's sequences are submitted."""
+        if self.store is not None and model != self.engine.base_name and (
+            self.store.manages(model) or model not in self.scheduler.adapters()
+        ):
+            return model, await self.store.acquire(model)
+        return self.adapter_for(model), None
+
+    def unpin(self, pin: object | None) -> None:
+        """Give back a pin from ``resolve`` (the scheduler counts the submitted sequences)."""
+        if pin is not None and self.store is not None:
+            self.store.release(pin)
+
     def adapter_for(self, model: str) -> str | None:
-        """The adapter a request's ``model`` names (None: the base); 404 for an unknown name."""
+        """The loaded adapter a request's ``model`` names (None: the base); 404 for an unknown name."""
         if model == self.engine.base_name:
             return None
         if model in self.scheduler.adapters():
@@ -210,7 +230,6 @@ def build_app(service: Service, api_key: str | None) -> Gate:
     async def completions(request: Request):
         body = await _read(request, CompletionRequest, limits.max_body_bytes)
         _generation_only()
-        adapter = service.adapter_for(body.model)
         prompts = body.prompts()
         if len(prompts) > limits.max_inputs:
             raise ServeError(
@@ -218,20 +237,27 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             )
         for prompt in prompts:
             service.check_length(prompt, "prompt")
-        encoded = await service.tokenize(lambda: [engine.encode(p) for p in prompts])
-        generation = Generation(service, False, body, adapter, encoded, body.max_tokens)
-        return generation.stream() if body.stream else await generation.answer(request)
+        adapter, pin = await service.resolve(body.model)
+        try:  # the pin keeps the adapter loaded until the scheduler counts the request's sequences
+            encoded = await service.tokenize(lambda: [engine.encode(p) for p in prompts])
+            generation = Generation(service, False, body, adapter, encoded, body.max_tokens)
+            return generation.stream() if body.stream else await generation.answer(request)
+        finally:
+            service.unpin(pin)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await _read(request, ChatRequest, limits.max_body_bytes)
         _generation_only()
-        adapter = service.adapter_for(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         service.check_length("".join(m["content"] for m in messages), "messages")
-        prompt = await service.tokenize(lambda: engine.chat_prompt(messages))
-        generation = Generation(service, True, body, adapter, [prompt], body.token_limit())
-        return generation.stream() if body.stream else await generation.answer(request)
+        adapter, pin = await service.resolve(body.model)
+        try:
+            prompt = await service.tokenize(lambda: engine.chat_prompt(messages))
+            generation = Generation(service, True, body, adapter, [prompt], body.token_limit())
+            return generation.stream() if body.stream else await generation.answer(request)
+        finally:
+            service.unpin(pin)
 
     @app.post("/v1/classify")
     async def classify(request: Request):
@@ -239,7 +265,6 @@ def build_app(service: Service, api_key: str | None) -> Gate:
         body = await _read(request, ClassifyRequest, limits.max_body_bytes)
         if engine.kind != "classification":
             raise ServeError(400, f"the base model {engine.base_name!r} generates text; use /v1/completions")
-        adapter = service.adapter_for(body.model)
         texts = body.texts()
         if len(texts) > limits.max_inputs:
             raise ServeError(
@@ -247,7 +272,12 @@ def build_app(service: Service, api_key: str | None) -> Gate:
             )
         for text in texts:
             service.check_length(text, "input")
-        results = await asyncio.wrap_future(service.scheduler.call(lambda: engine.classify(texts, adapter)))
+        adapter, pin = await service.resolve(body.model)
+        try:
+            results = await asyncio.wrap_future(
+                service.scheduler.call(lambda: engine.classify(texts, adapter)))  # fmt: skip
+        finally:
+            service.unpin(pin)
         service.record("classify", adapter, 200, started, inputs=len(texts))
         return {
             "object": "list",

@@ -49,6 +49,14 @@ def serve(
     adapter_root: Annotated[
         str | None, typer.Option("--adapter-root", help="POST /v1/adapters only loads folders under this one")
     ] = None,
+    adapter_store: Annotated[
+        str | None,
+        typer.Option(
+            "--adapter-store",
+            help="DIR or hf://ORG/PREFIX: a request's model NAME loads DIR/NAME (or hub repo ORG/PREFIXNAME) "
+            "on first use; the least recently used idle adapters are evicted past --max-adapters",
+        ),
+    ] = None,
     base_name: Annotated[
         str | None, typer.Option("--base-name", help="the base model's name in requests (default: --model)")
     ] = None,
@@ -80,6 +88,11 @@ def serve(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda, ... (default: cuda if any)")
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="serve through Ray Serve replicas routed by adapter (inducer[ray])"),
+    ] = False,
+    replicas: Annotated[int, typer.Option("--replicas", help="with --ray: how many replicas")] = 2,
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="seconds SIGTERM waits for requests in flight")
     ] = 300.0,
@@ -97,7 +110,7 @@ def serve(
             max_prompt_tokens=(max_prompt_tokens, 1, 1 << 20), max_tokens=(max_tokens, 1, 1 << 20),
             max_n=(max_n, 1, 128), max_body_bytes=(max_body_bytes, 1024, 1 << 30),
             max_queue=(max_queue, 1, 1 << 16), max_adapters=(max_adapters, 1, 4096),
-            max_adapter_bytes=(max_adapter_bytes, 1, 1 << 40),
+            max_adapter_bytes=(max_adapter_bytes, 1, 1 << 40), replicas=(replicas, 1, 256),
         )  # fmt: skip
         limits = Limits(max_prompt_tokens, max_tokens, max_n, max_body_bytes, max_queue=max_queue,
                         max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes)  # fmt: skip
@@ -105,7 +118,21 @@ def serve(
         if len(adapters) > max_adapters:
             raise ConfigError(
                 f"{len(adapters)} --adapter given, over --max-adapters {max_adapters}; raise it")
-        run(ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms, adapter_root,
-                         limits, device, drain_timeout, base_name, insecure))  # fmt: skip
+        if adapter_store is not None and adapter_root is not None:
+            raise ConfigError("give --adapter-store or --adapter-root, not both: with a store, adapters "
+                             "load on demand and are evicted when idle, so none is added by hand")
+        options = ServeOptions(model, adapters, host, port, api_key, max_batch_size, max_wait_ms,
+                               adapter_root, limits, device, drain_timeout, base_name, insecure,
+                               adapter_store)  # fmt: skip
+        if not ray:
+            return run(options)
+        if adapter_root is not None:
+            raise ConfigError("--ray serves fixed adapters (--adapter) and a store (--adapter-store); "
+                             "--adapter-root would add adapters to one replica only")
+        from .ray_app import run as run_ray
+        from .server import check_exposure
+
+        check_exposure(host, api_key, insecure)
+        run_ray(options, replicas)
 
     guard(body)

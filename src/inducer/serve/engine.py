@@ -125,13 +125,14 @@ class Engine:
         """The adapters loaded now (safe to call from any thread)."""
         return list(self._names)
 
-    def add_adapter(self, name: str, path: str, check_root: bool = True) -> None:
+    def add_adapter(self, name: str, path: str, check_root: bool = True, root: Path | None = None) -> None:
         """Load the adapter saved in ``path`` as ``name`` (validated by ``load_adapter``); a
         :class:`ServeError` (4xx) names what is wrong and leaves the model as it was.
 
         ``check_root`` (requests): ``path`` is relative to ``--adapter-root`` (or absolute inside
         it), the folder and every file in it must resolve (symlinks followed) inside the root, and
-        messages name the path as the client gave it, never the server's own paths."""
+        messages name the path as the client gave it, never the server's own paths. ``root``: that
+        root instead of ``--adapter-root`` (the adapter store's)."""
         from ..adapter_format import AdapterFormatError
 
         try:
@@ -150,34 +151,35 @@ class Engine:
                 400, f"{len(self._names)} adapters are loaded, the server's --max-adapters; DELETE one "
                 "first", "name",
             )
+        root = root or self.adapter_root
         if check_root:
-            folder = self._inside_root(path)
+            folder = self._inside_root(path, root)
         else:
             folder = Path(path).expanduser().resolve()
             if not folder.is_dir():
                 raise ServeError(400, f"adapter path {path!r} is not a folder", param="path")
-        self._check_files(folder, path, check_root)
+        self.check_files(folder, path, root if check_root else None)
         try:
             load_adapter(self.model, folder, name=name)
         except (AdapterFormatError, ValueError, FileNotFoundError) as err:
             message = str(err)
             if check_root:  # the client named `path`: the server's own paths stay private
-                message = message.replace(str(folder), path).replace(str(self.adapter_root), "<adapter-root>")
+                message = message.replace(str(folder), path).replace(str(root), "<adapter-root>")
             raise ServeError(400, f"cannot load adapter {name!r}: {message}", param="path") from err
         self.model.eval()
         self._heads[name] = self._head_values(name)
         self._names = tuple(adapters(self.model))
         logger.info("loaded adapter %s from %s", name, folder)
 
-    def _inside_root(self, path: str) -> Path:
-        """The folder ``path`` names under ``--adapter-root`` (symlinks resolved), or a 4xx."""
-        if self.adapter_root is None:
+    def _inside_root(self, path: str, root: Path | None) -> Path:
+        """The folder ``path`` names under ``root`` (symlinks resolved), or a 4xx."""
+        if root is None:
             raise ServeError(
                 403, "loading adapters over HTTP is off; start the server with --adapter-root DIR to allow "
                 "folders under DIR", code="adapter_admin_disabled",
             )
-        folder = (self.adapter_root / path).resolve()  # an absolute path replaces the root
-        if not folder.is_relative_to(self.adapter_root):
+        folder = (root / path).resolve()  # an absolute path replaces the root
+        if not folder.is_relative_to(root):
             raise ServeError(
                 400, f"adapter path {path!r} is outside --adapter-root; give a folder under it "
                 "(relative to it)", param="path",
@@ -186,9 +188,10 @@ class Engine:
             raise ServeError(400, f"adapter path {path!r} is not a folder under --adapter-root", "path")
         return folder
 
-    def _check_files(self, folder: Path, path: str, check_root: bool) -> None:
+    def check_files(self, folder: Path, path: str, root: Path | None) -> None:
         """Before anything is read: at most ``max_adapter_files`` entries, each a regular file (no
-        FIFO or device to block a read on) or folder, inside the root, files within the size limit."""
+        FIFO or device to block a read on) or folder, inside ``root`` (None: anywhere), files within
+        the size limit. Touches no model state: safe on any thread."""
         limits, total = self.limits, 0
         with os.scandir(folder) as entries:
             for count, entry in enumerate(entries, 1):
@@ -198,7 +201,7 @@ class Engine:
                         "adapter folder holds a config and a weights file", param="path",
                     )
                 real = Path(os.path.realpath(entry.path))
-                if check_root and not real.is_relative_to(self.adapter_root):
+                if root is not None and not real.is_relative_to(root):
                     raise ServeError(
                         400, f"{entry.name!r} in adapter path {path!r} links outside --adapter-root; "
                         "copy the file in instead", param="path",

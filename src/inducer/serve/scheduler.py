@@ -97,6 +97,11 @@ class Scheduler:
         self.call(self._delete_if_unused)
         return pending
 
+    def in_use(self, adapter: str) -> int:
+        """Sequences waiting or running on ``adapter`` (the adapter store evicts only at 0)."""
+        with self._cond:
+            return self._in_use.get(adapter, 0)
+
     def running(self) -> int:
         """Sequences waiting or running."""
         with self._cond:

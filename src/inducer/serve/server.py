@@ -33,6 +33,7 @@ class ServeOptions:
     drain_timeout: float = 300.0
     base_name: str | None = None  # what requests call the base model (default: see ``default_base_name``)
     insecure: bool = False  # allow a non-loopback interface without an API key
+    adapter_store: str | None = None  # DIR or hf://ORG/PREFIX: adapters loaded on demand (LRU)
 
 
 def is_loopback(host: str) -> bool:
@@ -153,6 +154,11 @@ def run(options: ServeOptions) -> None:
     check_exposure(options.host, options.api_key, options.insecure)
     if options.adapter_root is not None and not Path(options.adapter_root).expanduser().is_dir():
         raise ConfigError(f"--adapter-root {options.adapter_root} is not a folder; give an existing folder")
+    store = options.adapter_store
+    if store is not None and not store.startswith("hf://") and not Path(store).expanduser().is_dir():
+        raise ConfigError(f"--adapter-store {store} is not a folder; give an existing folder or hf://ORG/PREFIX")
+    if store is not None and store.startswith("hf://") and "/" not in store[5:].strip("/"):
+        raise ConfigError(f"--adapter-store {store}: write a hub store as hf://ORG/PREFIX")
     if options.insecure and options.api_key is None and not is_loopback(options.host):
         for line in (
             f"--insecure: serving on {options.host} WITHOUT an API key.",
@@ -171,8 +177,13 @@ def run(options: ServeOptions) -> None:
     )
     metrics = Metrics()
     scheduler = Scheduler(engine, metrics, options.max_batch_size, options.max_wait_ms)
+    store = None
+    if options.adapter_store is not None:
+        from .store import AdapterStore
+
+        store = AdapterStore(options.adapter_store, engine, scheduler, metrics, options.limits.max_adapters)
     scheduler.start()
-    gate = build_app(Service(engine, scheduler, metrics, options.limits), options.api_key)
+    gate = build_app(Service(engine, scheduler, metrics, options.limits, store), options.api_key)
     config = uvicorn.Config(
         gate,
         host=options.host,
@@ -181,9 +192,10 @@ def run(options: ServeOptions) -> None:
         timeout_graceful_shutdown=int(options.drain_timeout) + 1,
     )
     logger.info(
-        "serving %s with adapters %s on http://%s:%d (batch <= %d, wait %g ms)",
+        "serving %s with adapters %s%s on http://%s:%d (batch <= %d, wait %g ms)",
         options.model,
         engine.adapter_names(),
+        " and the adapter store" if store is not None else "",
         options.host,
         options.port,
         options.max_batch_size,
@@ -194,6 +206,8 @@ def run(options: ServeOptions) -> None:
     try:
         server.run()
     finally:
+        if store is not None:
+            store.close()
         scheduler.stop()
     if scheduler.failure is not None:  # a bug of ours: its traceback, exit 1
         raise WorkerDied("the model's worker thread died (traceback above); the server stopped") from (
