@@ -74,7 +74,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     command = shims / "inducer"
     command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m inducer --threads 1 "$@"\n')
     command.chmod(command.stat().st_mode | stat.S_IEXEC)
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": f"{shims}:{os.environ['PATH']}",
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}",
             "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -113,7 +113,7 @@ def test_shell_blocks_run(page, selected, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page, selected", list(_cases("python", slow=True)) + list(_cases("shell", slow=True)))
+@pytest.mark.parametrize("page, selected", [*_cases("python", slow=True), *_cases("shell", slow=True)])
 def test_slow_blocks_run(page, selected, tmp_path):
     _run_page(page, selected[0].kind, selected, tmp_path)
 

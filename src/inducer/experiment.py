@@ -24,6 +24,7 @@ from .atomic import atomic_write_text
 from .base_models import LoadedModel, load_model
 from .callbacks import TrainerCallback
 from .encoding import EncodeOptions
+from .errors import RunFolderError
 from .presets import PresetChoice, check_method, preset
 from .run_folder import CONFIG_FILE, base_weights_sha256, folder_lock, prepare_run_folder
 from .task_source import TaskSource  # noqa: F401  (re-exported: its home was here)
@@ -188,9 +189,9 @@ def run_one(
         if loaded is None:
             seed, train_head = config.seed, config.train_head
             loaded, configs = build(model_name, task, method, budget, seed, train_head, sizes, chosen)
-        else:
+        else:  # preset() logged its choice in build(); an adapted model's choice is logged here, once
             configs = _adapted_choice(method, loaded, chosen)
-        logger.info(configs.summary)
+            logger.info(configs.summary)
         info = run_info(model_name, source, task, method, budget, configs, config, loaded)
         if owned is not None:
             # Checked before anything is written: a refused resume or overwrite leaves the folder as it was.
@@ -266,10 +267,19 @@ def read_run_info(adapter_dir: str | Path) -> dict:
     return info
 
 
+def require_adapter_folder(adapter_dir: str | Path) -> None:
+    """A RunFolderError (one line, exit 2) when ``adapter_dir`` is missing or not a folder."""
+    if not Path(adapter_dir).is_dir():
+        what = "is not a folder" if Path(adapter_dir).exists() else "does not exist"
+        raise RunFolderError(f"the adapter folder {adapter_dir} {what}; give a folder written by inducer "
+                             "train (e.g. runs/NAME/best) or inducer.save_adapter")
+
+
 def load_trained(
     model_name: str | None, adapter_dir: str | Path, kind: str | None = None, num_labels: int | None = None
 ) -> tuple[LoadedModel, dict]:
     """The base model with the adapter in ``adapter_dir`` loaded (for eval / generate)."""
+    require_adapter_folder(adapter_dir)
     info = read_run_info(adapter_dir)
     model_name = model_name or info.get("model")
     if not model_name:
@@ -294,6 +304,7 @@ def evaluate_adapter(
     progress: bool = True,
 ) -> dict:
     """Metrics of a saved adapter on a task split (the task of its training run by default)."""
+    require_adapter_folder(adapter_dir)
     info = read_run_info(adapter_dir)
     if source is None:
         if "task" not in info:
@@ -321,6 +332,7 @@ def evaluate_adapter(
 
 def saved_config(adapter_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
     """The training options saved with an adapter (defaults where none were), then ``overrides``."""
+    require_adapter_folder(adapter_dir)
     saved = read_run_info(adapter_dir).get("train", {})
     known = {k: v for k, v in saved.items() if k in TrainConfig.field_names()}
     return TrainConfig(**{**known, **{k: v for k, v in (overrides or {}).items() if v is not None}})

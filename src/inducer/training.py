@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import metrics as metric_fns
 from .adapter import count_parameters
@@ -58,6 +57,7 @@ from .evaluation import (  # noqa: F401  (generate_texts, predict_labels, evalua
 )
 from .interrupts import StopRequests, interrupted
 from .optimization import build_optimizer, enable_checkpointing
+from .progress import progress_bar
 from .run_folder import folder_lock
 from .tasks import TaskData
 from .training_config import PRECISIONS, TrainConfig  # noqa: F401  (PRECISIONS: re-exported)
@@ -238,7 +238,7 @@ class Trainer:
             count_parameters(self.accelerator.unwrap_model(self.model)),
         )
         self.model.train()
-        bar = tqdm(total=total, initial=state.step, desc="training", disable=not self.progress, leave=False)
+        bar = progress_bar(total, "training", self.progress, initial=state.step)
         started = time.perf_counter() - state.train_seconds
         running, micro = 0.0, 0
         stopped = halted = False
