@@ -1,7 +1,7 @@
-"""Write the README's "Results" section from the committed results files.
+"""Write the docs' Results page (and the README's headline table) from the committed results files.
 
-    python benchmarks/report.py            # rewrites README.md between the results markers
-    python benchmarks/report.py --print    # prints the section instead
+    python benchmarks/report.py            # rewrites docs/results.md and README.md between their markers
+    python benchmarks/report.py --print    # prints the results section instead
 
 Every table is built from a JSON file in ``benchmarks/results/`` and names the command, machine and
 date recorded in it; nothing here is typed in by hand. A missing file leaves its part out.
@@ -22,6 +22,10 @@ from quality_nlu import comparison_section, init_section  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start (benchmarks/report.py) -->", "<!-- results:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start (benchmarks/report.py) -->", "<!-- headline:end -->"
+# The README's one table: the methods a newcomer compares, from the NLU study at 0.5%.
+HEADLINE_METHODS = ("full", "prefix", "peft-prefix", "lora", "peft-lora", "inducer", "inducer+lora",
+                    "inducer+mam")
 
 
 def _load(name: str) -> dict | None:
@@ -249,7 +253,7 @@ def _study(data: dict, title: str, note: str, file: str, show_rows: bool = True)
                      f"{_pm(r['test_mean'], r['test_std'], r['n_seeds'])} |")
     sections = init_section(results["rows"], results.get("loss_curves") or {})
     sections += comparison_section(results.get("comparisons") or [])
-    # The scripts' own "##" headings sit under this "###" one in the README.
+    # The scripts' own "##" headings sit under this "###" one in the results page.
     lines += [("#### " + line[3:]) if line.startswith("## ") else line for line in sections]
     return lines + [""]
 
@@ -330,23 +334,45 @@ def section() -> str:
     return "\n".join(lines + [END])
 
 
+def headline() -> str:
+    """The README's results table: test accuracy at ≈0.5% on MiniLM × vader-movies, with its command."""
+    data = _load("quality_nlu.json")
+    if not data:
+        return "\n".join([HEADLINE_START, "(no quality_nlu.json yet)", HEADLINE_END])
+    env = data["environment"]
+    rows = {r["config"]: r for r in data["results"]["rows"] if r["budget"] == "0.5%" and r["stage"] == "1-2"}
+    lines = [HEADLINE_START, "", "| method | parameters | % of base | test accuracy (3 seeds) |",
+             "|---|---:|---:|---:|"]
+    for name in HEADLINE_METHODS:
+        if name in rows:
+            r = rows[name]
+            lines.append(f"| {name} | {r['parameters']:,} | {r['percent_of_base']:.3f}% | "
+                         f"{_pm(r['test_mean'], r['test_std'], r['n_seeds'])} |")
+    lines += ["", f"Made by `{env['command']}` on {env['device_name']} ({env['date'][:10]}; some jobs "
+              "finished on a CPU, see the results page); rendered by `python benchmarks/report.py`.", "",
+              HEADLINE_END]
+    return "\n".join(lines)
+
+
+def _replace(path: Path, start: str, end: str, text: str) -> None:
+    current = path.read_text()
+    if start not in current or end not in current:
+        raise SystemExit(f"{path} has no {start} ... {end} markers: add them where the section goes")
+    before, rest = current.split(start, 1)
+    path.write_text(before + text + rest.split(end, 1)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--print", action="store_true", help="print the section, do not touch README.md")
+    parser.add_argument("--print", action="store_true", help="print the section, do not touch any file")
     args = parser.parse_args()
     text = section()
     if args.print:
         print(text)
         return
-    readme = ROOT / "README.md"
-    current = readme.read_text()
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        readme.write_text(before + text + after)
-    else:
-        raise SystemExit(f"README.md has no {START} ... {END} markers: add them where the section goes")
-    print(f"wrote the results section of {readme}")
+    _replace(ROOT / "docs" / "results.md", START, END, text)
+    _replace(ROOT / "README.md", HEADLINE_START, HEADLINE_END, headline())
+    print("wrote the results section of docs/results.md and the headline table of README.md")
 
 
 if __name__ == "__main__":

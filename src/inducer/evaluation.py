@@ -13,11 +13,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import metrics as metric_fns
 from .base_models import LoadedModel
 from .encoding import IGNORE, Collator, EncodeOptions, encode_split, limit_rows, prompt_ids
+from .progress import progress_bar
 from .tasks import TaskData, group_references
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,10 @@ def generate_texts(
     texts: list[str] = [""] * len(prompts)
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", leave=False, disable=not progress):
+    starts = range(0, len(order), batch_size)
+    bar = progress_bar(len(starts), "generating", progress)
+    for start in starts:
+        bar.update(1)
         chunk = order[start : start + batch_size]
         batch = collator([{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in chunk])
         batch = {k: v.to(device) for k, v in batch.items()}

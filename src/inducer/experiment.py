@@ -27,7 +27,7 @@ from .base_models import LoadedModel, load_model
 from .budget import percent_of_base
 from .callbacks import TrainerCallback
 from .encoding import EncodeOptions, encode_options
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, RunFolderError, UsageError
 from .evaluation import evaluate
 from .presets import PresetChoice, check_method, preset
 from .run_folder import CONFIG_FILE, folder_lock, prepare_run_folder
@@ -196,9 +196,9 @@ def run_one(
         if loaded is None:
             seed, train_head = config.seed, config.train_head
             loaded, configs = build(model_name, task, method, budget, seed, train_head, sizes, chosen)
-        else:
+        else:  # preset() logged its choice in build(); an adapted model's choice is logged here, once
             configs = _adapted_choice(method, loaded, chosen)
-        logger.info(configs.summary)
+            logger.info(configs.summary)
         record = run_record(model_name, source, task, method, budget, configs, config, loaded)
         if owned is not None:
             # Checked before anything is written: a refused resume or overwrite leaves the folder as it was.
@@ -263,11 +263,20 @@ def read_run_info(adapter_dir: str | Path) -> dict:
     return record.to_json() if record is not None else {}
 
 
+def require_adapter_folder(adapter_dir: str | Path) -> None:
+    """A RunFolderError (one line, exit 2) when ``adapter_dir`` is missing or not a folder."""
+    if not Path(adapter_dir).is_dir():
+        what = "is not a folder" if Path(adapter_dir).exists() else "does not exist"
+        raise RunFolderError(f"the adapter folder {adapter_dir} {what}; give a folder written by inducer "
+                             "train (e.g. runs/NAME/best) or inducer.save_adapter")
+
+
 def load_trained(
     model_name: str | None, adapter_dir: str | Path, kind: str | None = None, num_labels: int | None = None
 ) -> tuple[LoadedModel, RunRecord | None]:
     """The base model with the adapter in ``adapter_dir`` loaded (for eval / generate), and the
     adapter's run record (None if it has none)."""
+    require_adapter_folder(adapter_dir)
     record = RunRecord.read(adapter_dir)
     model_name = model_name or (record.model if record else None)
     if not model_name:
@@ -293,6 +302,7 @@ def evaluate_adapter(
     progress: bool = True,
 ) -> dict:
     """Metrics of a saved adapter on a task split (the task of its training run by default)."""
+    require_adapter_folder(adapter_dir)
     record = RunRecord.read(adapter_dir)
     if source is None:
         if record is None or not record.source.task:
@@ -320,6 +330,7 @@ def evaluate_adapter(
 
 def saved_config(adapter_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
     """The training options saved with an adapter (defaults where none were), then ``overrides``."""
+    require_adapter_folder(adapter_dir)
     record = RunRecord.read(adapter_dir)
     if record is None:
         return TrainConfig(**{k: v for k, v in (overrides or {}).items() if v is not None})

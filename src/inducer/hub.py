@@ -46,8 +46,20 @@ def adapter_folder(adapter: str | os.PathLike, revision: str | None = None, toke
         raise AdapterFormatError(f"{str(adapter)!r} is neither an adapter folder nor a hub id ({err})"
                                  ) from err
     except LocalEntryNotFoundError as err:
-        raise AdapterFormatError(f"adapter {str(adapter)!r} is not in the local hub cache and downloading is "
-                                 "off (HF_HUB_OFFLINE / local_files_only); download it once online") from err
+        raise AdapterFormatError(_not_found(str(adapter), local_files_only)) from err
+
+
+def _not_found(adapter: str, local_files_only: bool) -> str:
+    """Why ``adapter`` could not be had: downloading was off (and who turned it off), or it failed."""
+    from huggingface_hub import constants
+
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set"
+        return (f"adapter {adapter!r} is not a folder and not in the local hub cache, and downloading is off "
+                f"({why}); download it once online, or give a local adapter folder")
+    return (f"adapter {adapter!r} is not a folder, and downloading it from the hub failed (no connection to "
+            "the hub, or no such repository) with nothing in the local hub cache; check the name and the "
+            "network, or give a local adapter folder")
 
 
 def _model_class(architecture: str | None):

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import metrics as metric_fns
 from .adapter import count_parameters
@@ -49,6 +48,7 @@ from .errors import (
 from .evaluation import compute_loss, evaluate
 from .interrupts import StopRequests, interrupted
 from .optimization import build_optimizer, enable_checkpointing
+from .progress import progress_bar
 from .run_folder import folder_lock
 from .run_records import RunRecord
 from .tasks import TaskData
@@ -229,7 +229,7 @@ class Trainer:
             count_parameters(self.accelerator.unwrap_model(self.model)),
         )
         self.model.train()
-        bar = tqdm(total=total, initial=state.step, desc="training", disable=not self.progress, leave=False)
+        bar = progress_bar(total, "training", self.progress, initial=state.step)
         started = time.perf_counter() - state.train_seconds
         running, micro = 0.0, 0
         stopped = halted = False
