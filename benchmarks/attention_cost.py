@@ -45,9 +45,9 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import inducer
-from inducer.attention import set_implementation
-from inducer.kernels import additive_mask
+from inducer.core.kernels import additive_mask
 from inducer.methods.inducer_tuning import InducerModule
+from inducer.runtime.attention import set_implementation
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("floor", "inducer", "authors")

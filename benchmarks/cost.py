@@ -68,7 +68,7 @@ from lib.peft_sizes import peft_prefix_sizes  # noqa: E402
 from lib.stamp import environment as stamp  # noqa: E402
 
 import inducer  # noqa: E402
-from inducer.presets import parse_budget  # noqa: E402
+from inducer.sizing.presets import parse_budget  # noqa: E402
 
 try:
     import peft

@@ -46,7 +46,7 @@ def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def _attention(q, k, v, fused, bias, bool_mask, causal, scale, weight):
     """Output, LSE and the (q, k, v) gradients of a loss using both, on one attention path."""
-    from inducer.kernels import additive_mask, fused_attention, reference_attention
+    from inducer.core.kernels import additive_mask, fused_attention, reference_attention
 
     n = k.shape[-2]
     q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
@@ -154,7 +154,7 @@ def _reloaded_predictions(model_dir: Path, adapter: Path) -> tuple[torch.Tensor,
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     from safetensors.torch import load_file
 
-    from inducer.adapter_format import weights_path
+    from inducer.io.adapter_format import weights_path
 
     tensors = load_file(weights_path(adapter))
     return logits, {"tensors": len(tensors), "empty": [n for n, t in tensors.items() if t.numel() == 0]}

@@ -27,9 +27,9 @@ def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[s
     import torch
 
     import inducer
-    from inducer.base_models import load_model
-    from inducer.presets import preset
-    from inducer.tasks import load_task
+    from inducer.data.base_models import load_model
+    from inducer.data.tasks import load_task
+    from inducer.sizing.presets import preset
 
     task = load_task("vader-movies")
     train = task.split("train")

@@ -11,7 +11,7 @@ Prefix-tuning, LoRA, inducer-tuning and inducer-tuning + LoRA on SmolLM2-135M-In
 grouped-query attention with 9 query and 3 key/value heads, 30 layers, width 576; the ``smollm2-135m``
 offline shortcut) at one parameter budget matched by :func:`inducer.preset`, trained with the same
 steps, batch, data order and seed, then decoded greedily on the test split of ``e2e-synthetic`` and
-scored with BLEU, NIST, METEOR, ROUGE-L, CIDEr and TER from :mod:`inducer.metrics` (each input is
+scored with BLEU, NIST, METEOR, ROUGE-L, CIDEr and TER from :mod:`inducer.data.metrics` (each input is
 generated once and scored against all its references). A ``zero-shot`` row (the base model prompted
 with the same ``MR =>`` format, no training) gives the floor.
 
@@ -113,7 +113,7 @@ def tiny_llama_folder() -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from inducer.base_models import resolve_model_path
+    from inducer.data.base_models import resolve_model_path
 
     tokenizer_folder = resolve_model_path(MODEL)  # SmolLM2's cached folder (converted once if needed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
@@ -139,7 +139,7 @@ def tiny_llama_folder() -> str:
 
 # -- one method --------------------------------------------------------------------------------------
 def _test_inputs(task, limit: int | None) -> tuple[list[str], list[list[str]]]:
-    from inducer.tasks import group_references
+    from inducer.data.tasks import group_references
 
     sources, references = group_references(task.split("test"))
     if limit is not None:
@@ -149,8 +149,8 @@ def _test_inputs(task, limit: int | None) -> tuple[list[str], list[list[str]]]:
 
 def _score(model, loaded, task, options, sources, references, args) -> tuple[dict, list[str], float]:
     """Greedy generations for the test inputs and their metrics (missing metrics are left out)."""
-    from inducer.evaluation import generate_texts
-    from inducer.metrics import generation_metrics
+    from inducer.data.metrics import generation_metrics
+    from inducer.training.evaluation import generate_texts
 
     started = time.perf_counter()
     texts = generate_texts(
@@ -176,8 +176,8 @@ def init_variant(model_name: str, budget, init: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from inducer.base_models import resolve_model_path
-    from inducer.presets import preset
+    from inducer.data.base_models import resolve_model_path
+    from inducer.sizing.presets import preset
 
     model_config = AutoConfig.from_pretrained(resolve_model_path(model_name))
     with torch.device("meta"):
@@ -189,10 +189,10 @@ def init_variant(model_name: str, budget, init: str):
 
 def search_lr(method: str, args, model_name: str, task) -> tuple[dict, list[dict]]:
     """Run ``method`` at each rate of ``--lr-grid``, growing the grid past an edge that holds the
-    lowest validation loss (``inducer compare``'s rule, :func:`inducer.compare.next_lr`).
+    lowest validation loss (``inducer compare``'s rule, :func:`inducer.app.compare.next_lr`).
 
     Returns the run with the lowest validation loss and every run."""
-    from inducer.compare import next_lr
+    from inducer.app.compare import next_lr
 
     runs, todo = [], list(args.lr_grid)
     while todo:
@@ -210,13 +210,13 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
     score it on the test split."""
     import torch
 
-    from inducer.adapter import count_parameters
-    from inducer.base_models import load_model
-    from inducer.encoding import encode_options, encode_split
-    from inducer.evaluation import evaluation_loss
-    from inducer.experiment import build, run_one
-    from inducer.training import set_seed
-    from inducer.training_config import TrainConfig
+    from inducer.app.experiment import build, run_one
+    from inducer.data.base_models import load_model
+    from inducer.data.encoding import encode_options, encode_split
+    from inducer.runtime.adapter import count_parameters
+    from inducer.training.config import TrainConfig
+    from inducer.training.evaluation import evaluation_loss
+    from inducer.training.trainer import set_seed
 
     config = TrainConfig(
         lr=lr if lr is not None else args.method_lrs.get(method, args.lr),
@@ -309,7 +309,7 @@ def run_method(method: str, args, model_name: str, task, lr: float | None = None
 
 
 def _source():
-    from inducer.task_source import TaskSource
+    from inducer.data.task_source import TaskSource
 
     return TaskSource(TASK)
 
@@ -443,7 +443,8 @@ def protocol_description(p: dict) -> list[str]:
         "after training (no early stopping: the run is short).",
         f"Test: {test}, greedy decoding (beams {p['num_beams']}), up to {p['max_new_tokens']} new tokens "
         "(the longest reference has 57 tokens); each MR is generated once and scored against its 3 "
-        "references by `inducer.metrics` (sacrebleu BLEU/TER, NLTK NIST, pycocoevalcap METEOR 1.5 via java "
+        "references by `inducer.data.metrics` (sacrebleu BLEU/TER, NLTK NIST, pycocoevalcap METEOR 1.5 "
+        "via java "
         "and CIDEr, rouge-score ROUGE-L).",
     ]
 
@@ -641,7 +642,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     import datasets
 
     datasets.disable_progress_bars()
-    from inducer.tasks import load_task
+    from inducer.data.tasks import load_task
 
     started = time.perf_counter()
     report: dict = {"environment": environment(args.threads), "protocol": protocol(args), "methods": []}

@@ -140,7 +140,7 @@ _CACHE: dict = {}
 
 def _task():
     if "task" not in _CACHE:
-        from inducer.tasks import load_task
+        from inducer.data.tasks import load_task
 
         _CACHE["task"] = load_task(TASK)
     return _CACHE["task"]
@@ -168,7 +168,7 @@ def _attach_peft(loaded, config: str, budget: str):
     Returns (peft model, inference parameters, head parameters, details)."""
     import peft
 
-    from inducer.presets import preset
+    from inducer.sizing.presets import preset
 
     model = loaded.model
     if config == "peft-lora":
@@ -217,7 +217,7 @@ def _configs_for(loaded, config: str, budget: str):
     """
     import dataclasses
 
-    from inducer.presets import preset
+    from inducer.sizing.presets import preset
 
     method = base_config(config)
     configs = preset(method, loaded.model, budget)
@@ -239,7 +239,7 @@ def _encoded(task, loaded, config):
     """The encoding options and tokenised train / validation rows, made once per process: every job
     of this script uses the same tokenizer, task and lengths, and ``datasets`` spends ~0.7 s per
     split hashing the tokenizer alone. Handed to the Trainer through its public arguments."""
-    from inducer.encoding import encode_options, encode_split
+    from inducer.data.encoding import encode_options, encode_split
 
     key = ("encoded", getattr(loaded.tokenizer, "name_or_path", None), config.max_length,
            config.max_train_examples, config.max_eval_examples)
@@ -289,10 +289,10 @@ def run_job(job: dict, settings: dict) -> dict:
     import torch
 
     import inducer
-    from inducer.base_models import load_model
-    from inducer.budget import percent_of_base
-    from inducer.training import Trainer, set_seed
-    from inducer.training_config import TrainConfig
+    from inducer.data.base_models import load_model
+    from inducer.sizing.budget import percent_of_base
+    from inducer.training.config import TrainConfig
+    from inducer.training.trainer import Trainer, set_seed
 
     row = dict(job)
     task = _task()
@@ -474,8 +474,8 @@ def select_lr(runs: list[dict]) -> float | None:
 
 def grid_extension(runs: list[dict], grid: list[float]) -> float | None:
     """The learning rate to add to stage 1 when its best is at an edge of what was tried (the rule of
-    ``inducer compare``: :func:`inducer.compare.next_lr`); None when the best is interior."""
-    from inducer.compare import next_lr
+    ``inducer compare``: :func:`inducer.app.compare.next_lr`); None when the best is interior."""
+    from inducer.app.compare import next_lr
 
     scores = {r["lr"]: _score(r.get("dev")) for r in runs if "error" not in r}
     return next_lr(scores, grid, "accuracy") if len(scores) == len(runs) else None
@@ -484,7 +484,7 @@ def grid_extension(runs: list[dict], grid: list[float]) -> float | None:
 def at_grid_edge(lr: float | None, stage1: list[dict]) -> bool:
     """Whether the chosen rate is still at an edge of the rates stage 1 tried (the grid stopped
     growing at its limit): the smallest or largest, and strictly better than its neighbour."""
-    from inducer.compare import next_lr
+    from inducer.app.compare import next_lr
 
     scores = {r["lr"]: _score(r.get("dev")) for r in stage1 if "error" not in r}
     return lr is not None and next_lr(scores, list(scores), "accuracy", max_extensions=1) is not None
@@ -946,8 +946,8 @@ def _environment(args, workers: int) -> dict:
 
 
 def _check_data() -> None:
-    from inducer.cache import cache_root
-    from inducer.tasks import vader
+    from inducer.data.tasks import vader
+    from inducer.io.cache import cache_root
 
     folder = cache_root() / "vader"
     if not (folder / vader.MEMBER).is_file() and not (folder / vader.SDIST).is_file():
@@ -963,7 +963,7 @@ def _tiny_model(folder: Path, tokenizer_source: str) -> str:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from inducer.base_models import load_tokenizer
+    from inducer.data.base_models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source)
     torch.manual_seed(0)

@@ -69,8 +69,8 @@ def prepare(model_key: str, folder: Path, adapters: int) -> tuple[str, dict[str,
     """The base model to serve and ``adapters`` saved adapters for it (name -> folder)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from inducer.adapter_format import owned_names
-    from inducer.base_models import load_model, resolve_model_path
+    from inducer.data.base_models import load_model, resolve_model_path
+    from inducer.io.adapter_format import owned_names
 
     if model_key == "tiny":  # a 2-layer Llama with SmolLM2's tokenizer
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))

@@ -51,8 +51,8 @@ PROMPTS = ["the food is", "a great place to eat", "name the pub near the river",
 
 def prepare(work: Path, count: int) -> tuple[Path, Path]:
     """The tiny GPT-2 base and a store of ``count`` adapters (inducer r_k=r_v=2, random values)."""
-    from inducer.adapter_format import owned_names
-    from inducer.base_models import load_model
+    from inducer.data.base_models import load_model
+    from inducer.io.adapter_format import owned_names
 
     base = save_tiny("gpt2", work / "base")
     store = work / "store"
@@ -81,7 +81,7 @@ def requests(count: int, adapters: int, zipf_s: float, seed: int) -> list[tuple[
 
 def offline(base: Path, store: Path, pairs: set[tuple[str, str]], max_tokens: int) -> dict:
     """Greedy ``model.generate`` of every (adapter, prompt) pair, each adapter loaded alone."""
-    from inducer.base_models import load_model
+    from inducer.data.base_models import load_model
 
     loaded = load_model(str(base), "generation")
     plain, tokenizer, expected = loaded.model.eval(), loaded.tokenizer, {}

@@ -122,9 +122,9 @@ def family(request) -> str:
 
 
 def enable_checkpointing(model) -> None:
-    """What training turns on (:func:`inducer.optimization.enable_checkpointing`), checked to be in
+    """What training turns on (:func:`inducer.training.optimization.enable_checkpointing`), checked to be in
     effect: the tests that compare gradients with and without it test the real call."""
-    from inducer.optimization import enable_checkpointing as enable
+    from inducer.training.optimization import enable_checkpointing as enable
 
     enable(model)
     assert getattr(model, "is_gradient_checkpointing", False), "gradient checkpointing did not turn on"

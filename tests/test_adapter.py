@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import inducer
-from inducer.adapter_format import weights_path
+from inducer.io.adapter_format import weights_path
 from inducer.methods.inducer_tuning import InducerModule
 
 from .conftest import (
@@ -246,7 +246,7 @@ def test_import_inducer_is_lazy_and_every_public_name_resolves():
     import subprocess
     import sys
 
-    code = ("import sys, inducer, inducer.cli; print(inducer.__version__); "
+    code = ("import sys, inducer, inducer.cli.main; print(inducer.__version__); "
             "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -257,7 +257,7 @@ def test_import_inducer_is_lazy_and_every_public_name_resolves():
 
 
 def test_each_family_is_one_record_and_unknown_modules_get_the_generic_one():
-    from inducer.families import FAMILIES, GENERIC, attention_family, find_attention_sites, layer_family
+    from inducer.core.families import FAMILIES, GENERIC, attention_family, find_attention_sites, layer_family
 
     classes = [cls for family in FAMILIES for cls in family.attention_classes + family.layer_classes]
     assert len(classes) == len(set(classes))  # no class claimed by two records

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import inducer
-from inducer.adapter_format import weights_path
+from inducer.io.adapter_format import weights_path
 from tests.conftest import make_model
 
 ROOT = Path(__file__).resolve().parent / "fixtures" / "adapters_v2"

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import inducer
-from inducer.adapter_format import FORMAT_VERSION, weights_path
+from inducer.io.adapter_format import FORMAT_VERSION, weights_path
 
 from .conftest import make_batch, make_model
 
@@ -125,7 +125,7 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(saved, monkeypatch, fa
         raise OSError(28, "No space left on device")
 
     if failing == "weights":
-        monkeypatch.setattr("inducer.adapter_format.save_file", disk_full)
+        monkeypatch.setattr("inducer.io.adapter_format.save_file", disk_full)
     else:
         monkeypatch.setattr("pathlib.Path.write_text", disk_full)
     with pytest.raises(OSError, match="No space left"):
@@ -160,7 +160,7 @@ def test_a_crash_at_any_step_of_a_save_leaves_the_old_or_the_new_adapter(saved, 
     import shutil
     from pathlib import Path
 
-    import inducer.adapter_format as adapter_format
+    import inducer.io.adapter_format as adapter_format
 
     model, directory = saved
     batch = make_batch("bert")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import inducer
-from inducer.adapter_format import weights_path
+from inducer.io.adapter_format import weights_path
 
 from .conftest import make_batch, make_model
 

@@ -1,6 +1,6 @@
 """Adapters keyed by name: each method creates its modules in slots keyed by the adapter's name, so a
 second adapter moves nothing; every caller names the adapter it means; attach's extension point
-(inducer.listeners) installs the save hooks on real models only; the core imports no integration."""
+(inducer.runtime.listeners) installs the save hooks on real models only; the core imports no integration."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 import inducer
-from inducer import listeners
-from inducer.adapter_format import weights_path
-from inducer.hub import model_card
+from inducer.core.naming import model_module_name, saved_module_name, slot_name, split_slot
 from inducer.integrations.save_hooks import HOOK_MARK, restore_adapter
-from inducer.naming import model_module_name, saved_module_name, slot_name, split_slot
-from inducer.presets import explicit_choice
-from inducer.state import adapter_state, named_adapter, task_head_names
+from inducer.io.adapter_format import weights_path
+from inducer.io.hub import model_card
+from inducer.runtime import listeners
+from inducer.runtime.state import adapter_state, named_adapter, task_head_names
+from inducer.sizing.presets import explicit_choice
 
 from .conftest import logits_of, make_batch, make_model
 
@@ -159,9 +159,10 @@ def test_save_hooks_reach_real_models_only(monkeypatch, tmp_path):
 
 
 def test_the_core_imports_no_integration():
-    code = ("import sys, inducer.adapter, inducer.adapter_format, inducer.named_adapters, inducer.budget\n"
+    code = ("import sys, inducer.runtime.adapter, inducer.io.adapter_format, inducer.runtime.named_adapters, "
+            "inducer.sizing.budget\n"
             "from tests.conftest import make_model\n"
-            "inducer.adapter.attach_methods(make_model('bert'), inducer.LoRAConfig(r=2))\n"
+            "inducer.runtime.adapter.attach_methods(make_model('bert'), inducer.LoRAConfig(r=2))\n"
             "print(sorted(m for m in sys.modules if m.startswith('inducer.integrations')))")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
@@ -171,7 +172,9 @@ def test_the_core_imports_no_integration():
 
 
 def test_one_error_class_and_a_public_task_head():
-    from inducer import adapter, adapter_format, errors
+    from inducer import errors
+    from inducer.io import adapter_format
+    from inducer.runtime import adapter
 
     assert inducer.AdapterFormatError is adapter_format.AdapterFormatError is errors.AdapterFormatError
     model = make_model("bert")

@@ -11,7 +11,7 @@ from transformers.models.gemma2 import modeling_gemma2
 from transformers.models.gpt_oss import modeling_gpt_oss
 
 import inducer
-from inducer.kernels import add_sink, fused_attention, reference_attention
+from inducer.core.kernels import add_sink, fused_attention, reference_attention
 
 from .sweep.architectures import ARCHITECTURES
 
@@ -41,7 +41,7 @@ def test_reference_soft_capping_is_gemma2s_own():
     out, lse, probs = reference_attention(q, k, v, mask, 0.5, 0.0, False, softcap=2.0)
     torch.testing.assert_close(out.transpose(1, 2), expected)
     torch.testing.assert_close(probs, weights)
-    capped = torch.tanh(q @ inducer.kernels.repeat_kv(k, H // KV).transpose(-1, -2) * 0.5 / 2.0) * 2.0
+    capped = torch.tanh(q @ inducer.core.kernels.repeat_kv(k, H // KV).transpose(-1, -2) * 0.5 / 2.0) * 2.0
     torch.testing.assert_close(lse, torch.logsumexp(capped + mask, -1))  # λ's normaliser: the model's
 
 

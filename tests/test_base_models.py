@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from inducer import base_models as models
+from inducer.data import base_models as models
 
 from .tiny import tiny_models  # noqa: F401
 

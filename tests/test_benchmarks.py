@@ -74,15 +74,16 @@ def test_benchmark_uses_only_public_inducer_names(path):
 @pytest.mark.parametrize(
     "source",
     [
-        "from inducer.presets import _Counter",
+        "from inducer.sizing.presets import _Counter",
         "from inducer import _private_module",
         "import inducer._hidden",
         "from inducer import base_models as models\nmodels._smollm_folder()",
         "import inducer\ninducer.training._log",
         "from inducer import training\ntraining.encode_split = lambda: None",
-        "import inducer.training\ninducer.training.encode_split = None",
+        "import inducer.training.trainer\ninducer.training.encode_split = None",
         "from inducer import training\nsetattr(training, 'encode_split', None)",
-        "from inducer.training import Trainer\nclass T(Trainer):\n    def _log(self, r):\n        pass",
+        "from inducer.training.trainer import Trainer\n"
+        "class T(Trainer):\n    def _log(self, r):\n        pass",
     ],
 )
 def test_checker_catches(source):
@@ -93,9 +94,10 @@ def test_checker_catches(source):
     "source",
     [
         "import inducer\ninducer.attach\ninducer.__version__",
-        "from inducer.compare import pick_lr, LR_GRIDS",
+        "from inducer.app.compare import pick_lr, LR_GRIDS",
         "import torch\ntorch._C\nconfig._attn_implementation = 'sdpa'",
-        "from inducer.training import Trainer\nclass T(Trainer):\n    def __init__(self):\n        pass",
+        "from inducer.training.trainer import Trainer\n"
+        "class T(Trainer):\n    def __init__(self):\n        pass",
     ],
 )
 def test_checker_allows(source):

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import inducer
-from inducer.bounded_files import FileLimitError, read_json, read_yaml
-from inducer.recipes import RecipeError, load_recipe
+from inducer.app.recipes import RecipeError, load_recipe
+from inducer.io.bounded_files import FileLimitError, read_json, read_yaml
 from tests.tiny import make_model, run_cli
 
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(

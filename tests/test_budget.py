@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import inducer
-from inducer.budget import count_budget
-from inducer.callbacks import TrainerCallback
-from inducer.compare import choose_lr
-from inducer.experiment import train_run
-from inducer.presets import explicit_choice, preset
-from inducer.runspec import RunSpec
-from inducer.task_source import TaskSource
-from inducer.training_config import TrainConfig
+from inducer.app.compare import choose_lr
+from inducer.app.experiment import train_run
+from inducer.app.runspec import RunSpec
+from inducer.data.task_source import TaskSource
+from inducer.sizing.budget import count_budget
+from inducer.sizing.presets import explicit_choice, preset
+from inducer.training.callbacks import TrainerCallback
+from inducer.training.config import TrainConfig
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -27,7 +27,7 @@ CONFIG = TrainConfig(lr=5e-3, batch_size=8, max_length=32, max_steps=2, eval_eve
 
 
 def _base(tiny_models):
-    from inducer.base_models import load_model
+    from inducer.data.base_models import load_model
 
     return load_model(str(tiny_models["bert"]), "classification", 2)
 
@@ -39,7 +39,7 @@ def test_count_budget_matches_the_preset_count_and_leaves_the_model_alone(tiny_m
         choice = preset(name, model)
         assert count_budget(model, choice) == choice.count, name
     assert count_budget(model, inducer.LoRAConfig(r=4)) == count_budget(model, [inducer.LoRAConfig(r=4)])
-    assert inducer.adapter.adapter_state(model) is None
+    assert inducer.runtime.adapter.adapter_state(model) is None
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
     inducer.attach(model, [inducer.LoRAConfig(r=2)])
     with pytest.raises(ValueError, match="before attach"):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from inducer.checkpoint import (
+from inducer.training.checkpoint import (
     LEGACY_STATE_FILE,
     STATE_FILE,
     CheckpointError,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from inducer.adapter_format import weights_path
+from inducer.io.adapter_format import weights_path
 
 from .tiny import FIXTURES, run_cli, single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -236,7 +236,7 @@ def test_compare_refuses_a_folder_holding_an_earlier_comparison(tiny_models, tmp
 
 
 def test_compare_picks_the_learning_rate_on_validation(tiny_models, tmp_path, monkeypatch):
-    from inducer import compare
+    from inducer.app import compare
 
     monkeypatch.setitem(compare.LR_GRIDS, "bitfit", (1e-4, 1e-2))
     run_cli(
@@ -331,7 +331,7 @@ def test_threads_option_sets_torch_threads():
 def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     import os
 
-    from inducer import demo
+    from inducer.app import demo
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for load, threads in ((1.2, 1), (0.1, 2), (7.0, 1)):

@@ -9,7 +9,7 @@ import errno
 
 import pytest
 
-from inducer.cli_errors import explain
+from inducer.cli.errors import explain
 
 from .tiny import run_cli, single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -36,7 +36,7 @@ def test_an_output_path_that_is_a_file_is_one_line(tiny_models, tmp_path):
 
 
 def test_a_full_disk_is_one_line(tiny_models, tmp_path, monkeypatch):
-    from inducer import experiment
+    from inducer.app import experiment
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -80,7 +80,7 @@ def test_datasets_generation_errors_are_one_line_with_the_cause():
 @pytest.mark.parametrize("error", [KeyError("weight"), RuntimeError("shape mismatch"), TypeError("None"),
                                    ValueError("a bug of ours that happens to be a ValueError")])
 def test_a_bug_of_ours_shows_the_traceback_and_asks_for_a_report(tiny_models, tmp_path, monkeypatch, error):
-    from inducer import experiment
+    from inducer.app import experiment
 
     def broken(spec):
         raise error
@@ -93,7 +93,7 @@ def test_a_bug_of_ours_shows_the_traceback_and_asks_for_a_report(tiny_models, tm
 
 
 def test_eof_is_not_just_aborted(tiny_models, tmp_path, monkeypatch):
-    from inducer import experiment
+    from inducer.app import experiment
 
     def truncated(spec):
         raise EOFError("Ran out of input")

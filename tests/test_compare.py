@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from inducer import compare
-from inducer.compare import MAX_GRID_EXTENSIONS, next_lr
+from inducer.app import compare
+from inducer.app.compare import MAX_GRID_EXTENSIONS, next_lr
 
 GRID = (3e-4, 1e-3, 3e-3)
 
@@ -59,7 +59,7 @@ def test_pick_lr_extends_the_grid_until_the_pick_is_interior(monkeypatch, curve,
         return SimpleNamespace(best_validation=curve(config.lr), select_metric="accuracy")
 
     monkeypatch.setattr(compare, "run_one", fake_run_one)
-    from inducer.training_config import TrainConfig
+    from inducer.training.config import TrainConfig
 
     lr, trials = compare.pick_lr("m", None, None, "lora", TrainConfig(), None, GRID, None, False)
     assert [t["lr"] for t in trials] == pytest.approx(expected_lrs)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inducer.adapter_format import weights_path
-from inducer.checkpoint import STATE_FILE, load_train_state
-from inducer.data_parallel import shard
+from inducer.io.adapter_format import weights_path
+from inducer.training.checkpoint import STATE_FILE, load_train_state
+from inducer.training.data_parallel import shard
 
 from .tiny import make_model, make_tokenizer, task_dir
 

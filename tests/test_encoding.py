@@ -7,7 +7,7 @@ import logging
 import datasets
 import torch
 
-from inducer.encoding import (
+from inducer.data.encoding import (
     IGNORE,
     Collator,
     EncodeOptions,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import inducer
-from inducer.families import SkippedAttentionWarning, UnsupportedModelError, find_attention_sites
+from inducer.core.families import SkippedAttentionWarning, UnsupportedModelError, find_attention_sites
 
 from .sweep.architectures import ARCHITECTURES
 
@@ -127,7 +127,7 @@ def test_a_per_head_fused_lora_exports_to_peft_and_back_with_the_same_outputs(tm
 def test_every_sweep_architecture_has_one_feed_forward_block_per_layer_of_the_model_width():
     import warnings
 
-    from inducer.families import find_feed_forward_sites, scan_attention
+    from inducer.core.families import find_feed_forward_sites, scan_attention
     from tests.sweep.architectures import ARCHITECTURES
 
     for arch in ARCHITECTURES:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import inducer
-from inducer import progress
+from inducer.training import progress
 
 from .tiny import run_cli, task_dir, tiny_models  # noqa: F401
 
@@ -53,7 +53,7 @@ def test_a_failed_download_does_not_claim_downloading_was_off(monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from inducer.hub import adapter_folder
+    from inducer.io.hub import adapter_folder
 
     def no_network(*args, **kwargs):
         raise LocalEntryNotFoundError("cannot reach the hub")
@@ -93,12 +93,12 @@ def test_progress_is_plain_lines_every_interval_when_not_a_terminal(caplog):
     bar = progress.progress_bar(5, "training", enabled=True, stream=io.StringIO())
     assert isinstance(bar, progress.PlainProgress)
     bar.interval = 0.0
-    with caplog.at_level(logging.INFO, logger="inducer.progress"):
+    with caplog.at_level(logging.INFO, logger="inducer.training.progress"):
         bar.set_postfix(loss="0.6931")
         bar.update(2)
     assert caplog.messages and caplog.messages[-1].startswith("training: 2/5, loss 0.6931")
     quiet = progress.progress_bar(5, "training", enabled=True, stream=io.StringIO())
-    with caplog.at_level(logging.INFO, logger="inducer.progress"):
+    with caplog.at_level(logging.INFO, logger="inducer.training.progress"):
         caplog.clear()
         quiet.update(5)  # within the interval: nothing
     assert caplog.messages == []

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import inducer
-from inducer.adapter_format import AdapterFormatError
-from inducer.hub import model_card
+from inducer.io.adapter_format import AdapterFormatError
+from inducer.io.hub import model_card
 
 from .integrations.common import perturb, saved_base
 

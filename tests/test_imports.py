@@ -100,8 +100,31 @@ def test_the_scanner_finds_a_circle_through_a_function_level_import():
     assert circles(graph) == [["c"]]
     graph["b"].add("a")
     assert sorted(circles(graph)) == [["a", "b"], ["c"]]
-    assert "inducer.adapter" in import_graph()["inducer.adapter_format"]  # a real edge is seen
+    assert "inducer.runtime.adapter" in import_graph()["inducer.io.adapter_format"]  # a real edge is seen
 
 
 def test_the_package_has_no_import_circle():
     assert circles(import_graph()) == []
+
+
+# The layers, bottom first (docs/architecture.md): a module imports only its own layer and those below.
+# The package root (the lazy public API), inducer.peft and __main__ are entry points above them all.
+LAYERS = ("version", "errors", "core", "methods", "runtime", "io", "sizing", "data", "training", "app",
+          "integrations", "serve", "cli")
+ENTRY_POINTS = ("inducer", "inducer.peft", "inducer.__main__")
+
+
+def _layer(module: str) -> int:
+    if module in ENTRY_POINTS:
+        return len(LAYERS)
+    return LAYERS.index(module.split(".")[1])
+
+
+def test_every_module_is_in_a_layer():
+    assert [m for m in import_graph() if m not in ENTRY_POINTS and m.split(".")[1] not in LAYERS] == []
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    upward = sorted((a, b) for a, targets in graph.items() for b in targets if _layer(b) > _layer(a))
+    assert upward == []

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from inducer.checkpoint import load_train_state
+from inducer.training.checkpoint import load_train_state
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 _CHILD = textwrap.dedent(
     """
     import sys, time
-    from inducer import training
-    from inducer.cli import app
+    from inducer.training import trainer as training
+    from inducer.cli.main import app
 
     report, forward_backward = training.Trainer._report_step, training.Trainer._forward_backward
     pause = float(sys.argv[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inducer.kernels import _FusedAttentionWithLSE, additive_mask, fused_attention, reference_attention
+from inducer.core.kernels import _FusedAttentionWithLSE, additive_mask, fused_attention, reference_attention
 
 
 def _inputs(heads=4, kv_heads=4, n=6, m=6, p=5, dtype=torch.float64, seed=0):
@@ -104,7 +104,7 @@ def test_backward_without_lse_gradient_is_the_plain_kernel_backward():
 def test_cuda_bias_layout(keys):
     """What the CUDA memory-efficient kernel demands of its bias (found on a GPU): the full
     (B, H, N, M) shape, unit stride along keys, rows starting 16-aligned; values unchanged."""
-    from inducer.kernels import _aligned_bias
+    from inducer.core.kernels import _aligned_bias
 
     query = torch.zeros(2, 4, 5, 8)
     key = torch.zeros(2, 4, keys, 8)

@@ -41,7 +41,7 @@ def test_merge_and_unload_gives_the_adapted_logits_and_a_plain_model(case):
     torch.testing.assert_close(out, merged, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, adapted, rtol=1e-4, atol=1e-4)
     assert type(plain) is type(make_model(family))
-    assert inducer.adapter.adapter_state(plain) is None
+    assert inducer.runtime.adapter.adapter_state(plain) is None
     assert not any("lora" in n or "kernel_mix" in n for n, _ in plain.named_modules())
     assert set(plain.state_dict()) == set(make_model(family).state_dict())
     assert not plain.config._attn_implementation.startswith("inducer")
@@ -71,6 +71,6 @@ def test_unmergeable_methods_are_refused_and_the_model_kept(configs, named):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=f"{named}.*cannot be merged"):
         inducer.merge_and_unload(model)
-    assert inducer.adapter.adapter_state(model) is not None
+    assert inducer.runtime.adapter.adapter_state(model) is not None
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -186,7 +186,7 @@ def test_a_method_failing_half_way_leaves_nothing_behind(monkeypatch):
 
 
 def test_softmax_changing_features_are_refused_not_ignored():
-    from inducer.attention import _make_attention_function
+    from inducer.runtime.attention import _make_attention_function
 
     model = inducer.attach(make_model("llama"), inducer.InducerConfig())
     attention = model.model.layers[0].self_attn

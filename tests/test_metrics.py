@@ -8,7 +8,7 @@ import sys
 import pytest
 import sacrebleu
 
-from inducer import metrics
+from inducer.data import metrics
 
 PREDICTIONS = ["the cat sat on the mat .", "there is a pub near the river ."]
 REFERENCES = [["the cat sat on the mat .", "a cat was sitting on the mat ."], ["a pub is near the river ."]]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import inducer
-from inducer.adapter import adapter_state
+from inducer.runtime.adapter import adapter_state
 
 from .conftest import DECODERS, FAMILIES, make_batch, make_model
 from .integrations.common import perturb
@@ -102,7 +102,7 @@ def test_a_bf16_adapter_saves_and_loads_bit_identically(tmp_path):
 
 
 def test_fused_attention_takes_mixed_dtypes():
-    from inducer.kernels import fused_attention, reference_attention
+    from inducer.core.kernels import fused_attention, reference_attention
 
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(1, 2, 5, 8, generator=g) for _ in range(2))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from inducer.recipes import bundled
+from inducer.app.recipes import bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "datasets", "matplotlib", "tensorboard")
@@ -34,7 +34,7 @@ def test_the_wheel_contains_every_bundled_recipe(tmp_path):
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("inducer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"inducer/recipes/{name}.yaml" for name in bundled()} <= names
+    assert {f"inducer/app/recipes/{name}.yaml" for name in bundled()} <= names
     assert len(bundled()) >= 6
 
 
@@ -46,7 +46,7 @@ def _imported_after(statement: str) -> list[str]:
 
 def test_importing_the_cli_loads_no_deep_learning_library():
     assert _imported_after("import inducer") == []  # the package's names load on first use (PEP 562)
-    assert _imported_after("import inducer.cli") == []
+    assert _imported_after("import inducer.cli.main") == []
 
 
 # The extras of pyproject.toml that the core install leaves out (import names).
@@ -91,7 +91,7 @@ def test_the_core_install_attaches_saves_and_loads_without_the_application():
 
 
 def test_the_command_without_its_extra_names_the_extra_in_one_line():
-    code = "import sys; sys.modules['typer'] = None; from inducer.launch import main; main()"
+    code = "import sys; sys.modules['typer'] = None; from inducer.cli.launch import main; main()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "pip install -e '.[cli]'" in out.stderr
@@ -169,3 +169,12 @@ def test_the_readme_install_section_from_the_built_wheel_in_a_fresh_venv(tmp_pat
     assert done.returncode == 0 and "--no-deps" in done.stdout, done.stderr[-3000:]
     times["inducer info"] = time.perf_counter() - started
     print("\n".join(f"{seconds:7.1f} s  {step}" for step, seconds in times.items()))
+
+
+def test_the_package_and_pyproject_give_one_version():
+    import tomllib
+
+    import inducer
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert inducer.__version__ == declared

@@ -2,7 +2,7 @@
 
 PEFT runs prefixes as a pre-filled KV cache and so shifts real tokens to positions l..l+N-1 (it adds
 l to position_ids it is given, too); inducer's prefixes leave positions alone. Comparisons therefore
-run inducer with ``position_ids = arange(N) + l`` (see ``inducer.peft_interop``).
+run inducer with ``position_ids = arange(N) + l`` (see ``inducer.io.peft_interop``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 import inducer
+from inducer.io.peft_interop import PeftInteropError
 from inducer.methods.prefix_tuning import PrefixModule
-from inducer.peft_interop import PeftInteropError
 
 from .conftest import DECODERS, make_batch, make_model
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import inducer
+from inducer.io.peft_interop import PeftInteropError
 from inducer.methods.lora import LoRAModule
-from inducer.peft_interop import PeftInteropError
 
 from .conftest import logits_of, make_batch, make_model
 

@@ -12,7 +12,7 @@ from transformers import (
 )
 
 import inducer
-from inducer.presets import parse_budget
+from inducer.sizing.presets import parse_budget
 
 
 @pytest.fixture(scope="module")

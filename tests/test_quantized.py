@@ -88,7 +88,7 @@ def test_merge_and_unload_refuses_a_quantized_layer(llama_folder):
     model = inducer.attach(_load(llama_folder, "bnb-8bit"), [inducer.LoRAConfig(r=2)])
     with pytest.raises(ValueError, match="is quantized.*unquantized"):
         inducer.merge_and_unload(model)
-    assert inducer.adapter.adapter_state(model) is not None
+    assert inducer.runtime.adapter.adapter_state(model) is not None
 
 
 def test_a_layer_offloaded_to_disk_gets_its_adapters_on_the_execution_device(llama_folder, tmp_path):

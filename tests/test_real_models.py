@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
 
 import inducer
-from inducer.base_models import resolve_model_path
+from inducer.data.base_models import resolve_model_path
 from inducer.methods.inducer_tuning import InducerModule
 
 from .conftest import logits_of, make_batch, make_model

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from inducer.recipes import RecipeError, bundled, load_recipe
+from inducer.app.recipes import RecipeError, bundled, load_recipe
 
 from .tiny import run_cli, single_thread, task_dir, tiny_models  # noqa: F401
 

@@ -16,7 +16,13 @@ import time
 import pytest
 import torch
 
-from inducer.run_folder import LOCK_FILE, RunFolderError, folder_lock, prepare_run_folder, run_differences
+from inducer.training.run_folder import (
+    LOCK_FILE,
+    RunFolderError,
+    folder_lock,
+    prepare_run_folder,
+    run_differences,
+)
 
 from .tiny import run_cli, single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -118,10 +124,10 @@ def test_resume_refuses_another_base_with_the_same_shapes(tiny_models, tmp_path)
 
 
 def test_new_schedule_continues_at_the_new_rate_and_records_it(tiny_models, tmp_path, monkeypatch):
-    from inducer.experiment import run_one
-    from inducer.task_source import TaskSource
-    from inducer.training import Trainer
-    from inducer.training_config import TrainConfig
+    from inducer.app.experiment import run_one
+    from inducer.data.task_source import TaskSource
+    from inducer.training.config import TrainConfig
+    from inducer.training.trainer import Trainer
 
     source = TaskSource("sst2", data_dir=task_dir("sst2"))
     config = TrainConfig(lr=5e-3, batch_size=8, max_length=32, max_steps=4, save_every=2, warmup_steps=0)
@@ -153,7 +159,7 @@ def test_run_differences_ignore_options_that_change_no_weights():
 _HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from inducer.run_folder import folder_lock
+    from inducer.training.run_folder import folder_lock
     with folder_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(60)
@@ -184,7 +190,7 @@ def test_two_trainings_on_one_folder_one_is_refused(tiny_models, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from inducer.cli import app
+        from inducer.cli.main import app
         sys.argv = ["inducer", "train", "--model", {str(tiny_models["bert"])!r}, "--task", "sst2",
                     "--data-dir", {task_dir("sst2")!r}, "--method", "lora", "--output", {str(tmp_path)!r},
                     "--max-length", "32", "--batch-size", "8", "--quiet", "--max-steps", "40"]
@@ -206,7 +212,7 @@ def test_two_trainings_on_one_folder_one_is_refused(tiny_models, tmp_path):
 
 
 def test_base_weights_hash_tells_weights_apart():
-    from inducer.base_identity import base_weights_sha256
+    from inducer.io.base_identity import base_weights_sha256
 
     a = torch.nn.Linear(3, 2)
     b = torch.nn.Linear(3, 2)
@@ -228,7 +234,7 @@ def test_a_crash_in_any_write_leaves_no_torn_run_file(tiny_models, tmp_path, mon
 
     from typer.testing import CliRunner
 
-    from inducer.cli import app
+    from inducer.cli.main import app
 
     real_write_text = pathlib.Path.write_text
     calls = {"n": 0}

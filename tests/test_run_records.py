@@ -106,8 +106,8 @@ def test_resume_of_an_old_run_folder(runs):
 
 
 def test_old_comparison_results_read():
-    from inducer.compare import choose_lr
-    from inducer.run_records import CompareResults, markdown_table
+    from inducer.app.compare import choose_lr
+    from inducer.training.run_records import CompareResults, markdown_table
 
     results = CompareResults.read(ROOT / "compare")  # written before records had a version
     table = markdown_table(results.rows, "base-bert x regression, budget 2%")
@@ -119,7 +119,7 @@ def test_old_comparison_results_read():
 
 
 def test_old_run_records_read_and_are_written_in_todays_form(runs):
-    from inducer.run_records import RECORD_VERSION, RunRecord, RunResult
+    from inducer.training.run_records import RECORD_VERSION, RunRecord, RunResult
 
     record = RunRecord.read(runs / "sst2" / "best")
     assert record.version == 0 and record.sizes == {"r_k": 6, "r_v": 4} and record.step == 3

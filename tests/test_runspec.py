@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from inducer.recipes import load_recipe
-from inducer.runspec import RunSpec, parse_sizes, resolve
+from inducer.app.recipes import load_recipe
+from inducer.app.runspec import RunSpec, parse_sizes, resolve
 
 from .tiny import FIXTURES, single_thread, tiny_models  # noqa: F401
 
@@ -65,7 +65,8 @@ def test_missing_or_wrong_arguments_are_refused(args, command, message):
 
 @pytest.mark.usefixtures("single_thread")
 def test_compare_searches_each_methods_budget_once(tiny_models, tmp_path, monkeypatch):
-    from inducer import compare, experiment, presets
+    from inducer.app import compare, experiment
+    from inducer.sizing import presets
 
     calls = []
 
@@ -98,7 +99,7 @@ def test_compare_searches_each_methods_budget_once(tiny_models, tmp_path, monkey
 
 
 def test_runspec_defaults():
-    from inducer.task_source import TaskSource
+    from inducer.data.task_source import TaskSource
 
     spec = RunSpec("m", TaskSource("sst2"), ["lora"], budget="1%")
     assert spec.seeds == [42] and spec.title == "m x sst2, budget 1%"
@@ -108,7 +109,7 @@ def test_runspec_defaults():
 def test_resolve_takes_runspec_fields_as_they_are_and_seeds_as_a_list():
     import dataclasses
 
-    from inducer.runspec import DERIVED_FIELDS, INPUTS, RunSpec, resolve_keys
+    from inducer.app.runspec import DERIVED_FIELDS, INPUTS, RunSpec, resolve_keys
 
     fields = {f.name for f in dataclasses.fields(RunSpec)}
     assert resolve_keys() == fields - set(DERIVED_FIELDS) | set(INPUTS)  # checked against RunSpec itself

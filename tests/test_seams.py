@@ -1,4 +1,4 @@
-"""Seams (inducer.seams): inducers and prefixes on families whose attention skips the registry.
+"""Seams (inducer.runtime.seams): inducers and prefixes on families whose attention skips the registry.
 
 The sweep (tests/sweep) runs every check on GPT-Neo, MPNet and Falcon's default configs; here: a
 plain reference for prefix-tuning through GPT-Neo's seam (scores unscaled, causal and local window
@@ -22,7 +22,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import inducer
-from inducer import seams
+from inducer.runtime import seams
 from tests.sweep.architectures import ARCHITECTURES, Architecture
 from tests.sweep.checks import METHODS, sweep_architecture
 
@@ -118,7 +118,7 @@ def test_falcon_on_eager_runs_its_sdpa_branch_while_attached():
     if _falcon_through_seam():  # where Falcon calls sdpa, which the seam catches
         assert model.config._attn_implementation == "sdpa" and seams.installed(model)
     else:  # Falcon calls the registry: inducer's reference path over the eager base, no seam
-        reference = inducer.attention.implementation_name("reference", "eager")
+        reference = inducer.runtime.attention.implementation_name("reference", "eager")
         assert model.config._attn_implementation == reference
         assert not seams.installed(model)
     _perturb(model)
@@ -172,10 +172,10 @@ def test_seam_life_cycle(name):
     assert path == "reference" if through_seam else path == "fused"
     inducer.set_attention_path(model, path)
     assert inducer.attention_path(model) == path
-    before = dict(inducer.attention.current_implementations(model))
+    before = dict(inducer.runtime.attention.current_implementations(model))
     inducer.set_attention_path(model, "fused")
     if through_seam:  # the seam modules keep the reference path; the fused one changes nothing there
-        assert inducer.attention.current_implementations(model) == before
+        assert inducer.runtime.attention.current_implementations(model) == before
         assert torch.equal(_logits(model, ids), adapted)
     else:  # registry modules switch paths, with the same results up to rounding
         inducer.set_attention_path(model, "reference")
@@ -198,7 +198,7 @@ def test_families_without_a_seam_are_refused_at_attach_naming_the_class(name):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-# --- The seams check themselves at attach (inducer.seams.refusals) --------------------------------
+# --- The seams check themselves at attach (inducer.runtime.seams.refusals) --------------------------------
 # Fake "changed" model classes: subclasses with the same name (so the family record applies), as a
 # new transformers release would ship them.
 
@@ -212,7 +212,7 @@ def _swap(model, class_name: str, make) -> None:
 def _snapshot(model):
     return ({k: v.clone() for k, v in model.state_dict().items()},
             {n: type(m) for n, m in model.named_modules()},
-            dict(inducer.attention.current_implementations(model)),
+            dict(inducer.runtime.attention.current_implementations(model)),
             {n: p.requires_grad for n, p in model.named_parameters()})
 
 
@@ -221,7 +221,7 @@ def _assert_unchanged(model, snapshot) -> None:
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert {n: type(m) for n, m in model.named_modules()} == classes
-    assert inducer.attention.current_implementations(model) == implementations
+    assert inducer.runtime.attention.current_implementations(model) == implementations
     assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable
     assert not hasattr(model, "_inducer_state")
 

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from inducer.adapter_format import weights_path
-from inducer.experiment import build
-from inducer.task_source import TaskSource
-from inducer.training import Trainer
-from inducer.training_config import TrainConfig
+from inducer.app.experiment import build
+from inducer.data.task_source import TaskSource
+from inducer.io.adapter_format import weights_path
+from inducer.training.config import TrainConfig
+from inducer.training.trainer import Trainer
 
 from .tiny import single_thread, task_dir, tiny_models  # noqa: F401
 
@@ -110,7 +110,7 @@ def test_bad_train_config_names_the_field():
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_models, tmp_path, monkeypatch):
-    from inducer import training
+    from inducer.training import trainer as training
 
     trainer = _trainer(tiny_models, tmp_path / "run", save_every=2, eval_every=100)
     calls = {"n": 0}
@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_model
 
 def test_non_finite_loss_before_any_checkpoint_says_so(tiny_models, tmp_path, monkeypatch):
     """The message claims only what is on disk: diverging at the first step leaves no checkpoint."""
-    from inducer import training
+    from inducer.training import trainer as training
 
     trainer = _trainer(tiny_models, tmp_path / "run", save_every=2, eval_every=100)
     real_loss = training.compute_loss
@@ -192,7 +192,7 @@ def test_evaluate_works_before_train(tiny_models, tmp_path):
 
 
 def test_callbacks_see_every_step_log_and_evaluation(tiny_models):
-    from inducer.callbacks import TrainerCallback
+    from inducer.training.callbacks import TrainerCallback
 
     class Recorder(TrainerCallback):
         def __init__(self):
@@ -220,7 +220,7 @@ def test_callbacks_see_every_step_log_and_evaluation(tiny_models):
 
 
 def test_given_options_and_rows_are_used_as_they_are(tiny_models, tmp_path):
-    from inducer.encoding import encode_split
+    from inducer.data.encoding import encode_split
 
     first = _trainer(tiny_models, tmp_path / "a", max_steps=2)
     first.prepare()

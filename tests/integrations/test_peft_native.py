@@ -14,7 +14,7 @@ import torch
 import inducer
 from inducer.methods import PRESETS
 from inducer.peft import InducerPeftConfig
-from inducer.state import adapter_state
+from inducer.runtime.state import adapter_state
 
 from ..conftest import make_model
 from .common import perturb, saved_base

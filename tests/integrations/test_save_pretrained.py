@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import inducer
-from inducer.adapter_format import AdapterFormatError
+from inducer.io.adapter_format import AdapterFormatError
 
 from .common import logits_in_fresh_process, perturb, saved_base
 
@@ -76,7 +76,7 @@ def test_an_adapter_from_a_bf16_base_before_float32_adapters_still_loads(tmp_pat
     # Written as inducer did before adapters were kept in float32 on half-precision bases.
     from safetensors.torch import load_file
 
-    from inducer.adapter_format import weights_path
+    from inducer.io.adapter_format import weights_path
 
     from ..test_adapter_format_refusals import resign
 

@@ -63,4 +63,4 @@ def test_dpo_trainer_trains_an_attached_model_and_checkpoints_the_adapter(tmp_pa
     trainer.train()
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
     assert has_adapter(tmp_path / "run" / "checkpoint-2")
-    assert inducer.adapter.adapter_state(trainer.ref_model) is None  # the reference is the plain base
+    assert inducer.runtime.adapter.adapter_state(trainer.ref_model) is None  # the reference is the plain base

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import inducer
-from inducer.families import find_attention_sites
+from inducer.core.families import find_attention_sites
 from inducer.methods.extension import AttentionExtension, attention_extensions
 
 from ..conftest import logits_of, make_batch, make_model

@@ -11,7 +11,7 @@ from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import inducer
-from inducer.adapter_format import weights_path
+from inducer.io.adapter_format import weights_path
 from inducer.methods.prefix_tuning import ENCODER_NAME, PrefixEncoder, PrefixModule, inference_parameters
 
 from ..conftest import (
@@ -484,7 +484,7 @@ def test_token_init_config_roundtrip_and_budget_count():
     assert inducer.PrefixConfig.from_dict(config.to_dict()) == config
     model = make_model("bert")
     plain = inducer.preset("prefix", model, sizes={"length": 3}).count
-    from inducer.budget import BudgetCounter
+    from inducer.sizing.budget import BudgetCounter
 
     assert BudgetCounter(model)([config]) == plain  # counting on a meta twin runs no forward
 

@@ -33,7 +33,7 @@ ADAPTERS = {
 def _randomise(model, seed: int) -> None:
     """Sizeable values in every added tensor, so each adapter changes the generated text."""
     g = torch.Generator().manual_seed(seed)
-    from inducer.adapter_format import owned_names
+    from inducer.io.adapter_format import owned_names
 
     owned = owned_names(model)
     with torch.no_grad():
@@ -44,7 +44,7 @@ def _randomise(model, seed: int) -> None:
 
 def load_base(folder: Path):
     """The base model and tokenizer the server loads (``load_model``: pad token set)."""
-    from inducer.base_models import load_model
+    from inducer.data.base_models import load_model
 
     loaded = load_model(str(folder), "generation")
     return loaded.model.eval(), loaded.tokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import inducer
-from inducer.base_models import load_model
+from inducer.data.base_models import load_model
 from tests.tiny import save_tiny
 
 from .conftest import Server, _randomise

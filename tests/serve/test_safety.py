@@ -98,7 +98,7 @@ def test_threads_must_be_positive():
 
 
 def test_training_numbers_must_be_finite():
-    from inducer.training_config import TrainConfig
+    from inducer.training.config import TrainConfig
 
     for field in ("lr", "epochs", "weight_decay", "max_grad_norm"):
         with pytest.raises(ValueError, match=field):

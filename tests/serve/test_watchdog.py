@@ -25,7 +25,7 @@ def broken(self, sequences):
         raise RuntimeError("injected worker fault")
     return original(self, sequences)
 decoding.DecodeBatch.set_members = broken
-from inducer.cli import main
+from inducer.cli.main import main
 sys.argv = ["inducer", "--threads", "1", *sys.argv[1:]]
 main()
 """

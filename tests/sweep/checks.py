@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 import inducer
-import inducer.seams
-from inducer.adapter import adapter_state, added_parameter_names
-from inducer.families import SkippedAttentionWarning, UnsupportedModelError
+import inducer.runtime.seams
+from inducer.core.families import SkippedAttentionWarning, UnsupportedModelError
+from inducer.runtime.adapter import adapter_state, added_parameter_names
 
 from .architectures import Architecture
 
@@ -171,12 +171,12 @@ def check_method(arch: Architecture, base, method: Method, base_holds: dict[str,
     adapted = _logits(model, batch)
     # Models adapted only through seams report the reference path their seams use; the path
     # switch and its check are about registry modules.
-    registry = any(impl in inducer.attention.NAMES
-                   for impl in inducer.attention.current_implementations(model).values())
+    registry = any(impl in inducer.runtime.attention.NAMES
+                   for impl in inducer.runtime.attention.current_implementations(model).values())
     path = inducer.attention_path(model) if registry else None
     paths = _paths(base, method, path) if path is not None else ""
-    if path is None and inducer.seams.installed(model) and method.name in ("inducer", "prefix"):
-        seam = next(s for m in model.modules() if (s := inducer.seams.seam_for(m)))
+    if path is None and inducer.runtime.seams.installed(model) and method.name in ("inducer", "prefix"):
+        seam = next(s for m in model.modules() if (s := inducer.runtime.seams.seam_for(m)))
         paths = f"reference (seam {seam.name!r})"
     results = {"acts": not _close(adapted, expected, 1e-4),
                "gradient": _gradient_reaches_everything(model, batch),

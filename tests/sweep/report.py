@@ -89,7 +89,7 @@ model runs eager attention (`inducer.set_attention_path` changes it). On soft-ca
 cannot cap scores. Attention sinks (gpt-oss) work on both paths. Modules without inducers or
 prefixes always run the model's own attention implementation. Families whose attention does not
 call transformers' registry are reached through a *seam* where their family record names one
-(`inducer.seams`: GPT-Neo's `_attn`, MPNet's projection-only forward, Falcon's own sdpa call); they
+(`inducer.runtime.seams`: GPT-Neo's `_attn`, MPNet's projection-only forward, Falcon's own sdpa call); they
 use the reference path, marked "reference (seam ...)". The rest are refused at attach for inducers
 and prefixes, naming the module class.
 

@@ -20,7 +20,7 @@ from .report import DOC, markdown
 
 ATTENTION_SIDE = ("inducer", "prefix")
 # Architectures whose attention modules do not call transformers' attention registry at all and
-# have no seam (inducer.seams): inducers and prefixes are refused there, at attach time.
+# have no seam (inducer.runtime.seams): inducers and prefixes are refused there, at attach time.
 NOT_ROUTED = {"DeBERTa-v2": "DisentangledSelfAttention", "RoFormer": "RoFormerSelfAttention",
               "Bloom": "BloomAttention"}
 MIXTURES = ("Mixtral", "Qwen2-MoE", "gpt-oss")

@@ -1,6 +1,6 @@
 """The seam families across transformers releases: ``python -m tests.sweep.versions [VERSION ...]``.
 
-Inline-attention families reach inducer through a seam (:mod:`inducer.seams`) that relies on the
+Inline-attention families reach inducer through a seam (:mod:`inducer.runtime.seams`) that relies on the
 model code of a given transformers release. For each version asked (default: :data:`VERSIONS`) this
 installs that transformers alone into ``.cache/transformers/<version>`` (``pip --no-deps
 --target``, next to the project's venv: everything else stays the lock's), runs the seam tests and
@@ -32,7 +32,7 @@ _ROUTE = """
 import json, warnings
 warnings.simplefilter("ignore")
 import transformers
-from inducer import seams
+from inducer.runtime import seams
 from tests.sweep.architectures import ARCHITECTURES
 routes = {}
 for arch in ARCHITECTURES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inducer.tasks import TASKS, TaskError, all_tasks, get_task, group_references, load_task
+from inducer.data.tasks import TASKS, TaskError, all_tasks, get_task, group_references, load_task
 
 from ..tiny import task_dir
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inducer.tasks import Columns, TaskError, load_files
+from inducer.data.tasks import Columns, TaskError, load_files
 
 from ..tiny import FIXTURES
 

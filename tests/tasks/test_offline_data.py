@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from inducer.tasks import e2e_synthetic, load_task, vader
+from inducer.data.tasks import e2e_synthetic, load_task, vader
 
 ROWS = [
     (i, rating, f"sentence {i}")

@@ -4,7 +4,7 @@
 * :mod:`.trainer`: :func:`inducer_trainer` / :class:`InducerTrainer` resume from and load the best
   of inducer checkpoints. TRL's trainers are ``Trainer`` subclasses: ``inducer_trainer(SFTTrainer)``.
 
-The Hub (``inducer.from_pretrained``, ``inducer.push_to_hub``) lives in :mod:`inducer.hub`. Names are
+The Hub (``inducer.from_pretrained``, ``inducer.push_to_hub``) lives in :mod:`inducer.io.hub`. Names are
 imported on first use, so ``inducer.attach`` (which installs the save hooks) does not import
 transformers' ``Trainer``.
 """

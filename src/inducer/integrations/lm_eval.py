@@ -23,7 +23,7 @@ check_version("lm_eval", "inducer.integrations.lm_eval")
 from lm_eval.api.registry import register_model  # noqa: E402 (after the version guard, on purpose)
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from .. import peft as inducer_peft  # noqa: E402 (registers the INDUCER PEFT type for hf's peft=)
+from . import peft_native as inducer_peft  # noqa: E402 (registers the INDUCER PEFT type for hf's peft=)
 
 __all__ = ["InducerLM", "evaluate", "main"]
 

@@ -1,7 +1,7 @@
 """``save_pretrained`` of an adapted model writes the inducer adapter, not the whole model.
 
 ``inducer.attach`` installs :func:`save_pretrained` on the model instance (the class's method is
-untouched; ``detach`` removes it) through the extension point :mod:`inducer.listeners`, where the
+untouched; ``detach`` removes it) through the extension point :mod:`inducer.runtime.listeners`, where the
 package root registers :func:`install_save_hooks` / :func:`remove_save_hooks` (the core never imports
 this module; throw-away twins adapted by ``attach_methods`` are not patched), so everything that
 saves through ``model.save_pretrained`` —
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter_format import (
+from ..errors import AdapterFormatError, UsageError
+from ..io.adapter_format import (
     CONFIG_FILE,
     check_base,
     fingerprint,
@@ -31,8 +32,7 @@ from ..adapter_format import (
     save_adapter,
     weights_path,
 )
-from ..errors import AdapterFormatError, UsageError
-from ..state import adapter_state, named_adapter
+from ..runtime.state import adapter_state, named_adapter
 
 HOOK_MARK = "_inducer_save_pretrained"
 __all__ = ["has_adapter", "install_save_hooks", "remove_save_hooks", "restore_adapter", "save_pretrained"]
@@ -61,7 +61,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, stat
         state_dict = {name: state_dict.get(name, params[name]) for name in params}
     folder = save_adapter(model, save_directory, state_dict=state_dict)
     if push_to_hub:
-        from ..hub import push_to_hub as push
+        from ..io.hub import push_to_hub as push
 
         push(model, kwargs.get("repo_id") or Path(save_directory).name, token=kwargs.get("token"),
              private=kwargs.get("private"), commit_message=kwargs.get("commit_message"))
@@ -70,7 +70,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, stat
 
 def install_save_hooks(model: nn.Module) -> None:
     """Make ``model.save_pretrained`` write the inducer adapter (run by ``inducer.attach``, as a
-    :mod:`inducer.listeners` listener)."""
+    :mod:`inducer.runtime.listeners` listener)."""
     if hasattr(type(model), "save_pretrained") and HOOK_MARK not in vars(model):
         model.save_pretrained = types.MethodType(save_pretrained, model)
         vars(model)[HOOK_MARK] = True
@@ -112,7 +112,7 @@ def restore_adapter(model: nn.Module, directory: str | os.PathLike, name: str | 
         raise AdapterFormatError(f"{directory}: the checkpoint's methods {saved} differ from the model's "
                                  f"{[c.to_dict() for c in entry.configs]}; attach the same configs to resume")
     params = dict(model.named_parameters())
-    # Model names -> names in the file (the adapter's slots are saved plain: inducer.naming).
+    # Model names -> names in the file (the adapter's slots are saved plain: inducer.core.naming).
     names = {n: entry.saved_name(n) for n in entry.parameter_names(model)}
     base = list(config.get("head_tensors") or []) + list(config.get("base_tensors") or [])
     names.update({n: n for n in base})

@@ -22,9 +22,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..core.families import AttentionSite, find_feed_forward_sites
+from ..core.naming import DEFAULT_ADAPTER
 from ..errors import ConfigError
-from ..families import AttentionSite, find_feed_forward_sites
-from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,

@@ -16,12 +16,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..core.families import AttentionSite, routed_sites
+from ..core.naming import DEFAULT_ADAPTER, slot_name
 from ..errors import (
     ConfigError,
     ConflictError,  # noqa: F401 (defined in the error taxonomy, raised here)
 )
-from ..families import AttentionSite, routed_sites
-from ..naming import DEFAULT_ADAPTER, slot_name
 
 # Method configs by the "method" tag stored in adapter_config.json.
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
@@ -36,7 +36,7 @@ def register_method(cls: type[MethodConfig]) -> type[MethodConfig]:
 @dataclass(frozen=True)
 class PresetSpec:
     """A named method for ``inducer.preset``: its configs from sizes, the paper's sizes, and the
-    ranges the budget search (:mod:`inducer.presets`) may pick each size from.
+    ranges the budget search (:mod:`inducer.sizing.presets`) may pick each size from.
 
     Attributes:
         name: the preset's name (``--method``), e.g. ``"lora"``.
@@ -117,7 +117,7 @@ def check_layers(owner: str, layers) -> list[int] | None:
 def select_sites(sites: list[AttentionSite], layers: list[int] | None, attention: str,
                  owner: str) -> list[AttentionSite]:
     """The attention modules a config with ``layers`` and ``attention`` ("all", "self", "cross")
-    adapts, among those calling the attention registry (:func:`~inducer.families.routed_sites`);
+    adapts, among those calling the attention registry (:func:`~inducer.core.families.routed_sites`);
     a ``ValueError`` naming ``owner`` and what the model has when there are none."""
     chosen = [
         site for site in routed_sites(sites, owner)
@@ -223,7 +223,7 @@ def execution_device(model: nn.Module, name: str) -> torch.device | None:
 def add_child(model: nn.Module, parent_name: str, slot: str, module: nn.Module, owner: str, *,
               adapter: str) -> str:
     """Add ``module`` in ``slot`` of ``parent`` for the adapter ``adapter`` (as ``parent.slot`` for
-    ``"default"``, ``parent.slot__<adapter>`` for others: :func:`inducer.naming.slot_name`), on the
+    ``"default"``, ``parent.slot__<adapter>`` for others: :func:`inducer.core.naming.slot_name`), on the
     parent's execution device (:func:`execution_device`; never ``meta``), and return its qualified
     name. Methods create ``module`` in :func:`adapter_dtype` of the layer it adapts.
 

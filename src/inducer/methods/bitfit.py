@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..core.families import AttentionSite
+from ..core.naming import DEFAULT_ADAPTER
 from ..errors import ConfigError, UnsupportedModelError
-from ..families import AttentionSite
-from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,

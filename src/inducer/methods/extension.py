@@ -2,7 +2,7 @@
 
 A method that changes attention itself (prefix-tuning extends the keys, inducer-tuning composes the
 output) adds to each adapted attention module a child that is an :class:`AttentionExtension`.
-That is its registration: the attention function (:mod:`inducer.attention`) finds the module's
+That is its registration: the attention function (:mod:`inducer.runtime.attention`) finds the module's
 extensions among its direct children, so ``copy.deepcopy`` keeps them and ``detach``, which deletes
 the child, removes them, and the child's name (``prefix``, ``inducer``) stays the saved tensor
 prefix.

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..families import AttentionSite
-from ..naming import DEFAULT_ADAPTER
+from ..core.families import AttentionSite
+from ..core.naming import DEFAULT_ADAPTER
 from .base import Applied, MethodConfig, PresetSpec, register_method, register_presets
 
 

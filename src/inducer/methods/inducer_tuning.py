@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.families import AttentionSite
+from ..core.kernels import as_dtype, compute_dtype
+from ..core.naming import DEFAULT_ADAPTER
 from ..errors import ConfigError
-from ..families import AttentionSite
-from ..kernels import as_dtype, compute_dtype
-from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,

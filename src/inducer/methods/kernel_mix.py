@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.families import AttentionSite, LinearTarget, attention_role_targets
+from ..core.naming import DEFAULT_ADAPTER
 from ..errors import ConfigError
-from ..families import AttentionSite, LinearTarget, attention_role_targets
-from ..naming import DEFAULT_ADAPTER
 from .base import (
     Applied,
     MethodConfig,

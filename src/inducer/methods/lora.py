@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import AdapterFormatError, ConfigError, UnsupportedModelError
-from ..families import (
+from ..core.families import (
     AttentionSite,
     LinearTarget,
     attention_role_targets,
     find_feed_forward_sites,
     linear_target,
 )
-from ..naming import DEFAULT_ADAPTER, split_slot
+from ..core.naming import DEFAULT_ADAPTER, split_slot
+from ..errors import AdapterFormatError, ConfigError, UnsupportedModelError
 from .base import (
     Applied,
     MethodConfig,

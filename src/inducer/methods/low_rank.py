@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..families import LinearTarget
+from ..core.families import LinearTarget
 from .base import MethodHook
 from .extension import routed_row_index
 

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from ..families import AttentionSite
-from ..naming import DEFAULT_ADAPTER
+from ..core.families import AttentionSite
+from ..core.naming import DEFAULT_ADAPTER
 from .adapters import AdapterConfig
 from .base import Applied, MethodConfig, PresetSpec, check_int, register_method, register_presets
 from .prefix_tuning import PrefixConfig

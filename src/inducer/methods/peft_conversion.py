@@ -1,7 +1,7 @@
 """How a method converts itself to and from Hugging Face PEFT's adapter format.
 
 A method that PEFT can express registers a :class:`PeftConversion` (with :func:`register_peft`) in
-its own file; :mod:`inducer.peft_interop` handles the files and dispatches through
+its own file; :mod:`inducer.io.peft_interop` handles the files and dispatches through
 :data:`BY_METHOD` (export, by inducer method tag) and :data:`BY_PEFT_TYPE` (import, by PEFT's
 ``peft_type``), naming no method.
 """
@@ -18,7 +18,7 @@ from ..errors import PeftInteropError  # noqa: F401 (defined in the error taxono
 from .base import MethodConfig
 
 # fn(adapted model, its method config, the adapter's name) -> (PEFT adapter_config dict, tensors by PEFT
-# name); the name says which of the model's modules are the adapter's (inducer.naming).
+# name); the name says which of the model's modules are the adapter's (inducer.core.naming).
 ToPeft = Callable[[nn.Module, MethodConfig, str], tuple[dict, dict[str, torch.Tensor]]]
 # fn(base model, PEFT config dict, tensors) -> (configs to attach, fn(adapted model) loading the tensors)
 FromPeft = Callable[[nn.Module, dict, dict[str, torch.Tensor]],

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..named_adapters import adapters, route
+from ..runtime.named_adapters import adapters, route
 
 logger = logging.getLogger("inducer.serve")
 

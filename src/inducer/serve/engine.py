@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapter import adapter_state, check_adapter_name
-from ..adapter_format import load_adapter
-from ..base_models import load_model, resolve_model_path
+from ..app.experiment import read_run_info
+from ..data.base_models import load_model, resolve_model_path
 from ..errors import ConfigError
-from ..experiment import read_run_info
-from ..named_adapters import adapters, delete_adapter, route
+from ..io.adapter_format import load_adapter
+from ..runtime.adapter import adapter_state, check_adapter_name
+from ..runtime.named_adapters import adapters, delete_adapter, route
 from .protocol import Limits, ServeError
 
 logger = logging.getLogger("inducer.serve")
@@ -133,7 +133,7 @@ class Engine:
         it), the folder and every file in it must resolve (symlinks followed) inside the root, and
         messages name the path as the client gave it, never the server's own paths. ``root``: that
         root instead of ``--adapter-root`` (the adapter store's)."""
-        from ..adapter_format import AdapterFormatError
+        from ..io.adapter_format import AdapterFormatError
 
         try:
             check_adapter_name(name)
@@ -230,7 +230,7 @@ class Engine:
         if self.kind != "classification":
             return {}
         if name is None:
-            from ..state import task_head_names
+            from ..runtime.state import task_head_names
 
             names = task_head_names(self.model)
         else:

@@ -32,8 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapter import check_adapter_name
 from ..errors import ConfigError
+from ..runtime.adapter import check_adapter_name
 from .engine import Engine
 from .metrics import Metrics
 from .protocol import ServeError
@@ -63,7 +63,7 @@ def _preverify(engine: Engine, base: dict, folder: Path, path: str, root: Path) 
     """Everything ``load_adapter`` checks that needs no change to the model, on a loader thread: the
     folder's entries (inside ``root``, regular files, sizes), the config, the weights' SHA-256,
     dtypes and finite values, the methods and the base's fingerprint."""
-    from ..adapter_format import (
+    from ..io.adapter_format import (
         AdapterFormatError,
         check_base,
         method_configs,
@@ -110,7 +110,7 @@ class AdapterStore:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._loader = ThreadPoolExecutor(loader_threads, thread_name_prefix="inducer-adapter-loader")
-        from ..base_identity import fingerprint
+        from ..io.base_identity import fingerprint
 
         # Once, before the worker starts: walking the live model's parameters on a loader thread
         # would race the worker attaching another adapter. Added parameters never change it.

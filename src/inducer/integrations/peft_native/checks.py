@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ...adapter import attach_methods
-from ...adapter_format import CONFIG_FILE
-from ...atomic import sha256_file
+from ...core.meta import meta_twin
 from ...errors import AdapterFormatError
-from ...meta import meta_twin
+from ...io.adapter_format import CONFIG_FILE
+from ...io.atomic import sha256_file
+from ...runtime.adapter import attach_methods
 from .layer import MODULES, relocate
 
 PEFT_WEIGHTS = "adapter_model.safetensors"

@@ -20,8 +20,8 @@ from typing import Literal
 
 from peft import PeftConfig
 
-from ...atomic import sha256_file
 from ...errors import ConfigError
+from ...io.atomic import sha256_file
 from ...methods import METHOD_CONFIGS, PRESETS, MethodConfig
 from ...methods.inducer_tuning import InducerConfig
 from .checks import PEFT_WEIGHTS, check_peft_folder

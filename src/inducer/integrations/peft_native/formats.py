@@ -21,7 +21,8 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ...adapter_format import (
+from ...errors import PeftInteropError
+from ...io.adapter_format import (
     CONFIG_FILE,
     FORMAT_VERSION,
     _commit,
@@ -30,15 +31,14 @@ from ...adapter_format import (
     read_tensors,
     weights_path,
 )
-from ...adapter_format import load_adapter as load_inducer_adapter
-from ...atomic import atomic_write
-from ...errors import PeftInteropError
+from ...io.adapter_format import load_adapter as load_inducer_adapter
+from ...io.atomic import atomic_write
 from .checks import PEFT_PREFIX, PEFT_WEIGHTS, check_peft_folder
 from .config import InducerPeftConfig
 from .layer import HOLDER_PREFIX, MODULES
 from .registration import PEFT_TYPE
 
-# The slots inducer's methods put modules in (inducer.naming): the component of a saved name that
+# The slots inducer's methods put modules in (inducer.core.naming): the component of a saved name that
 # becomes PEFT's "peft_<slot>.inducer_modules".
 SLOT = re.compile(r"inducer|prefix|prefix_encoder|adapter_attn|adapter_ffn|bitfit|lora(_\w+)?"
                   r"|kernel_mix(_\w+)?")
@@ -91,7 +91,7 @@ def convert(source: str | os.PathLike, target: str | os.PathLike, task_type: str
 
 
 def _to_inducer(source: Path, target: Path) -> Path:
-    from ... import __version__
+    from ...version import __version__
 
     check_peft_folder(source)
     config = InducerPeftConfig.from_json_file(str(source / CONFIG_FILE))

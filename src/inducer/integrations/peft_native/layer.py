@@ -1,7 +1,7 @@
 """PEFT's layout for inducer's modules: one :class:`InducerTunerLayer` per slot, adapters by name.
 
 ``inducer.attach`` puts an adapter's module in a slot of its parent (``attn.inducer``,
-``attn.inducer__b``: :mod:`inducer.naming`). PEFT and transformers find adapter tensors by other
+``attn.inducer__b``: :mod:`inducer.core.naming`). PEFT and transformers find adapter tensors by other
 rules: the adapter's name must be one component of every parameter name (transformers' ``load_adapter``
 loads only those), the component before it must start with the method's prefix (``inducer_``:
 transformers inserts the adapter's name after it when it loads a file), and the module that
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, fields
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ...adapter import detach
+from ...core.naming import saved_module_name, split_slot
 from ...methods.extension import AttentionExtension, ExtensionHolder
-from ...named_adapters import delete_adapter as delete_named_adapter
-from ...naming import saved_module_name, split_slot
-from ...state import NamedAdapter, adapter_state
+from ...runtime.adapter import detach
+from ...runtime.named_adapters import delete_adapter as delete_named_adapter
+from ...runtime.state import NamedAdapter, adapter_state
 
 HOLDER_PREFIX = "peft_"  # + the slot: the BaseTunerLayer's child name (never contains "inducer_")
 MODULES = "inducer_modules"  # the adapters' ModuleDict: starts with the PEFT prefix
@@ -33,7 +33,7 @@ __all__ = ["HOLDER_PREFIX", "MODULES", "InducerTunerLayer", "PeftNamedAdapter", 
 
 @dataclass
 class PeftNamedAdapter(NamedAdapter):
-    """A :class:`~inducer.state.NamedAdapter` whose modules sit in PEFT's layout; ``saved_paths`` maps
+    """A :class:`~inducer.runtime.state.NamedAdapter` whose modules sit in PEFT's layout; ``saved_paths`` maps
     each module's path in the model to its adapter-format name."""
 
     saved_paths: dict[str, str] = field(default_factory=dict)
@@ -57,7 +57,7 @@ class _Root:
 
 class InducerTunerLayer(ExtensionHolder, BaseTunerLayer):
     """The ``BaseTunerLayer`` of one slot of one module: the adapters' modules by name, switched
-    through the model's :class:`~inducer.routing.Router` (so PEFT's and transformers' ``set_adapter``,
+    through the model's :class:`~inducer.runtime.routing.Router` (so PEFT's and transformers' ``set_adapter``,
     ``disable_adapters``, ``delete_adapter`` and inducer's own act on the same state)."""
 
     adapter_layer_names = (MODULES,)

@@ -18,12 +18,12 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils.other import set_additional_trainable_modules
 from torch import nn
 
-from ...adapter import attach_methods, detach
-from ...base_identity import fingerprint
+from ...core.naming import check_adapter_name
 from ...errors import AdapterFormatError, UsageError
-from ...named_adapters import route
-from ...naming import check_adapter_name
-from ...state import adapter_state
+from ...io.base_identity import fingerprint
+from ...runtime.adapter import attach_methods, detach
+from ...runtime.named_adapters import route
+from ...runtime.state import adapter_state
 from .checks import check_tensors, expected_peft_tensors
 from .layer import InducerTunerLayer, relocate, remove_holders
 from .registration import PREFIX

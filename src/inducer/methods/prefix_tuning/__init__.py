@@ -1,7 +1,7 @@
 """Prefix-tuning (Li & Liang, ACL 2021), implemented inside attention.
 
 Every chosen attention module gets ``length`` trainable key and value rows per key/value head. The
-attention function (``inducer.attention``) prepends them to the keys and values it receives, i.e.
+attention function (``inducer.runtime.attention``) prepends them to the keys and values it receives, i.e.
 after the model's projections, rotary embedding and KV-cache update:
 
     Attn_i = softmax_j([scaling * Q_i . P_k ; scaling * Q_i . K_j + mask_ij]) @ [P_v ; V]

@@ -8,9 +8,9 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
+from ...core.families import AttentionSite
+from ...core.naming import DEFAULT_ADAPTER
 from ...errors import ConfigError
-from ...families import AttentionSite
-from ...naming import DEFAULT_ADAPTER
 from ..base import (
     Applied,
     MethodConfig,

@@ -8,8 +8,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ... import families
-from ...families import AttentionSite
+from ...core import families
+from ...core.families import AttentionSite
 from ..base import adapter_dtype
 from ..extension import AttentionExtension
 

@@ -1,4 +1,4 @@
-"""Prefix-tuning <-> PEFT ``PREFIX_TUNING`` (see :mod:`inducer.peft_interop` for the position shift).
+"""Prefix-tuning <-> PEFT ``PREFIX_TUNING`` (see :mod:`inducer.io.peft_interop` for the position shift).
 
 PEFT stores the prefixes of a causal LM whose every self-attention module has them as one tensor
 ``prompt_embeddings`` of shape [l, L * 2 * H_kv * p], read by PEFT as [l, L, 2 (key, value), H_kv, p]
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...core.families import AttentionSite, find_attention_sites
+from ...core.naming import DEFAULT_ADAPTER, slot_name
 from ...errors import AdapterFormatError
-from ...families import AttentionSite, find_attention_sites
-from ...naming import DEFAULT_ADAPTER, slot_name
 from ..peft_conversion import PeftConversion, PeftInteropError, register_peft
 from .method import CHILD_NAME, PrefixConfig
 from .module import PrefixModule, key_value_heads
