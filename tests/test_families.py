@@ -127,7 +127,8 @@ def test_a_per_head_fused_lora_exports_to_peft_and_back_with_the_same_outputs(tm
 def test_every_sweep_architecture_has_one_feed_forward_block_per_layer_of_the_model_width():
     import warnings
 
-    from inducer.core.families import find_feed_forward_sites, scan_attention
+    from inducer.core.families import scan_attention
+    from inducer.core.linear_targets import find_feed_forward_sites
     from tests.sweep.architectures import ARCHITECTURES
 
     for arch in ARCHITECTURES:

@@ -22,7 +22,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from ..core.families import AttentionSite, find_feed_forward_sites
+from ..core.families import AttentionSite
+from ..core.linear_targets import find_feed_forward_sites
 from ..core.naming import DEFAULT_ADAPTER
 from ..errors import ConfigError
 from .base import (

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.families import AttentionSite, LinearTarget, attention_role_targets
+from ..core.families import AttentionSite
+from ..core.linear_targets import LinearTarget, attention_role_targets
 from ..core.naming import DEFAULT_ADAPTER
 from ..errors import ConfigError
 from .base import (

@@ -20,13 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.families import (
-    AttentionSite,
-    LinearTarget,
-    attention_role_targets,
-    find_feed_forward_sites,
-    linear_target,
-)
+from ..core.families import AttentionSite
+from ..core.linear_targets import LinearTarget, attention_role_targets, find_feed_forward_sites, linear_target
 from ..core.naming import DEFAULT_ADAPTER, split_slot
 from ..errors import AdapterFormatError, ConfigError, UnsupportedModelError
 from .base import (

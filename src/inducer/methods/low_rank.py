@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.families import LinearTarget
+from ..core.linear_targets import LinearTarget
 from .base import MethodHook
 from .extension import routed_row_index
 
