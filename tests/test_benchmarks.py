@@ -102,3 +102,82 @@ def test_checker_catches(source):
 )
 def test_checker_allows(source):
     assert not violations(source)
+
+
+def _documented(module: str, name: str) -> bool:
+    import inducer
+
+    if module == "inducer":
+        return name in inducer.__all__ or name == "__version__"
+    return name in inducer.SUBMODULE_API.get(module, ())
+
+
+def undocumented(source: str) -> list[str]:
+    """Every name the source takes from inducer that is neither in ``inducer.__all__`` nor in
+    ``inducer.SUBMODULE_API`` (imports, and attribute chains from a name bound to inducer)."""
+    import inducer
+
+    tree = ast.parse(source)
+    _mark_parents(tree)  # only whole attribute chains are checked, not their prefixes
+    found, roots = [], {}  # roots: local name -> the inducer module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "inducer":
+                    roots[alias.asname or "inducer"] = alias.name if alias.asname else "inducer"
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "inducer":
+            for alias in node.names:
+                if not _documented(node.module, alias.name):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+    modules = set(inducer.SUBMODULE_API) | {m.rpartition(".")[0] for m in inducer.SUBMODULE_API}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or isinstance(getattr(node, "parent", None), ast.Attribute):
+            continue
+        root, attrs = _root(node)
+        if root not in roots:
+            continue
+        module = roots[root]
+        for depth, attr in enumerate(attrs):  # walk down submodules, then one documented name
+            candidate = f"{module}.{attr}"
+            if candidate in modules and depth < len(attrs) - 1:
+                module = candidate
+                continue
+            if not _documented(module, attr):
+                found.append(f"line {node.lineno}: {root}.{'.'.join(attrs[:depth + 1])}")
+            break
+    return sorted(set(found))
+
+
+def _mark_parents(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            child.parent = node
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(BENCHMARKS)))
+def test_benchmarks_use_only_the_documented_api(script):
+    assert undocumented(script.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("source", [
+    "from inducer.runtime.state import task_head_names",
+    "import inducer\ninducer.runtime.seams.install(model)",
+    "import inducer\ninducer.training.trainer.cpu_processes()",
+    "from inducer.core import kernels",
+])
+def test_the_api_check_catches(source):
+    assert undocumented(source)
+
+
+def test_every_documented_entry_point_exists_has_a_docstring_and_is_in_the_docs():
+    import importlib
+
+    import inducer
+
+    api_page = (BENCHMARKS.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    for module, names in inducer.SUBMODULE_API.items():
+        loaded = importlib.import_module(module)
+        assert f"`{module}`" in api_page, module
+        for name in names:
+            value = getattr(loaded, name)
+            assert (getattr(value, "__doc__", None) or "").strip(), f"{module}.{name}"

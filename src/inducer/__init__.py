@@ -72,6 +72,32 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
+# Documented entry points below the public API, by module: for code that builds on inducer's parts
+# (the benchmarks, a new method, research on the kernels). Stable like ``__all__`` (a change is a
+# CHANGELOG entry) and listed in docs/api.md; everything else in a submodule may move.
+SUBMODULE_API: dict[str, tuple[str, ...]] = {
+    "inducer.app.compare": ("next_lr",),
+    "inducer.app.experiment": ("build", "run_one", "train_run", "predict", "evaluate_adapter"),
+    "inducer.app.runspec": ("RunSpec", "resolve"),
+    "inducer.core.kernels": ("additive_mask", "fused_attention", "reference_attention"),
+    "inducer.data.base_models": ("load_model", "load_tokenizer", "resolve_model_path"),
+    "inducer.data.encoding": ("encode_options", "encode_split"),
+    "inducer.data.metrics": ("generation_metrics",),
+    "inducer.data.task_source": ("TaskSource",),
+    "inducer.data.tasks": ("TaskSpec", "group_references", "load_task", "register_task", "vader"),
+    "inducer.io.adapter_format": ("owned_names", "weights_path"),
+    "inducer.io.cache": ("cache_root",),
+    "inducer.methods.inducer_tuning": ("InducerModule",),
+    "inducer.runtime.adapter": ("count_parameters",),
+    "inducer.runtime.attention": ("set_implementation",),
+    "inducer.sizing.budget": ("percent_of_base",),
+    "inducer.sizing.presets": ("parse_budget", "preset"),
+    "inducer.training.callbacks": ("TrainerCallback",),
+    "inducer.training.config": ("TrainConfig",),
+    "inducer.training.evaluation": ("evaluation_loss", "generate_texts"),
+    "inducer.training.trainer": ("Trainer", "set_seed"),
+}
+
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
