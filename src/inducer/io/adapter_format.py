@@ -252,8 +252,14 @@ def method_configs(config: dict, directory: Path) -> list[MethodConfig]:
     return methods
 
 
-def read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[str, torch.Tensor]:
-    """The weights file's tensors after the checksum (unless opted out), dtype and finiteness checks."""
+_RESAVE = ("Re-save the adapter with inducer.save_adapter, or, for an adapter you made by hand and trust, "
+           "pass verify_checksum=False.")
+
+
+def read_tensors(weights: Path, config: dict, verify_checksum: bool,
+                 resave_hint: str = _RESAVE) -> dict[str, torch.Tensor]:
+    """The weights file's tensors after the checksum (unless opted out), dtype and finiteness checks;
+    ``resave_hint`` says how to fix a missing checksum (the PEFT layout has its own way)."""
     if not weights.is_file():
         raise AdapterFormatError(f"{weights} is missing; the adapter directory is incomplete")
     recorded = config.get("weights_sha256")
@@ -261,8 +267,7 @@ def read_tensors(weights: Path, config: dict, verify_checksum: bool) -> dict[str
         if not isinstance(recorded, str) or len(recorded) != 64:
             raise AdapterFormatError(
                 f"{weights.parent / CONFIG_FILE} has no weights_sha256, so the weights cannot be verified. "
-                "Re-save the adapter with inducer.save_adapter, or, for an adapter you made by hand and "
-                "trust, pass verify_checksum=False.")
+                + resave_hint)
         if recorded != sha256_file(weights):
             raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file "
                                      "is truncated or altered. Re-save or re-download the adapter.")

@@ -10,19 +10,16 @@ parameter-free twin (:func:`expected_peft_tensors`, :func:`check_tensors`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from ...core.meta import meta_twin
 from ...errors import AdapterFormatError
-from ...io.adapter_format import CONFIG_FILE
-from ...io.atomic import sha256_file
+from ...io.adapter_format import CONFIG_FILE, MAX_CONFIG_BYTES, read_tensors
+from ...io.bounded_files import read_json
 from ...runtime.adapter import attach_methods
 from .layer import MODULES, relocate
 
@@ -44,25 +41,14 @@ def check_peft_folder(directory: str | os.PathLike) -> dict[str, tuple[int, ...]
                                  "code); re-save the adapter with safetensors (save_pretrained's default)")
     config_path, weights = directory / CONFIG_FILE, directory / PEFT_WEIGHTS
     try:
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path, MAX_CONFIG_BYTES)
     except (OSError, ValueError) as err:
         raise AdapterFormatError(f"{config_path} cannot be read as JSON ({err})") from err
-    if not weights.is_file():
-        raise AdapterFormatError(f"{weights} is missing; the adapter folder is incomplete")
-    recorded = config.get("weights_sha256") if isinstance(config, dict) else None
-    if not isinstance(recorded, str) or len(recorded) != 64:
-        raise AdapterFormatError(f"{config_path} has no weights_sha256, so the weights cannot be verified; "
-                                 "re-save the adapter with save_pretrained after importing inducer.peft")
-    if recorded != sha256_file(weights):
-        raise AdapterFormatError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file is "
-                                 "truncated or altered. Re-save or re-download the adapter.")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise AdapterFormatError(f"{weights} cannot be read ({err}); the file is corrupted") from err
-    for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise AdapterFormatError(f"{weights}: {name} is not a finite floating-point tensor")
+    if not isinstance(config, dict):
+        raise AdapterFormatError(f"{config_path} is not a JSON object; the adapter folder is not valid")
+    # The same checks as inducer's own format: checksum, floating point, finite values.
+    tensors = read_tensors(weights, config, verify_checksum=True, resave_hint=(
+        "Re-save the adapter with save_pretrained after importing inducer.peft."))
     return {name: tuple(t.shape) for name, t in tensors.items()}
 
 
