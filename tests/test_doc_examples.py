@@ -6,7 +6,9 @@ Markers, an HTML comment on the line before a block's fence:
 
 * ``<!-- skip: REASON -->``: not run here, for the reason given (the hub, a GPU, a long-running server);
 * ``<!-- slow -->``: run only by ``make test-slow`` (``pytest -m slow``): minutes on a CPU;
-* ``<!-- install -->``: the README's install section, run by ``tests/test_packaging.py``'s fresh venv.
+* ``<!-- install -->``: the README's install section, run by ``tests/test_packaging.py``'s fresh venv;
+* ``<!-- extra: NAME -->``: needs that extra (``make test`` has them all, so it runs here); the
+  fresh-venv test, which installs what the install section's first line does, leaves it out.
 
 Blocks in other languages (text, mermaid, YAML) are not code to run. ``python tests/test_doc_examples.py``
 prints each block's status with its reason.
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RUN_LANGUAGES = {"python": "python", "bash": "shell"}
 _FENCE = re.compile(r"^```(\w*)\s*$")
-_MARKER = re.compile(r"^<!--\s*(skip|slow|install)\s*:?\s*(.*?)\s*-->\s*$")
+_MARKER = re.compile(r"^<!--\s*(skip|slow|install|extra)\s*:?\s*(.*?)\s*-->\s*$")
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Block:
     line: int
     kind: str
     code: str
-    marker: str | None = None  # skip / slow / install
+    marker: str | None = None  # skip / slow / install / extra
     reason: str = ""
 
     @property
@@ -132,8 +134,9 @@ def test_every_block_is_run_or_says_why_not():
 def summary() -> str:
     """How many blocks run where, and each skipped one's reason."""
     rows = [b for b in ALL if b.kind != "other"]
-    count = {m: sum(b.marker == m for b in rows) for m in (None, "slow", "install", "skip")}
-    lines = [f"{len(rows)} code blocks: {count[None]} run by make test, {count['slow']} by make test-slow, "
+    count = {m: sum(b.marker == m for b in rows) for m in (None, "extra", "slow", "install", "skip")}
+    lines = [f"{len(rows)} code blocks: {count[None] + count['extra']} run by make test "
+             f"({count['extra']} of them need an extra), {count['slow']} by make test-slow, "
              f"{count['install']} by the fresh-venv install test, {count['skip']} skipped"]
     lines += [f"  skipped {b.where} ({b.kind}): {b.reason}" for b in rows if b.marker == "skip"]
     lines += [f"  not code: {b.where}" for b in ALL if b.kind == "other"]
