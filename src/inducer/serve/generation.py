@@ -57,7 +57,8 @@ class Generation:
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created, self.started = int(time.time()), time.perf_counter()
         self.loop = asyncio.get_running_loop()
-        self.updates: asyncio.Queue[int] = asyncio.Queue()
+        # (sequence index, its text then, whether it had finished): one per token while streaming.
+        self.updates: asyncio.Queue[tuple[int, str, bool]] = asyncio.Queue()
         engine = service.engine
         self.sequences: list[Sequence] = []
         for prompt in prompts:
@@ -75,9 +76,10 @@ class Generation:
 
         def notify(seq: Sequence) -> None:
             # A whole response waits for the end only: waking the event loop for every token would
-            # take the worker thread's GIL time.
+            # take the worker thread's GIL time. A stream gets the text as it was after each token (a
+            # snapshot), so it stays token by token however far the event loop lags behind.
             if streaming or seq.finished:
-                self.loop.call_soon_threadsafe(self.updates.put_nowait, index)
+                self.loop.call_soon_threadsafe(self.updates.put_nowait, (index, seq.text, seq.finished))
 
         return notify
 
@@ -158,7 +160,7 @@ class Generation:
                 ]
                 yield _event(self._envelope(start, True))
             while not all(closed):
-                index = await self.updates.get()
+                index, text, final = await self.updates.get()
                 seq = self.sequences[index]
                 if closed[index]:
                     continue
@@ -166,7 +168,6 @@ class Generation:
                     status = 500
                     yield _event(ServeError(500, _failure(seq)).body())
                     break
-                final, text = seq.finished, seq.text
                 # Hold back what could still become a stop string or an incomplete character.
                 upto = len(text) if final else max(sent[index], len(text) - holdback)
                 while not final and upto > sent[index] and text[upto - 1] == "\ufffd":
