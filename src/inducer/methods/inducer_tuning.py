@@ -65,6 +65,9 @@ class InducerConfig(MethodConfig):
             Kaiming-uniform bound), every bias and B (``key_b``, ``value_b``) zero, so at step 0
             P_k = Q and E = 0 exactly and B gets a full gradient. ``"lora-value"`` and ``"lora-key"``
             apply it to that path only (the other path keeps the paper's init).
+        b_lr_ratio: learning-rate multiplier of the second factors (``key_b``, ``value_b`` and their
+            biases), as LoRA+ gives LoRA's B a larger rate than A. Optimisation only: the function
+            and the adapter's tensors are unchanged (the trainer reads each tensor's ``lr_scale``).
         layers: layer indices to adapt (None = all). The index is the first number in a module's
             qualified name, so in encoder-decoders ``[0]`` adapts layer 0 of both stacks.
         attention: ``"all"``, ``"self"`` or ``"cross"``: which attention modules to adapt.
@@ -78,6 +81,7 @@ class InducerConfig(MethodConfig):
     use_lambda: bool = True
     init_std: float = 0.01
     init: Literal["paper", "lora", "lora-value", "lora-key"] = "paper"
+    b_lr_ratio: float = 1.0
     layers: list[int] | None = None
     attention: Literal["all", "self", "cross"] = "all"
     method: ClassVar[str] = "inducer"
@@ -93,6 +97,9 @@ class InducerConfig(MethodConfig):
         check_choice("InducerConfig", "init", self.init, INITS)
         if not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
             raise ValueError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
+        if isinstance(self.b_lr_ratio, bool) or not isinstance(self.b_lr_ratio, (int, float)) \
+                or not self.b_lr_ratio > 0:
+            raise ValueError(f"InducerConfig.b_lr_ratio must be a number > 0, got {self.b_lr_ratio!r}")
         self.layers = check_layers("InducerConfig", self.layers)
         if self.shared_value_basis and not self.value_extension:
             raise ValueError(
@@ -181,6 +188,10 @@ class InducerModule(AttentionExtension):
             self.value_b, self.value_b_bias = param(r_v, d, lora=zero_v), param(d, lora=zero_v)
         else:
             self.value_b, self.value_b_bias = param(H, r_v, d, lora=zero_v), param(d, lora=zero_v)
+        if config.b_lr_ratio != 1.0:  # read by inducer.optimization.parameter_groups
+            for name, tensor in self.named_parameters():
+                if name.startswith(("key_b", "value_b")):
+                    tensor.lr_scale = float(config.b_lr_ratio)
         # E waits here between the attention function and the output projection's hook. It is
         # set and consumed within one forward of the attention module, so gradient checkpointing
         # (which re-runs that forward) and cached decoding see a fresh value every time.
