@@ -149,8 +149,8 @@ def summary_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for (candidate, lr), by_seed in sorted(cells(runs).items()):
         rs = list(by_seed.values())
-        val, test = [100 * r["validation"] for r in rs], [100 * r["test"] for r in rs]
-        first = [100 * r["history"][0][1] for r in rs if r["history"]]
+        val, test = [r["validation"] for r in rs], [r["test"] for r in rs]
+        first = [r["history"][0][1] for r in rs if r["history"]]
         rows.append({"candidate": candidate, "lr": lr, "seeds": sorted(by_seed), "n": len(rs),
                      "validation": _mean(val), "validation_sd": _sd(val), "test": _mean(test),
                      "test_sd": _sd(test),
@@ -167,7 +167,7 @@ def paired(runs: list[dict], a: tuple[str, float], b: tuple[str, float]) -> dict
            "seeds": sorted(set(table.get(a, {})) & set(table.get(b, {})))}
     for split, get in (("test", lambda r: r["test"]), ("validation", lambda r: r["validation"]),
                        ("first_eval", lambda r: r["history"][0][1])):
-        scores = [{s: 100 * get(r) for s, r in table.get(key, {}).items()} for key in (a, b)]
+        scores = [{s: get(r) for s, r in table.get(key, {}).items()} for key in (a, b)]
         result = paired_stats(*scores)
         out[split] = {"cell": describe(result), "verdict": verdict(result),
                       **(result.to_dict() if result else {})}
@@ -207,7 +207,7 @@ def plot(runs: list[dict], keys: list[tuple[str, float]], path: Path) -> None:
     for key in keys:
         by_seed = table.get(key, {})
         steps = sorted({s for r in by_seed.values() for s, _ in r["history"]})
-        means = [_mean([100 * v for r in by_seed.values() for s, v in r["history"] if s == step])
+        means = [_mean([v for r in by_seed.values() for s, v in r["history"] if s == step])
                  for step in steps]
         ax.plot(steps, means, marker="o", ms=3, label=f"{key[0]} @ {key[1]:g} ({len(by_seed)} seeds)")
     ax.set_xlabel("optimizer step")

@@ -171,6 +171,29 @@ def test_lora_style_init_starts_at_the_pretrained_function_with_a_live_b(init, l
         assert ind.value_b.grad.abs().max() > 0 and torch.count_nonzero(ind.value_a.grad) == 0
 
 
+def test_b_lr_ratio_gives_the_b_factors_their_own_rate_and_leaves_the_function():
+    """LoRA+-style: key_b, value_b and their biases train at ratio x lr (own AdamW groups, weight decay
+    as their kind's); A factors, the head and the model's output are as without the ratio."""
+    from inducer.optimization import build_optimizer
+    from inducer.training_config import TrainConfig
+
+    outputs, groups = [], {}
+    for ratio in (1.0, 4.0):
+        torch.manual_seed(0)
+        model = make_model("gpt2")
+        inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4, b_lr_ratio=ratio))
+        outputs.append(model(torch.arange(6)[None]).logits)
+        optimizer, _ = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1), total_steps=10)
+        ind = model.transformer.h[0].attn.inducer
+        groups[ratio] = {name: (next(g for g in optimizer.param_groups if any(p is t for p in g["params"])),
+                                t.ndim) for name, t in ind.named_parameters()}
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for name, (group, ndim) in groups[4.0].items():
+        assert group["lr"] == pytest.approx(4e-3 if name.startswith(("key_b", "value_b")) else 1e-3), name
+        assert group["weight_decay"] == (0.1 if ndim >= 2 else 0.0), name  # the usual no-decay rule
+    assert {g["lr"] for g, _ in groups[1.0].values()} == {1e-3}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -184,6 +207,8 @@ def test_lora_style_init_starts_at_the_pretrained_function_with_a_live_b(init, l
         (dict(layers=[-1]), "layers"),
         (dict(init_std=0), "init_std"),
         (dict(init="kaiming"), "init"),
+        (dict(b_lr_ratio=0), "b_lr_ratio"),
+        (dict(b_lr_ratio=True), "b_lr_ratio"),
         (dict(value_extension=False, shared_value_basis=True), "shared_value_basis"),
         (dict(use_lambda=False, composition="gated"), "composition"),
     ],
