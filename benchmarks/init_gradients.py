@@ -22,8 +22,32 @@ from lib.stamp import environment
 INITS = ("paper", "lora", "lora-value", "lora-key")
 
 
+def _record_preactivations(store: dict):
+    """Patch ``InducerModule._first_layers`` to record, per call, the query's rms and the value path's
+    pre-tanh rms and fraction saturated (|x| > 2, where tanh' < 0.08). Returns an undo function."""
+    import torch
+
+    from inducer.kernels import as_dtype
+    from inducer.methods.inducer_tuning import InducerModule
+
+    original = InducerModule._first_layers
+
+    def patched(self, q):
+        weight, bias = self._first_weight()
+        pre = torch.baddbmm(as_dtype(bias, q.dtype)[:, None, :], q, as_dtype(weight, q.dtype)).detach()
+        value = pre[..., pre.shape[-1] - self.config.r_v:]
+        store.setdefault("query_rms", []).append(q.detach().square().mean().sqrt().item())
+        store.setdefault("value_pre_tanh_rms", []).append(value.square().mean().sqrt().item())
+        store.setdefault("value_saturated", []).append((value.abs() > 2).float().mean().item())
+        return original(self, q)
+
+    InducerModule._first_layers = patched
+    return lambda: setattr(InducerModule, "_first_layers", original)
+
+
 def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[str, float]:
-    """Norm per tensor kind (key_a, ..., value_b_bias; over all layers) and of the task head."""
+    """Norm per tensor kind (key_a, ..., value_b_bias; over all layers) and of the task head; and
+    (averaged over layers) the query's rms and the value path's pre-tanh rms and saturated fraction."""
     import torch
 
     import inducer
@@ -39,7 +63,12 @@ def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[s
     inducer.attach(loaded.model, [dataclasses.replace(c, init=init) for c in choice], train_head=True)
     batch = loaded.tokenizer(list(train["text"][:rows]), padding=True, truncation=True, max_length=128,
                              return_tensors="pt")
-    loaded.model(**batch, labels=torch.tensor(train["label"][:rows])).loss.backward()
+    store: dict[str, list[float]] = {}
+    undo = _record_preactivations(store)
+    try:
+        loaded.model(**batch, labels=torch.tensor(train["label"][:rows])).loss.backward()
+    finally:
+        undo()
     squares: dict[str, float] = {}
     for name, parameter in loaded.model.named_parameters():
         if parameter.grad is None:
@@ -47,7 +76,8 @@ def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[s
         kind = name.split(".")[-1] if ".inducer." in name else "head" if "classifier" in name else None
         if kind:
             squares[kind] = squares.get(kind, 0.0) + parameter.grad.square().sum().item()
-    return {kind: value**0.5 for kind, value in squares.items()}
+    norms = {kind: value**0.5 for kind, value in squares.items()}
+    return {**norms, **{f"mean_{k}": sum(v) / len(v) for k, v in store.items()}}
 
 
 def main(argv=None) -> None:

@@ -7,8 +7,10 @@ candidate, one learning rate and one seed, trained by ``inducer.experiment.train
 ``benchmarks/quality_demo_study.md``.
 
 A candidate is a method name followed by comma-separated changes: ``InducerConfig`` fields (``init``,
-``b_lr_ratio``) or ``TrainConfig`` fields (``warmup_ratio``), e.g.
-``inducer,init=lora-value,b_lr_ratio=4``. A job is ``CANDIDATE@LR@SEED``.
+``b_lr_ratio``), ``TrainConfig`` fields (``warmup_ratio``), or ``lr.SUFFIX=k``: every trainable tensor
+whose name ends with SUFFIX trains at k x the rate (its ``lr_scale``, read by the optimizer; k = 0
+freezes it: a diagnostic, not a candidate), e.g. ``inducer,init=lora-value,b_lr_ratio=4``. A job is
+``CANDIDATE@LR@SEED``.
 
     python benchmarks/quality_demo_study.py run --runs R.jsonl 'lora@3e-3@0' 'inducer,init=lora@3e-3@0'
     python benchmarks/quality_demo_study.py report --runs R.jsonl --out OUT_PREFIX \\
@@ -28,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from lib.runs import LossCurve
 from lib.stamp import environment
 from lib.stats import describe, verdict
 from lib.stats import paired as paired_stats
@@ -36,18 +39,22 @@ TRAIN_FIELDS = ("warmup_ratio", "warmup_steps", "weight_decay")
 _CACHE: dict = {}
 
 
-def parse_candidate(candidate: str) -> tuple[str, dict, dict]:
-    """``"inducer,init=lora,warmup_ratio=0.2"`` -> ("inducer", method changes, training changes)."""
+def parse_candidate(candidate: str) -> tuple[str, dict, dict, dict]:
+    """``"inducer,init=lora,warmup_ratio=0.2,lr.value_b_bias=0.1"`` -> ("inducer", method changes,
+    training changes, rate scales by tensor-name suffix)."""
     method, *changes = candidate.split(",")
-    method_changes, train_changes = {}, {}
+    method_changes, train_changes, scales = {}, {}, {}
     for change in changes:
         key, _, text = change.partition("=")
         try:
             value: object = int(text) if text.isdigit() else float(text)
         except ValueError:
             value = text
-        (train_changes if key in TRAIN_FIELDS else method_changes)[key] = value
-    return method, method_changes, train_changes
+        if key.startswith("lr."):
+            scales[key[3:]] = float(value)
+        else:
+            (train_changes if key in TRAIN_FIELDS else method_changes)[key] = value
+    return method, method_changes, train_changes, scales
 
 
 def parse_job(job: str) -> tuple[str, float, int]:
@@ -72,26 +79,35 @@ def _preset_configs(method: str) -> list:
 def run_job(candidate: str, lr: float, seed: int, eval_every: int) -> dict:
     """One demo-scale run; returns its row (validation history, best validation, test)."""
     from inducer.demo import demo_spec
-    from inducer.experiment import train_run
+    from inducer.experiment import build, train_run
 
-    method, method_changes, train_changes = parse_candidate(candidate)
+    method, method_changes, train_changes, scales = parse_candidate(candidate)
     configs = [dataclasses.replace(c, **method_changes) for c in _preset_configs(method)]
     spec = demo_spec("unused", methods=[method], progress=False)
     spec.output = None  # nothing written: the row below is the record
-    spec.config = dataclasses.replace(spec.config, lr=lr, seed=seed, eval_every=eval_every, **train_changes)
+    spec.config = dataclasses.replace(spec.config, lr=lr, seed=seed, eval_every=eval_every, log_every=5,
+                                      **train_changes)
     spec.explicit_configs = {method: configs}
     if "task" not in _CACHE:
         _CACHE["task"] = spec.source.load()
     started = time.time()
-    result = train_run(spec, task=_CACHE["task"])
+    # The model is built as train_run would (same seed, same draws), so the scales can be set on it.
+    loaded, _ = build("minilm", _CACHE["task"], method, None, seed, True, None, {method: configs})
+    for name, tensor in loaded.model.named_parameters():
+        for suffix, scale in scales.items():
+            if tensor.requires_grad and name.endswith(suffix):
+                tensor.lr_scale = getattr(tensor, "lr_scale", 1.0) * scale
+    curve = LossCurve()
+    result = train_run(spec, task=_CACHE["task"], callbacks=[curve], loaded=loaded)
     metric = result["select_metric"]
     return {
         "job": job_key(candidate, lr, seed), "candidate": candidate, "lr": lr, "seed": seed,
         "method": method, "method_changes": method_changes, "train_changes": train_changes,
+        "lr_scales": scales,
         "parameters": result["parameters"], "select_metric": metric,
         "validation": result["best_validation"], "best_step": result["best_step"],
         "test": result["test"]["test"].get(metric), "steps": result["steps"],
-        "history": [[h["step"], h.get(metric)] for h in result["history"]],
+        "history": [[h["step"], h.get(metric)] for h in result["history"]], "loss_curve": curve.points,
         "train_seconds": round(result["train_seconds"], 1), "wall_seconds": round(time.time() - started, 1),
         "warmup_ratio": spec.config.warmup_ratio, "eval_every": eval_every,
     }
