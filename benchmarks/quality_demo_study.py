@@ -212,27 +212,35 @@ def render(report: dict) -> str:
     return "\n".join(lines + [""] + report.get("notes", []) + [""])
 
 
-def plot(runs: list[dict], keys: list[tuple[str, float]], path: Path) -> None:
+Panel = tuple[str, list[tuple[str, float]], list[int] | None]
+
+
+def plot(runs: list[dict], panels: list[Panel], path: Path) -> None:
+    """One panel per (title, cells, seeds or None = every seed): validation accuracy against step,
+    the mean over the seeds of each cell."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     table = cells(runs)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key in keys:
-        by_seed = table.get(key, {})
-        steps = sorted({s for r in by_seed.values() for s, _ in r["history"]})
-        means = [_mean([v for r in by_seed.values() for s, v in r["history"] if s == step])
-                 for step in steps]
-        ax.plot(steps, means, marker="o", ms=3, label=f"{key[0]} @ {key[1]:g} ({len(by_seed)} seeds)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation accuracy (%), mean over seeds")
-    ax.set_title("MiniLM x vader-movies, demo scale (2,000 sentences, 125 steps, 0.5%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    for ax, (title, keys, seeds) in zip(axes[0], panels, strict=True):
+        for key in keys:
+            by_seed = {s: r for s, r in table.get(key, {}).items() if seeds is None or s in seeds}
+            steps = sorted({s for r in by_seed.values() for s, _ in r["history"]})
+            means = [_mean([v for r in by_seed.values() for s, v in r["history"] if s == step])
+                     for step in steps]
+            ax.plot(steps, means, marker="o", ms=3, label=f"{key[0]} @ {key[1]:g} ({len(by_seed)} seeds)")
+        ax.axhline(50.71, color="grey", lw=0.8, ls=":", label="majority class (50.71)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation accuracy (%), mean over seeds")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("MiniLM x vader-movies at the demo's scale (2,000 sentences, 125 steps, 0.5%)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def _key(text: str) -> tuple[str, float]:
@@ -258,8 +266,13 @@ def cmd_report(args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     args.out.with_suffix(".md").write_text(render(report))
+    panels = []
     if args.plot:
-        plot(runs, [_key(k) for k in args.plot], args.out.with_suffix(".png"))
+        panels.append(("final comparison: mean over seeds", [_key(k) for k in args.plot], None))
+    if args.plot_screen:
+        panels.append(("screening: seed 0", [_key(k) for k in args.plot_screen], [0]))
+    if panels:
+        plot(runs, panels, args.out.with_suffix(".png"))
     print(render(report))
 
 
@@ -275,7 +288,8 @@ def main(argv=None) -> None:
     rep.add_argument("--runs", dest="runs_files", type=Path, nargs="+", required=True)
     rep.add_argument("--out", type=Path, required=True, help="path prefix: OUT.json, OUT.md, OUT.png")
     rep.add_argument("--compare", action="append", default=[], help="CAND@LR:CAND@LR (a - b)")
-    rep.add_argument("--plot", action="append", default=[], help="CAND@LR to draw (repeatable)")
+    rep.add_argument("--plot", action="append", default=[], help="CAND@LR to draw, mean over seeds")
+    rep.add_argument("--plot-screen", action="append", default=[], help="CAND@LR to draw, seed 0 only")
     rep.add_argument("--note", action="append", help="a paragraph appended to the markdown")
     rep.add_argument("--title", default="Issue 27: inducer vs LoRA at the demo's scale")
     args = parser.parse_args(argv)
