@@ -36,6 +36,8 @@ from lib.stats import describe, verdict
 from lib.stats import paired as paired_stats
 
 TRAIN_FIELDS = ("warmup_ratio", "warmup_steps", "weight_decay")
+# The demo evaluates at steps 42, 84, 125; the study's evaluation nearest its first one is step 40.
+DEMO_FIRST_EVAL = 40
 _CACHE: dict = {}
 
 
@@ -167,11 +169,13 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         rs = list(by_seed.values())
         val, test = [r["validation"] for r in rs], [r["test"] for r in rs]
         first = [r["history"][0][1] for r in rs if r["history"]]
+        at40 = [v for r in rs for step, v in r["history"] if step == DEMO_FIRST_EVAL]
         rows.append({"candidate": candidate, "lr": lr, "seeds": sorted(by_seed), "n": len(rs),
                      "validation": _mean(val), "validation_sd": _sd(val), "test": _mean(test),
                      "test_sd": _sd(test),
                      "first_eval_step": rs[0]["history"][0][0] if rs[0]["history"] else None,
-                     "first_eval": _mean(first), "first_eval_sd": _sd(first)})
+                     "first_eval": _mean(first), "first_eval_sd": _sd(first),
+                     "val_at_40": _mean(at40), "val_at_40_sd": _sd(at40)})
     return rows
 
 
@@ -182,7 +186,8 @@ def paired(runs: list[dict], a: tuple[str, float], b: tuple[str, float]) -> dict
     out = {"a": f"{a[0]}@{a[1]:g}", "b": f"{b[0]}@{b[1]:g}",
            "seeds": sorted(set(table.get(a, {})) & set(table.get(b, {})))}
     for split, get in (("test", lambda r: r["test"]), ("validation", lambda r: r["validation"]),
-                       ("first_eval", lambda r: r["history"][0][1])):
+                       ("first_eval", lambda r: r["history"][0][1]),
+                       ("val_at_40", lambda r: dict(map(tuple, r["history"]))[DEMO_FIRST_EVAL])):
         scores = [{s: get(r) for s, r in table.get(key, {}).items()} for key in (a, b)]
         result = paired_stats(*scores)
         out[split] = {"cell": describe(result), "verdict": verdict(result),
@@ -194,21 +199,23 @@ def render(report: dict) -> str:
     lines = [f"# {report['title']}", "", report["environment_line"], "", "Commands:", ""]
     lines += [f"- `{c}`" for c in report["commands"]]
     lines += ["", report["protocol"], "", "## Every cell (accuracy %, mean ± sample std over seeds)", "",
-              "| candidate | lr | seeds | val @ first eval | best val | test |",
-              "|---|---:|---|---:|---:|---:|"]
+              "| candidate | lr | seeds | val @ first eval | val @ 40 | best val | test |",
+              "|---|---:|---|---:|---:|---:|---:|"]
     for r in report["rows"]:
         lines.append(f"| `{r['candidate']}` | {r['lr']:g} | {','.join(map(str, r['seeds']))} | "
                      f"{r['first_eval']:.2f} ± {r['first_eval_sd']:.2f} (step {r['first_eval_step']}) | "
+                     f"{r['val_at_40']:.2f} ± {r['val_at_40_sd']:.2f} | "
                      f"{r['validation']:.2f} ± {r['validation_sd']:.2f} | "
                      f"{r['test']:.2f} ± {r['test_sd']:.2f} |")
     if report["comparisons"]:
         lines += ["", "## Paired comparisons", "",
                   "a − b in accuracy points: mean [95% paired-t interval], p, seeds a won; verdict.", "",
-                  "| a | b | seeds | test | best validation | validation at first eval |",
-                  "|---|---|---|---:|---:|---:|"]
+                  "| a | b | seeds | test | best validation | validation at step 10 (first) | at step 40 |",
+                  "|---|---|---|---:|---:|---:|---:|"]
         for c in report["comparisons"]:
+            splits = ("test", "validation", "first_eval", "val_at_40")
             lines.append(f"| `{c['a']}` | `{c['b']}` | {len(c['seeds'])} | " + " | ".join(
-                f"{c[k]['cell']} **{c[k]['verdict']}**" for k in ("test", "validation", "first_eval")) + " |")
+                f"{c[k]['cell']} **{c[k]['verdict']}**" for k in splits) + " |")
     return "\n".join(lines + [""] + report.get("notes", []) + [""])
 
 

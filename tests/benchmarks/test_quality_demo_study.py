@@ -26,7 +26,7 @@ def test_candidates_split_into_method_training_and_rate_changes():
 
 def _row(candidate: str, seed: int, val: float, test: float, first: float) -> dict:
     return {"candidate": candidate, "lr": 0.003, "seed": seed, "validation": val, "test": test,
-            "history": [[10, first], [20, val]]}
+            "history": [[10, first], [40, val]]}
 
 
 def test_paired_differences_are_a_minus_b_on_common_seeds():
