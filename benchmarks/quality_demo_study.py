@@ -268,7 +268,8 @@ def cmd_report(args) -> None:
         "commands": sorted({r["command"] for r in runs}) + ["python " + " ".join(sys.argv)],
         "protocol": ("Protocol: `benchmarks/quality_demo_study.md`. Selection on validation only; test is "
                      "the model at its best validation step."),
-        "rows": summary_rows(runs), "comparisons": comparisons, "runs": runs, "notes": args.note or [],
+        "rows": summary_rows(runs), "comparisons": comparisons, "runs": runs,
+        "notes": (args.note or []) + ([args.notes_file.read_text()] if args.notes_file else []),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -298,6 +299,7 @@ def main(argv=None) -> None:
     rep.add_argument("--plot", action="append", default=[], help="CAND@LR to draw, mean over seeds")
     rep.add_argument("--plot-screen", action="append", default=[], help="CAND@LR to draw, seed 0 only")
     rep.add_argument("--note", action="append", help="a paragraph appended to the markdown")
+    rep.add_argument("--notes-file", type=Path, help="markdown appended after the tables")
     rep.add_argument("--title", default="Issue 27: inducer vs LoRA at the demo's scale")
     args = parser.parse_args(argv)
     (cmd_run if args.command == "run" else cmd_report)(args)
