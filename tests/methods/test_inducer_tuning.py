@@ -112,7 +112,7 @@ def test_llama_grouped_query_attention_matches_spec(path):
 
 def test_initialisation_is_near_identity_with_large_lambda():
     model = make_model("gpt2")
-    inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4))
+    inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4, init="paper"))
     ind = model.transformer.h[0].attn.inducer
     for p in ind.parameters():
         assert p.abs().max() <= 0.02 + 1e-7  # truncated at 2 std
@@ -221,6 +221,9 @@ def test_invalid_config_names_the_field(kwargs, field):
 def test_config_roundtrip_and_unknown_keys():
     config = inducer.InducerConfig(r_k=0, r_v=5, layers=[1], composition="gated")
     assert inducer.InducerConfig.from_dict(config.to_dict()) == config
+    assert inducer.InducerConfig().init == "lora"  # the default since issue 27
+    saved_before_init = {k: v for k, v in config.to_dict().items() if k not in ("init", "b_lr_ratio")}
+    assert inducer.InducerConfig.from_dict(saved_before_init).init == "paper"  # what made it
     with pytest.raises(ValueError, match="unknown InducerConfig fields"):
         inducer.InducerConfig.from_dict({"r_k": 1, "rank": 3})
 
