@@ -67,10 +67,9 @@ class InducerConfig(MethodConfig):
             ``value_a``) uniform in +-1/sqrt(p) (LoRA's Kaiming-uniform bound), every bias and B
             (``key_b``, ``value_b``) zero, so at step 0 P_k = Q and E = 0 exactly and B gets a full
             gradient. ``"lora-value"`` and ``"lora-key"`` apply it to that path only (the other path
-            keeps the paper's init). ``"lora"`` is the default because it beat ``"paper"`` on validation
-            at the demo's scale over 5 seeds (``benchmarks/results/quality_demo_study.md``), as on the
-            full split and on SmolLM2 x e2e-synthetic before; the function at step 0 is the pretrained
-            one under both. Adapters saved without the field were made with ``"paper"`` and read so.
+            keeps the paper's init). The default because it beat ``"paper"`` on validation at the demo's
+            scale over 5 seeds (``benchmarks/results/quality_demo_study.md``), on the full split and on
+            SmolLM2 x e2e-synthetic. Adapters saved without the field were made with ``"paper"``.
         b_lr_ratio: learning-rate multiplier of the second factors (``key_b``, ``value_b`` and their
             biases), as LoRA+ gives LoRA's B a larger rate than A. Optimisation only: the function
             and the adapter's tensors are unchanged (the trainer reads each tensor's ``lr_scale``).
@@ -103,8 +102,7 @@ class InducerConfig(MethodConfig):
         check_choice("InducerConfig", "init", self.init, INITS)
         if not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
             raise ValueError(f"InducerConfig.init_std must be a float > 0, got {self.init_std!r}")
-        if isinstance(self.b_lr_ratio, bool) or not isinstance(self.b_lr_ratio, (int, float)) \
-                or not self.b_lr_ratio > 0:
+        if type(self.b_lr_ratio) not in (int, float) or not self.b_lr_ratio > 0:  # bool is no number here
             raise ValueError(f"InducerConfig.b_lr_ratio must be a number > 0, got {self.b_lr_ratio!r}")
         self.layers = check_layers("InducerConfig", self.layers)
         if self.shared_value_basis and not self.value_extension:
