@@ -12,8 +12,9 @@ layers), all on the sdpa backend and interleaved round by round so that machine 
 
 * ``floor``: no adapter. The input embeddings' output requires grad, so backward traverses the
   whole network but no parameter gets a gradient: the least any attention-side method can cost.
-* ``inducer``: ``inducer.attach(model, InducerConfig(r_k=2, r_v=4))`` on its default fused path
-  (LSE from PyTorch's fused kernel, no (B, H, N, M) tensor).
+* ``inducer``: ``inducer.attach(model, InducerConfig(r_k=2, r_v=4, init="paper"))`` on its default fused
+  path (LSE from PyTorch's fused kernel, no (B, H, N, M) tensor). The paper's init, so that every tensor
+  is non-zero and the gradient checks compare real values (under LoRA-style init B = 0 and A gets none).
 * ``authors``: the same inducer parameters, but attention computed the way the authors' released
   code does it: the inducer logit is an extra column of the (B, H, N, M) score matrix and one
   softmax over M + 1 columns gives lam (last column) and the attention weights (the rest). It is
@@ -208,7 +209,7 @@ def build_setups(max_length: int, seed: int) -> dict[str, Setup]:
     floor_model.requires_grad_(False)
     floor_model.get_input_embeddings().register_forward_hook(_input_embeddings_require_grad)
 
-    adapted = inducer.attach(base, inducer.InducerConfig(r_k=2, r_v=4))
+    adapted = inducer.attach(base, inducer.InducerConfig(r_k=2, r_v=4, init="paper"))
     params = [p for p in adapted.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     trainable = sum(p.numel() for p in params)
@@ -418,8 +419,8 @@ def render_markdown(report: dict) -> str:
         "- **floor**: the frozen base with only the input embeddings' *output* requiring grad "
         "(a forward hook on `get_input_embeddings()`), so backward traverses every layer but "
         "computes no weight gradient and there is no optimizer step: the cheapest full backward.",
-        f"- **inducer**: `inducer.attach(model, InducerConfig(r_k=2, r_v=4))`, default fused path "
-        f"(`inducer_sdpa`); {cfg['trainable']:,} trainable parameters.",
+        "- **inducer**: `inducer.attach(model, InducerConfig(r_k=2, r_v=4, init=\"paper\"))`, default fused "
+        f"path (`inducer_sdpa`); {cfg['trainable']:,} trainable parameters.",
         "- **authors**: the same inducer parameters with attention computed the authors' way "
         "(inducer logit concatenated as column M+1 of the scores, one softmax, so a (B, H, N, M+1) "
         "tensor is materialised), registered as the attention function `inducer_authors`. Before "

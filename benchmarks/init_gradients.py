@@ -22,8 +22,24 @@ from lib.stamp import environment
 INITS = ("paper", "lora", "lora-value", "lora-key")
 
 
+def _preactivation_stats(model, store: dict) -> None:
+    """From every inducer's ``record_preactivations`` read-out: per call, the query's rms and the
+    value path's pre-tanh rms and fraction saturated (|x| > 2, where tanh' < 0.08)."""
+    from inducer.methods.inducer_tuning import InducerModule
+
+    for module in model.modules():
+        if isinstance(module, InducerModule):
+            for q, pre in module.record_preactivations or ():
+                value = pre[..., pre.shape[-1] - module.config.r_v:]
+                store.setdefault("query_rms", []).append(q.square().mean().sqrt().item())
+                store.setdefault("value_pre_tanh_rms", []).append(value.square().mean().sqrt().item())
+                store.setdefault("value_saturated", []).append((value.abs() > 2).float().mean().item())
+            module.record_preactivations = None
+
+
 def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[str, float]:
-    """Norm per tensor kind (key_a, ..., value_b_bias; over all layers) and of the task head."""
+    """Norm per tensor kind (key_a, ..., value_b_bias; over all layers) and of the task head; and
+    (averaged over layers) the query's rms and the value path's pre-tanh rms and saturated fraction."""
     import torch
 
     import inducer
@@ -39,7 +55,14 @@ def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[s
     inducer.attach(loaded.model, [dataclasses.replace(c, init=init) for c in choice], train_head=True)
     batch = loaded.tokenizer(list(train["text"][:rows]), padding=True, truncation=True, max_length=128,
                              return_tensors="pt")
+    store: dict[str, list[float]] = {}
+    from inducer.methods.inducer_tuning import InducerModule
+
+    for module in loaded.model.modules():
+        if isinstance(module, InducerModule):
+            module.record_preactivations = []
     loaded.model(**batch, labels=torch.tensor(train["label"][:rows])).loss.backward()
+    _preactivation_stats(loaded.model, store)
     squares: dict[str, float] = {}
     for name, parameter in loaded.model.named_parameters():
         if parameter.grad is None:
@@ -47,7 +70,8 @@ def gradient_norms(init: str, model_name: str, budget: str, rows: int) -> dict[s
         kind = name.split(".")[-1] if ".inducer." in name else "head" if "classifier" in name else None
         if kind:
             squares[kind] = squares.get(kind, 0.0) + parameter.grad.square().sum().item()
-    return {kind: value**0.5 for kind, value in squares.items()}
+    norms = {kind: value**0.5 for kind, value in squares.items()}
+    return {**norms, **{f"mean_{k}": sum(v) / len(v) for k, v in store.items()}}
 
 
 def main(argv=None) -> None:

@@ -77,9 +77,10 @@ __all__ = sorted(_EXPORTS)
 # CHANGELOG entry) and listed in docs/api.md; everything else in a submodule may move.
 SUBMODULE_API: dict[str, tuple[str, ...]] = {
     "inducer.app.compare": ("next_lr",),
+    "inducer.app.demo": ("demo_spec",),
     "inducer.app.experiment": ("build", "run_one", "train_run", "predict", "evaluate_adapter"),
     "inducer.app.runspec": ("RunSpec", "resolve"),
-    "inducer.core.kernels": ("additive_mask", "fused_attention", "reference_attention"),
+    "inducer.core.kernels": ("additive_mask", "as_dtype", "fused_attention", "reference_attention"),
     "inducer.data.base_models": ("load_model", "load_tokenizer", "resolve_model_path"),
     "inducer.data.encoding": ("encode_options", "encode_split"),
     "inducer.data.metrics": ("generation_metrics",),

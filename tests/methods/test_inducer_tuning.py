@@ -112,7 +112,7 @@ def test_llama_grouped_query_attention_matches_spec(path):
 
 def test_initialisation_is_near_identity_with_large_lambda():
     model = make_model("gpt2")
-    inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4))
+    inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4, init="paper"))
     ind = model.transformer.h[0].attn.inducer
     for p in ind.parameters():
         assert p.abs().max() <= 0.02 + 1e-7  # truncated at 2 std
@@ -171,6 +171,29 @@ def test_lora_style_init_starts_at_the_pretrained_function_with_a_live_b(init, l
         assert ind.value_b.grad.abs().max() > 0 and torch.count_nonzero(ind.value_a.grad) == 0
 
 
+def test_b_lr_ratio_gives_the_b_factors_their_own_rate_and_leaves_the_function():
+    """LoRA+-style: key_b, value_b and their biases train at ratio x lr (own AdamW groups, weight decay
+    as their kind's); A factors, the head and the model's output are as without the ratio."""
+    from inducer.training.config import TrainConfig
+    from inducer.training.optimization import build_optimizer
+
+    outputs, groups = [], {}
+    for ratio in (1.0, 4.0):
+        torch.manual_seed(0)
+        model = make_model("gpt2")
+        inducer.attach(model, inducer.InducerConfig(r_k=4, r_v=4, b_lr_ratio=ratio))
+        outputs.append(model(torch.arange(6)[None]).logits)
+        optimizer, _ = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1), total_steps=10)
+        ind = model.transformer.h[0].attn.inducer
+        groups[ratio] = {name: (next(g for g in optimizer.param_groups if any(p is t for p in g["params"])),
+                                t.ndim) for name, t in ind.named_parameters()}
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for name, (group, ndim) in groups[4.0].items():
+        assert group["lr"] == pytest.approx(4e-3 if name.startswith(("key_b", "value_b")) else 1e-3), name
+        assert group["weight_decay"] == (0.1 if ndim >= 2 else 0.0), name  # the usual no-decay rule
+    assert {g["lr"] for g, _ in groups[1.0].values()} == {1e-3}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -184,6 +207,8 @@ def test_lora_style_init_starts_at_the_pretrained_function_with_a_live_b(init, l
         (dict(layers=[-1]), "layers"),
         (dict(init_std=0), "init_std"),
         (dict(init="kaiming"), "init"),
+        (dict(b_lr_ratio=0), "b_lr_ratio"),
+        (dict(b_lr_ratio=True), "b_lr_ratio"),
         (dict(value_extension=False, shared_value_basis=True), "shared_value_basis"),
         (dict(use_lambda=False, composition="gated"), "composition"),
     ],
@@ -196,6 +221,9 @@ def test_invalid_config_names_the_field(kwargs, field):
 def test_config_roundtrip_and_unknown_keys():
     config = inducer.InducerConfig(r_k=0, r_v=5, layers=[1], composition="gated")
     assert inducer.InducerConfig.from_dict(config.to_dict()) == config
+    assert inducer.InducerConfig().init == "lora"  # the default since issue 27
+    saved_before_init = {k: v for k, v in config.to_dict().items() if k not in ("init", "b_lr_ratio")}
+    assert inducer.InducerConfig.from_dict(saved_before_init).init == "paper"  # what made it
     with pytest.raises(ValueError, match="unknown InducerConfig fields"):
         inducer.InducerConfig.from_dict({"r_k": 1, "rank": 3})
 

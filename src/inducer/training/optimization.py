@@ -10,20 +10,34 @@ from ..errors import UsageError
 from .config import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups of the trainable parameters: decayed, and not (biases, normalisation weights)."""
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """AdamW groups of the trainable parameters: decayed, and not (biases, normalisation weights).
+
+    A parameter with an ``lr_scale`` attribute (set by a method, e.g. ``InducerConfig.b_lr_ratio``,
+    LoRA+-style) trains at ``lr * lr_scale``: it gets a group of its own per scale (only when ``lr`` is
+    given). Without such parameters the groups are the two above, as always."""
     # The usual convention (BERT, the HF Trainer): no decay on biases and normalisation weights.
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decayed = not (p.ndim < 2 or "norm" in name.lower())
+        scale = float(getattr(p, "lr_scale", 1.0)) if lr is not None else 1.0
+        groups.setdefault((decayed, scale), []).append(p)
+    out = []
+    for (decayed, scale), params in groups.items():
+        if scale != 1.0 and not params:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        if scale != 1.0:
+            group["lr"] = lr * scale
+        out.append(group)
+    return out
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
     """``(AdamW, LambdaLR)`` for ``model``'s trainable parameters over ``total_steps`` steps."""
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.lr)
     if not any(g["params"] for g in groups):
         raise UsageError("the model has no trainable parameters; attach a method first")
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
