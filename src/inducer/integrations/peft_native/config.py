@@ -54,7 +54,8 @@ class InducerPeftConfig(PeftConfig):
     shared_value_basis: bool = False
     use_lambda: bool = True
     init_std: float = 0.01
-    init: Literal["paper", "lora", "lora-value", "lora-key"] = "paper"
+    init: Literal["paper", "lora", "lora-value", "lora-key"] = "lora"
+    b_lr_ratio: float = 1.0
     layers: list[int] | None = None
     attention: Literal["all", "self", "cross"] = "all"
     inducer: bool = True
