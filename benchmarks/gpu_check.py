@@ -107,7 +107,7 @@ def check_kernels(device: str) -> dict:
 def check_models(device: str) -> dict:
     import inducer
     from tests.conftest import FAMILIES, logits_of, make_batch
-    from tests.test_adapter import VARIANTS, _adapted, _grads
+    from tests.runtime.test_adapter import VARIANTS, _adapted, _grads
 
     rows, ok = [], True
     for family in FAMILIES:

@@ -193,7 +193,7 @@ def test_softmax_changing_features_are_refused_not_ignored():
     fn = _make_attention_function("fused", "sdpa")
     q = torch.randn(1, 6, 3, 8)
     kv = torch.randn(1, 2, 3, 8)
-    # Soft-capping and gpt-oss's s_aux sinks are implemented (tests/test_attention.py); other
+    # Soft-capping and gpt-oss's s_aux sinks are implemented (tests/runtime/test_attention.py); other
     # models' sink conventions (per-query ``sinks``) are not, and are refused.
     with pytest.raises(NotImplementedError, match="sinks"):
         fn(attention, q, kv, kv, None, sinks=torch.zeros(1, 6, 3, 1))

@@ -21,7 +21,7 @@ def _words() -> list[str]:
     from inducer.data.tasks import e2e_synthetic
 
     # Saved adapters (binary: tests/fixtures/adapters, adapters_v2) and saved runs (with their own tiny
-    # bases and tokenizers, tests/test_run_records.py) are not text fixtures.
+    # bases and tokenizers, tests/training/test_run_records.py) are not text fixtures.
     text = " ".join(p.read_text(encoding="utf-8") for p in sorted(FIXTURES.rglob("*"))
                     if p.is_file() and not p.relative_to(FIXTURES).parts[0].startswith(("adapters", "runs")))
     text += " ".join(

@@ -2,7 +2,7 @@
 ``python -m tests.write_adapter_fixtures``).
 
 They were written once, by the inducer of commit 2e0434a (before adapters were keyed by name), so that
-``tests/test_adapter_fixtures_v2.py`` proves adapters saved by that code still load to the same logits.
+``tests/io/test_adapter_fixtures_v2.py`` proves adapters saved by that code still load to the same logits.
 Rewriting them is only right when the adapter format changes on purpose (bump ``FORMAT_VERSION``, keep
 these as the old version's fixtures and write new ones elsewhere).
 

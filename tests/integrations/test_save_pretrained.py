@@ -78,7 +78,7 @@ def test_an_adapter_from_a_bf16_base_before_float32_adapters_still_loads(tmp_pat
 
     from inducer.io.adapter_format import weights_path
 
-    from ..test_adapter_format_refusals import resign
+    from ..io.test_adapter_format_refusals import resign
 
     model = _trained(saved_base("llama", tmp_path / "base").to(torch.bfloat16), [inducer.LoRAConfig(r=2)])
     inducer.save_adapter(model, tmp_path / "old")

@@ -13,7 +13,7 @@ import inducer
 from inducer.methods.inducer_tuning import InducerModule
 
 from ..conftest import make_model
-from ..test_adapter import VARIANTS, _randomise
+from ..runtime.test_adapter import VARIANTS, _randomise
 
 
 def spec_attention(q, k, v, keep, ind: InducerModule, scaling, proj):

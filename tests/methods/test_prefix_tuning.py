@@ -23,7 +23,7 @@ from ..conftest import (
     make_batch,
     make_model,
 )
-from ..test_adapter import _grads, _randomise
+from ..runtime.test_adapter import _grads, _randomise
 from .test_inducer_tuning import _keep_mask, spec_attention
 
 LENGTH = 3

@@ -25,7 +25,7 @@ DOC = ROOT / "docs" / "compatibility.md"
 VERSIONS = ("5.0.0", "5.5.0", "5.10.4", "5.15.1", "5.20.2", "5.22.2", "5.23.0", "5.24.0", "5.25.0")
 FAMILIES = ("GPT-Neo", "MPNet", "Falcon")
 _SWEEP_CASE = "tests/sweep/test_sweep.py::test_every_method_passes_or_is_refused_with_a_reason[{}]"
-TESTS = ["tests/test_seams.py"] + [_SWEEP_CASE.format(name) for name in FAMILIES]
+TESTS = ["tests/runtime/test_seams.py"] + [_SWEEP_CASE.format(name) for name in FAMILIES]
 
 # Run under the version asked: how each seam family's attention is reached.
 _ROUTE = """
@@ -102,7 +102,7 @@ input that must reproduce the model's own attention with the key/value heads its
 release that changes that code is refused at `attach` in one line, never a shape error or a wrong
 result mid-run; LoRA, adapters and BitFit do not need the seam. "seam" = reached through the named
 seam; "registry" = the family's code calls the attention registry in that release (no seam needed).
-"seam tests" = `tests/test_seams.py` and the sweep's cases of these families, run with that release
+"seam tests" = `tests/runtime/test_seams.py` and the sweep's cases of these families, run with that release
 of transformers and everything else from `requirements/lock.txt` (tiny random models, CPU), except
 what an older release itself requires (its tokenizers or huggingface_hub, installed next to it).
 
