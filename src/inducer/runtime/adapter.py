@@ -123,8 +123,9 @@ def attach_methods(model: nn.Module, configs, train_head: bool = True, strict: b
     return model
 
 
-def _start(model: nn.Module) -> AttachState:
-    """The model's attach state, made (with the attention implementation switched) on first attach."""
+def _start(model: nn.Module, refused: dict) -> AttachState:
+    """The model's attach state, made (with the attention implementation switched) on first attach;
+    ``refused``: :func:`inducer.runtime.seams.refusals`, the seam modules that get no seam."""
     state = adapter_state(model)
     if state is not None:
         return state
@@ -132,7 +133,7 @@ def _start(model: nn.Module) -> AttachState:
     # A model whose attention never calls the registry keeps its implementation: some branch on
     # its name themselves (Falcon), and inducer's attention function would never run anyway.
     # Seam families (inducer.runtime.seams) run the implementation their seam needs instead.
-    seamed = seams.install(model, skip=seams.refusals(model))
+    seamed = seams.install(model, skip=refused)
     registry = any(site.routed and site.name not in seamed for site in scan_attention(model)[0])
     if registry:
         implementations = attention.set_implementation(model, attention.wrapped_name)
@@ -152,7 +153,10 @@ def _start(model: nn.Module) -> AttachState:
 
 
 def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, name: str) -> nn.Module:
-    state = _start(model)
+    # Seam modules whose code changed under a new transformers: no seam, and not routed (with the
+    # reason). Probed once per attach (the probe runs each seam class on a tiny input).
+    refused = seams.refusals(model)
+    state = _start(model, refused)
     if any(adapter.unfrozen for adapter in state.adapters.values()):
         raise UsageError("attach: this model's adapter trains base parameters (BitFit / full fine-tuning), "
                          "so no second adapter can share the base; detach it first")
@@ -162,8 +166,6 @@ def _attach(model: nn.Module, configs: list[MethodConfig], train_head: bool, nam
     hooks_before = method_hook_ids(model)
     existing = set(dict(model.named_modules()))
     try:
-        # Seam modules whose code changed under a new transformers: not routed, with the reason.
-        refused = seams.refusals(model)
         sites = [dataclasses.replace(site, routed=False, refusal=str(refused[site.name]))
                  if site.name in refused else site for site in find_attention_sites(model)]
         for config in configs:
