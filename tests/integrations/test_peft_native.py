@@ -174,3 +174,16 @@ def test_set_adapter_disable_and_delete_through_peft():
         unloaded = model.unload()
         assert torch.equal(unloaded(input_ids=IDS).logits, base)
         assert not any("inducer" in n for n, _ in unloaded.named_modules())
+
+
+def test_the_peft_config_has_every_inducer_field_with_the_same_default():
+    # InducerPeftConfig restates InducerConfig's fields for PEFT; a field added to one and not the other
+    # (as b_lr_ratio once was) would break get_peft_model for every config.
+    import dataclasses
+
+    import inducer
+    from inducer.peft import InducerPeftConfig
+
+    ours = {f.name: f.default for f in dataclasses.fields(inducer.InducerConfig)}
+    peft = {f.name: f.default for f in dataclasses.fields(InducerPeftConfig)}
+    assert {name: peft.get(name, "missing") for name in ours} == ours
